@@ -1,0 +1,33 @@
+//! The billing MySQL database: the rules that read its data (cutoff day,
+//! phone numbers), the daemon's schema, and every query the daemon runs.
+
+pub mod cutoff;
+pub mod demo_data;
+pub mod phone;
+pub mod schema;
+pub mod store;
+
+pub use store::{Billing, CallRecord, Claim};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    #[error("MySQL: {0}")]
+    Mysql(#[from] mysql_async::Error),
+    #[error("schema: {0}")]
+    Schema(String),
+}
+
+impl BillingError {
+    /// Worth retrying later (connection lost, server gone, lock contention),
+    /// as opposed to a mistake in the data or the schema.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BillingError::Mysql(mysql_async::Error::Io(_))
+            | BillingError::Mysql(mysql_async::Error::Driver(_)) => true,
+            BillingError::Mysql(mysql_async::Error::Server(e)) => {
+                matches!(e.code, 1205 | 1213 | 2006 | 2013 | 1040 | 1053)
+            }
+            _ => false,
+        }
+    }
+}

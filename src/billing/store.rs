@@ -1,0 +1,376 @@
+//! Every query the daemon runs against the billing database: selecting
+//! debtors, claiming an attempt, and writing its outcome (SPEC §3, §6).
+//!
+//! All values go through bound parameters. "Now" is always computed in Rust
+//! in the configured time zone and bound, never `NOW()`, so the database's
+//! own time zone cannot shift a decision or a timestamp.
+
+use chrono::{Datelike, NaiveDateTime, Timelike};
+use mysql_async::prelude::*;
+use mysql_async::{IsolationLevel, Params, Row, TxOpts, Value};
+
+use super::cutoff::days_in_month;
+use super::BillingError;
+use crate::campaign::outcome::Outcome;
+use crate::campaign::selection::{ClientFacts, LastAttempt, Policy};
+
+/// The facts `selection::check_client` needs, for flagged clients.
+/// `l` is the client's latest call-log row, if any.
+const FACTS_SELECT: &str = "SELECT a.id, a.telefono, a.corte,
+  COALESCE(a.outbound_call_is_sent, 0) <> 0,
+  COALESCE(a.outbound_call_attempts, 0),
+  EXISTS (SELECT 1 FROM factura f WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0),
+  (SELECT SUM(f.saldo) FROM factura f WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0),
+  l.attempt_no, l.outcome, l.ended_at, l.phone_raw,
+  (SELECT MAX(c.ended_at) FROM overdue_call_log c
+    WHERE c.client_id = a.id AND c.outcome IN ('completed', 'hung_up_early'))
+FROM afiliados a
+LEFT JOIN overdue_call_log l ON l.client_id = a.id
+  AND l.attempt_no = (SELECT MAX(m.attempt_no) FROM overdue_call_log m WHERE m.client_id = a.id)
+WHERE a.outbound_call = 1";
+
+/// SPEC §3 conditions 1–4 and the contact limit, exactly as
+/// `selection::check_client` states them (a test holds the two together).
+/// The cutoff test is written without subtraction so it cannot overflow on
+/// an UNSIGNED `corte` column.
+const ELIGIBLE_WHERE: &str = "
+  AND COALESCE(a.outbound_call_is_sent, 0) = 0
+  AND EXISTS (SELECT 1 FROM factura f WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0)
+  AND a.corte BETWEEN 1 AND 31
+  AND LEAST(a.corte, ?) <= ?
+  AND (l.id IS NULL OR l.outcome IS NOT NULL)
+  AND COALESCE(a.outbound_call_attempts, 0) < ?
+  AND (l.id IS NULL OR l.outcome <> 'invalid_number'
+       OR NOT (CAST(l.phone_raw AS BINARY) <=> CAST(a.telefono AS BINARY)))
+  AND (l.id IS NULL OR l.ended_at IS NULL
+       OR l.outcome IN ('completed', 'hung_up_early', 'invalid_number')
+       OR l.ended_at <= CASE l.outcome
+            WHEN 'busy' THEN ? WHEN 'no_answer' THEN ? WHEN 'rejected' THEN ?
+            WHEN 'congestion' THEN ? WHEN 'timeout' THEN ? WHEN 'trunk_error' THEN ?
+            WHEN 'aborted' THEN ? ELSE ? END)";
+
+const CONTACT_WHERE: &str = "
+  AND NOT EXISTS (SELECT 1 FROM overdue_call_log c WHERE c.client_id = a.id
+       AND c.outcome IN ('completed', 'hung_up_early') AND c.ended_at >= ?)";
+
+/// A claimed attempt: ours to dial, nobody else's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub client_id: i64,
+    pub attempt_no: u32,
+}
+
+impl Claim {
+    /// Deterministic ARI `channelId`: a retried originate for the same
+    /// attempt answers 409 instead of dialling twice, and reconciliation
+    /// after a restart can find the call.
+    pub fn channel_id(&self) -> String {
+        format!("overdue-{}-{}", self.client_id, self.attempt_no)
+    }
+}
+
+/// Everything written about a finished attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRecord {
+    pub outcome: Outcome,
+    pub hangup_cause: Option<i32>,
+    pub trunk: Option<String>,
+    pub channel_id: Option<String>,
+    pub phone_e164: Option<String>,
+    pub answered_at: Option<NaiveDateTime>,
+    pub ended_at: NaiveDateTime,
+    pub ring_seconds: Option<u32>,
+    pub billable_seconds: Option<u32>,
+    pub detail: Option<String>,
+}
+
+/// The billing database, behind a connection pool.
+#[derive(Clone)]
+pub struct Billing {
+    pool: mysql_async::Pool,
+}
+
+fn seconds(t: NaiveDateTime) -> NaiveDateTime {
+    t.with_nanosecond(0).unwrap_or(t)
+}
+
+impl Billing {
+    pub fn new(opts: mysql_async::Opts) -> Billing {
+        Billing {
+            pool: mysql_async::Pool::new(opts),
+        }
+    }
+
+    pub async fn conn(&self) -> Result<mysql_async::Conn, BillingError> {
+        Ok(self.pool.get_conn().await?)
+    }
+
+    /// Closes the pool's connections (call before the runtime ends).
+    pub async fn close(self) -> Result<(), BillingError> {
+        Ok(self.pool.disconnect().await?)
+    }
+
+    /// Every flagged client with the facts needed to explain its decision
+    /// (`preview`). Rows whose id cannot be read are logged and skipped.
+    pub async fn flagged_clients(&self) -> Result<Vec<ClientFacts>, BillingError> {
+        let rows: Vec<Row> = self
+            .conn()
+            .await?
+            .query(format!("{FACTS_SELECT} ORDER BY a.id"))
+            .await?;
+        Ok(rows.into_iter().filter_map(facts_from_row).collect())
+    }
+
+    /// Clients passing SPEC §3 conditions 1–4 and the contact limit at local
+    /// time `now`. Phone numbers and the calling window are judged by the caller.
+    pub async fn eligible_clients(
+        &self,
+        now: NaiveDateTime,
+        policy: &Policy,
+    ) -> Result<Vec<ClientFacts>, BillingError> {
+        let now = seconds(now);
+        let before = |o: Outcome| Value::from(now - policy.retry_delay(o));
+        let mut params: Vec<Value> = vec![
+            Value::from(days_in_month(now.date())),
+            Value::from(now.day() + 1),
+            Value::from(policy.max_attempts),
+            before(Outcome::Busy),
+            before(Outcome::NoAnswer),
+            before(Outcome::Rejected),
+            before(Outcome::Congestion),
+            before(Outcome::Timeout),
+            before(Outcome::TrunkError),
+            before(Outcome::Aborted),
+            before(Outcome::Failed),
+        ];
+        let mut sql = format!("{FACTS_SELECT}{ELIGIBLE_WHERE}");
+        if let Some(threshold) = policy.contact_threshold(now) {
+            sql.push_str(CONTACT_WHERE);
+            params.push(Value::from(threshold));
+        }
+        sql.push_str(" ORDER BY a.id");
+        let rows: Vec<Row> = self
+            .conn()
+            .await?
+            .exec(sql, Params::Positional(params))
+            .await?;
+        Ok(rows.into_iter().filter_map(facts_from_row).collect())
+    }
+
+    /// Atomically claims the next attempt for a client selected with
+    /// `seen_attempts` attempts. `None` when someone else got there first,
+    /// or the client changed since it was selected (flag cleared, reminder
+    /// delivered, another attempt in flight).
+    ///
+    /// The client's `afiliados` row is locked for the length of the claim,
+    /// so claims for one client are serialised across daemons; READ
+    /// COMMITTED makes the call-log read see the winner's committed row and
+    /// avoids gap locks between claims for neighbouring clients. The unique
+    /// key on (client, attempt) is the final guard.
+    pub async fn claim(
+        &self,
+        client_id: i64,
+        seen_attempts: u32,
+        phone_raw: Option<&str>,
+        claimed_by: &str,
+        now: NaiveDateTime,
+    ) -> Result<Option<Claim>, BillingError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .try_claim(
+                    client_id,
+                    seen_attempts,
+                    phone_raw,
+                    claimed_by,
+                    seconds(now),
+                )
+                .await
+            {
+                Err(BillingError::Mysql(mysql_async::Error::Server(e))) if e.code == 1062 => {
+                    return Ok(None)
+                }
+                Err(e @ BillingError::Mysql(mysql_async::Error::Server(_)))
+                    if e.is_transient() && tries < 5 =>
+                {
+                    tracing::debug!(client_id, error = %e, "claim contention, retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_claim(
+        &self,
+        client_id: i64,
+        seen_attempts: u32,
+        phone_raw: Option<&str>,
+        claimed_by: &str,
+        now: NaiveDateTime,
+    ) -> Result<Option<Claim>, BillingError> {
+        let mut conn = self.conn().await?;
+        let mut opts = TxOpts::default();
+        opts.with_isolation_level(IsolationLevel::ReadCommitted);
+        let mut tx = conn.start_transaction(opts).await?;
+        let current: Option<(i64, i64, i64)> = tx
+            .exec_first(
+                "SELECT COALESCE(outbound_call, 0), COALESCE(outbound_call_is_sent, 0), COALESCE(outbound_call_attempts, 0)
+                 FROM afiliados WHERE id = ? FOR UPDATE",
+                (client_id,),
+            )
+            .await?;
+        if current != Some((1, 0, i64::from(seen_attempts))) {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let last: Option<(u32, Option<String>)> = tx
+            .exec_first(
+                "SELECT attempt_no, outcome FROM overdue_call_log WHERE client_id = ? ORDER BY attempt_no DESC LIMIT 1",
+                (client_id,),
+            )
+            .await?;
+        if matches!(last, Some((_, None))) {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let attempt_no = last.map_or(1, |(n, _)| n + 1);
+        tx.exec_drop(
+            "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, phone_raw) VALUES (?, ?, ?, ?, ?)",
+            (client_id, attempt_no, now, claimed_by, phone_raw),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Claim {
+            client_id,
+            attempt_no,
+        }))
+    }
+
+    /// Writes the outcome of a claimed attempt and updates the client's
+    /// counters and flags, in one transaction. Idempotent: writing the same
+    /// attempt twice (a retry after a lost connection) changes nothing the
+    /// second time. Returns whether this call wrote it.
+    pub async fn record_outcome(
+        &self,
+        claim: &Claim,
+        r: &CallRecord,
+    ) -> Result<bool, BillingError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        tx.exec_drop(
+            "UPDATE overdue_call_log SET outcome = ?, hangup_cause = ?, trunk = ?, channel_id = ?, phone_e164 = ?,
+               answered_at = ?, ended_at = ?, ring_seconds = ?, billable_seconds = ?, detail = ?
+             WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
+            Params::Positional(vec![
+                r.outcome.as_str().into(),
+                r.hangup_cause.into(),
+                r.trunk.clone().into(),
+                r.channel_id.clone().into(),
+                r.phone_e164.clone().into(),
+                r.answered_at.map(seconds).into(),
+                seconds(r.ended_at).into(),
+                r.ring_seconds.into(),
+                r.billable_seconds.into(),
+                r.detail.as_deref().map(|d| truncate(d, 255)).into(),
+                claim.client_id.into(),
+                claim.attempt_no.into(),
+            ]),
+        )
+        .await?;
+        if tx.affected_rows() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if r.outcome.is_delivered() {
+            tx.exec_drop(
+                "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + 1,
+                   outbound_call_is_sent = 1, outbound_call_completed_at = ? WHERE id = ?",
+                (seconds(r.ended_at), claim.client_id),
+            )
+            .await?;
+        } else {
+            tx.exec_drop(
+                "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + 1 WHERE id = ?",
+                (claim.client_id,),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+// Lenient readers: billing data is typed by people and columns vary
+// between installations, so a surprising value reads as "absent" rather
+// than failing the whole query.
+
+fn as_i64(v: Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(i),
+        Value::UInt(u) => i64::try_from(u).ok(),
+        Value::Bytes(b) => std::str::from_utf8(&b).ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: Value) -> Option<String> {
+    match v {
+        Value::NULL => None,
+        Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        other => Some(other.as_sql(true)),
+    }
+}
+
+fn as_datetime(v: Value) -> Option<NaiveDateTime> {
+    match v {
+        Value::NULL => None,
+        other => mysql_async::from_value_opt::<NaiveDateTime>(other).ok(),
+    }
+}
+
+fn facts_from_row(row: Row) -> Option<ClientFacts> {
+    let mut cols = row.unwrap_raw().into_iter();
+    let mut next = move || cols.next().flatten().unwrap_or(Value::NULL);
+    let raw_id = next();
+    let Some(id) = as_i64(raw_id.clone()) else {
+        tracing::warn!(id = %raw_id.as_sql(true), "afiliados row with an unreadable id skipped");
+        return None;
+    };
+    let telefono = as_string(next());
+    let corte = as_i64(next());
+    let is_sent = as_i64(next()).unwrap_or(0) != 0;
+    let attempts = as_i64(next()).map_or(0, |n| u32::try_from(n).unwrap_or(0));
+    let has_open_invoice = as_i64(next()).unwrap_or(0) != 0;
+    let open_balance = as_string(next());
+    let attempt_no = as_i64(next());
+    let outcome = as_string(next());
+    let ended_at = as_datetime(next());
+    let phone_raw = as_string(next());
+    let last_contact = as_datetime(next());
+    let last_attempt = attempt_no.map(|n| LastAttempt {
+        attempt_no: u32::try_from(n).unwrap_or(0),
+        outcome: outcome.map(|o| o.parse().unwrap_or(Outcome::Failed)),
+        ended_at,
+        phone_raw,
+    });
+    Some(ClientFacts {
+        id,
+        telefono,
+        corte,
+        is_sent,
+        attempts,
+        has_open_invoice,
+        open_balance,
+        last_attempt,
+        last_contact,
+    })
+}

@@ -1,0 +1,593 @@
+//! Configuration (SPEC §11): built-in defaults < TOML file < environment.
+//!
+//! Environment variables are `OVERDUE_<SECTION>__<KEY>` (for example
+//! `OVERDUE_CAMPAIGN__MAX_ATTEMPTS=5`), and the seed script's
+//! `ASTERISK_USERNAME`, `ASTERISK_PASSWORD`, `MYSQL_SERVER`, `MYSQL_USER`,
+//! `MYSQL_PASSWORD` and `MYSQL_DATABASE` keep working (below `OVERDUE_*`).
+//! Unknown keys are errors: a typo must not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer};
+
+use crate::compliance::CallingWindow;
+
+/// Where the daemon looks for its file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/overdue-dialer/config.toml";
+
+/// The seed script's variables and the key each one sets.
+const LEGACY_ENV: &[(&str, &str)] = &[
+    ("ASTERISK_USERNAME", "ari.username"),
+    ("ASTERISK_PASSWORD", "ari.password"),
+    ("MYSQL_SERVER", "mysql.host"),
+    ("MYSQL_USER", "mysql.user"),
+    ("MYSQL_PASSWORD", "mysql.password"),
+    ("MYSQL_DATABASE", "mysql.database"),
+];
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+/// A password or API key: never printed, not even in `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_string(d).map(Secret)
+    }
+}
+
+/// Environment values like `MYSQL_PASSWORD=1234` arrive as numbers; a
+/// password or a user name is text whatever it looks like.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::S(s) => s,
+        Scalar::I(i) => i.to_string(),
+        Scalar::U(u) => u.to_string(),
+        Scalar::F(f) => f.to_string(),
+        Scalar::B(b) => b.to_string(),
+    })
+}
+
+fn time_zone<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<Tz>().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an IANA time zone like \"America/Bogota\", found {s:?}"
+        ))
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Time zone for the cutoff rule, the calling window and every timestamp written.
+    #[serde(deserialize_with = "time_zone")]
+    pub timezone: Tz,
+    pub mysql: MysqlConfig,
+    pub ari: AriConfig,
+    pub campaign: CampaignConfig,
+    /// Minutes to wait before retrying, per outcome.
+    pub retry_minutes: RetryMinutes,
+    pub window: CallingWindow,
+    pub trunks: Vec<TrunkConfig>,
+    pub logging: LoggingConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            timezone: chrono_tz::America::Bogota,
+            mysql: MysqlConfig::default(),
+            ari: AriConfig::default(),
+            campaign: CampaignConfig::default(),
+            retry_minutes: RetryMinutes::default(),
+            window: CallingWindow::default(),
+            trunks: vec![TrunkConfig::default()],
+            logging: LoggingConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MysqlConfig {
+    #[serde(deserialize_with = "lenient_string")]
+    pub host: String,
+    pub port: u16,
+    #[serde(deserialize_with = "lenient_string")]
+    pub user: String,
+    pub password: Secret,
+    #[serde(deserialize_with = "lenient_string")]
+    pub database: String,
+    /// Connections kept open to MySQL.
+    pub max_connections: usize,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        MysqlConfig {
+            host: "127.0.0.1".into(),
+            port: 3306,
+            user: "root".into(),
+            password: Secret::default(),
+            database: String::new(),
+            max_connections: 10,
+        }
+    }
+}
+
+impl MysqlConfig {
+    /// Connection options built field by field, so a password with `@` or
+    /// `/` in it needs no URL escaping and never ends up in a URL string.
+    pub fn opts(&self) -> mysql_async::Opts {
+        let pool =
+            mysql_async::PoolConstraints::new(1, self.max_connections.max(1)).unwrap_or_default();
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(self.host.clone())
+            .tcp_port(self.port)
+            .user(Some(self.user.clone()))
+            .pass(Some(self.password.expose().to_owned()).filter(|p| !p.is_empty()))
+            .db_name(Some(self.database.clone()).filter(|d| !d.is_empty()))
+            .pool_opts(mysql_async::PoolOpts::default().with_constraints(pool))
+            .into()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AriConfig {
+    /// Base URL of Asterisk's HTTP server, without `/ari`.
+    #[serde(deserialize_with = "lenient_string")]
+    pub url: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub username: String,
+    pub password: Secret,
+    /// Stasis application for outbound reminder calls.
+    pub outbound_app: String,
+    /// Stasis application for inbound calls (the voice agent).
+    pub inbound_app: String,
+    /// Seconds to wait for one REST answer from Asterisk.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for AriConfig {
+    fn default() -> Self {
+        AriConfig {
+            url: "http://127.0.0.1:8088".into(),
+            username: "asterisk".into(),
+            password: Secret::default(),
+            outbound_app: "overdue-app".into(),
+            inbound_app: "openai-app".into(),
+            request_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CampaignConfig {
+    /// Dial attempts per client before giving up (SPEC §6).
+    pub max_attempts: u32,
+    /// Days after a delivered reminder before the same client may be called again (SPEC §7).
+    pub min_days_between_contacts: u32,
+    pub max_concurrent_calls: u32,
+    pub calls_per_second: f64,
+    /// Passed to Asterisk as the originate timeout.
+    pub ring_timeout_secs: u64,
+    /// From originate; when it fires the daemon hangs up itself.
+    pub call_timeout_secs: u64,
+    /// Global pass timeout = base + per_client × selected clients.
+    pub run_timeout_base_secs: u64,
+    pub run_timeout_per_client_secs: u64,
+    /// What the callee hears, in order (`sound:…`, `number:{saldo}`, …).
+    pub media: Vec<String>,
+    /// Language for the prompt; channels created by ARI default to `en`.
+    pub lang: String,
+    /// Local times (`"HH:MM"`) at which `run` starts a pass.
+    pub schedule: Vec<String>,
+    /// Seconds between passes inside the calling window, for retries and new flags.
+    pub poll_interval_secs: u64,
+    /// First cool-down of a failing trunk; it doubles while the trunk keeps failing.
+    pub trunk_cooldown_secs: u64,
+    /// On SIGTERM, how long calls in flight may finish before they are hung up.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for CampaignConfig {
+    fn default() -> Self {
+        CampaignConfig {
+            max_attempts: 3,
+            min_days_between_contacts: 7,
+            max_concurrent_calls: 10,
+            calls_per_second: 5.0,
+            ring_timeout_secs: 30,
+            call_timeout_secs: 90,
+            run_timeout_base_secs: 300,
+            run_timeout_per_client_secs: 300,
+            media: vec!["sound:morosos_natalia".into()],
+            lang: "es_MX".into(),
+            schedule: vec!["08:00".into()],
+            poll_interval_secs: 900,
+            trunk_cooldown_secs: 60,
+            shutdown_grace_secs: 60,
+        }
+    }
+}
+
+/// Retry delay in minutes after each failed outcome (SPEC §6).
+/// `invalid_number` is never retried until the stored number changes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryMinutes {
+    pub busy: u32,
+    pub no_answer: u32,
+    pub rejected: u32,
+    pub congestion: u32,
+    pub failed: u32,
+    pub timeout: u32,
+    pub trunk_error: u32,
+    /// Calls we cut ourselves (shutdown, global timeout) may go again on the next pass.
+    pub aborted: u32,
+}
+
+impl Default for RetryMinutes {
+    fn default() -> Self {
+        RetryMinutes {
+            busy: 30,
+            no_answer: 60,
+            rejected: 120,
+            congestion: 120,
+            failed: 120,
+            timeout: 120,
+            trunk_error: 120,
+            aborted: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// ARI endpoint with `{number}` for the 10 national digits,
+    /// e.g. `PJSIP/{number}@voip_issabel` or `Local/{number}@from-voip`.
+    pub endpoint: String,
+    pub max_channels: u32,
+    /// 1 is tried first.
+    pub priority: u32,
+    pub caller_id: Option<String>,
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        TrunkConfig {
+            name: "from-voip".into(),
+            endpoint: "Local/{number}@from-voip".into(),
+            max_channels: 10,
+            priority: 1,
+            caller_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `overdue_dialer=debug,info` …
+    pub level: String,
+    /// Directory for a daily-rotated file, besides stdout.
+    pub directory: Option<PathBuf>,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+            directory: None,
+        }
+    }
+}
+
+impl Config {
+    /// The layered sources. `file`: the `--config` path (must exist), or
+    /// `None` for the default path (used only when present).
+    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::new();
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )))
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_PATH).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_PATH))
+            }
+            None => {}
+        }
+        for (var, key) in LEGACY_ENV {
+            if let Ok(value) = std::env::var(var) {
+                figment = figment.merge(Serialized::default(key, value));
+            }
+        }
+        Ok(figment.merge(Env::prefixed("OVERDUE_").split("__")))
+    }
+
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::from_figment(&Config::figment(file)?)
+    }
+
+    pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| {
+            // figment's message names the key ("for key \"default.campaign.max_attempts\"").
+            ConfigError(e.to_string().replace("key \"default.", "key \""))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail =
+            |key: &str, expected: &str| Err(ConfigError(format!("{key}: expected {expected}")));
+        if self.mysql.database.trim().is_empty() {
+            return fail(
+                "mysql.database",
+                "the billing database name (or MYSQL_DATABASE)",
+            );
+        }
+        if !(self.ari.url.starts_with("http://") || self.ari.url.starts_with("https://")) {
+            return fail(
+                "ari.url",
+                "an http:// or https:// URL such as \"http://127.0.0.1:8088\"",
+            );
+        }
+        let c = &self.campaign;
+        if c.max_attempts == 0 {
+            return fail("campaign.max_attempts", "at least 1");
+        }
+        if c.max_concurrent_calls == 0 {
+            return fail("campaign.max_concurrent_calls", "at least 1");
+        }
+        if !(c.calls_per_second.is_finite() && c.calls_per_second > 0.0) {
+            return fail("campaign.calls_per_second", "a number above 0");
+        }
+        if c.media.is_empty() || c.media.iter().any(|m| !m.contains(':')) {
+            return fail(
+                "campaign.media",
+                "a non-empty list like [\"sound:morosos_natalia\"]",
+            );
+        }
+        if c.ring_timeout_secs == 0 || c.call_timeout_secs <= c.ring_timeout_secs {
+            return fail(
+                "campaign.call_timeout_secs",
+                "more seconds than campaign.ring_timeout_secs (and both above 0)",
+            );
+        }
+        for (i, t) in c.schedule.iter().enumerate() {
+            if chrono::NaiveTime::parse_from_str(t, "%H:%M").is_err() {
+                return fail(
+                    &format!("campaign.schedule[{i}]"),
+                    &format!("a time like \"08:00\", found {t:?}"),
+                );
+            }
+        }
+        for (name, hours) in [
+            ("weekdays", self.window.weekdays),
+            ("saturday", self.window.saturday),
+            ("sunday", self.window.sunday),
+        ] {
+            if let Some(h) = hours {
+                if h.start >= h.end {
+                    return fail(&format!("window.{name}"), "start before end");
+                }
+            }
+        }
+        if self.trunks.is_empty() {
+            return fail("trunks", "at least one [[trunks]] entry");
+        }
+        let mut names = BTreeMap::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            let key = format!("trunks[{i}]");
+            if let Err(why) = crate::campaign::trunks::check_endpoint_template(&t.endpoint) {
+                return fail(&format!("{key}.endpoint"), &why);
+            }
+            if t.max_channels == 0 {
+                return fail(&format!("{key}.max_channels"), "at least 1");
+            }
+            if t.name.trim().is_empty() || names.insert(t.name.clone(), i).is_some() {
+                return fail(
+                    &format!("{key}.name"),
+                    "a non-empty name no other trunk uses",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures must return figment::Error, which is large.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail, toml: &str) -> Result<Config, ConfigError> {
+        jail.create_file("c.toml", toml).unwrap();
+        Config::load(Some(Path::new("c.toml")))
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        Jail::expect_with(|jail| {
+            let c = load_in(jail, "[mysql]\ndatabase = \"billing\"\n").unwrap();
+            assert_eq!(c.campaign.max_attempts, 3);
+            assert_eq!(c.timezone, chrono_tz::America::Bogota);
+            assert_eq!(c.campaign.media, vec!["sound:morosos_natalia"]);
+
+            jail.set_env("OVERDUE_CAMPAIGN__MAX_ATTEMPTS", "5");
+            jail.set_env("OVERDUE_MYSQL__DATABASE", "from_env");
+            let c = load_in(
+                jail,
+                "[mysql]\ndatabase = \"billing\"\n[campaign]\nmax_attempts = 4\n",
+            )
+            .unwrap();
+            assert_eq!(c.campaign.max_attempts, 5);
+            assert_eq!(c.mysql.database, "from_env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn seed_script_variables_still_work() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ASTERISK_USERNAME", "Asterisk");
+            jail.set_env("ASTERISK_PASSWORD", "1234");
+            jail.set_env("MYSQL_SERVER", "db.local");
+            jail.set_env("MYSQL_USER", "billing");
+            jail.set_env("MYSQL_PASSWORD", "s3cr3t@/x");
+            jail.set_env("MYSQL_DATABASE", "isp");
+            let c = load_in(jail, "").unwrap();
+            assert_eq!(c.ari.username, "Asterisk");
+            assert_eq!(c.ari.password.expose(), "1234");
+            assert_eq!(c.mysql.host, "db.local");
+            assert_eq!(c.mysql.user, "billing");
+            assert_eq!(c.mysql.password.expose(), "s3cr3t@/x");
+            assert_eq!(c.mysql.database, "isp");
+            // OVERDUE_* wins over the legacy names.
+            jail.set_env("OVERDUE_MYSQL__DATABASE", "isp2");
+            assert_eq!(load_in(jail, "").unwrap().mysql.database, "isp2");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MYSQL_PASSWORD", "hunter2");
+            jail.set_env("ASTERISK_PASSWORD", "ari-pass");
+            let c = load_in(jail, "[mysql]\ndatabase = \"b\"\n").unwrap();
+            let dbg = format!("{c:?}");
+            assert!(
+                !dbg.contains("hunter2") && !dbg.contains("ari-pass"),
+                "{dbg}"
+            );
+            Ok(())
+        });
+    }
+
+    fn error_of(toml: &str) -> String {
+        let mut msg = String::new();
+        Jail::expect_with(|jail| {
+            msg = load_in(jail, toml).unwrap_err().to_string();
+            Ok(())
+        });
+        msg
+    }
+
+    #[test]
+    fn bad_keys_and_values_name_the_key() {
+        let db = "[mysql]\ndatabase = \"b\"\n";
+        let cases = [
+            (format!("{db}[campaign]\nmax_atempts = 3\n"), "max_atempts"),
+            (
+                format!("{db}[campaign]\nmax_attempts = \"three\"\n"),
+                "campaign.max_attempts",
+            ),
+            (
+                format!("{db}[campaign]\nmax_attempts = 0\n"),
+                "campaign.max_attempts",
+            ),
+            (format!("{db}timezone = \"America/Bogotá\"\n"), "timezone"),
+            (
+                format!("{db}[window]\nweekdays = {{ start = \"7am\", end = \"19:00\" }}\n"),
+                "window.weekdays.start",
+            ),
+            (
+                format!("{db}[[trunks]]\nname = \"t\"\nendpoint = \"PJSIP/voip_issabel\"\n"),
+                "trunks[0].endpoint",
+            ),
+            (
+                format!("{db}[campaign]\ncalls_per_second = 0\n"),
+                "campaign.calls_per_second",
+            ),
+            (
+                format!("{db}[campaign]\nschedule = [\"8\"]\n"),
+                "campaign.schedule[0]",
+            ),
+            (
+                format!("{db}[logging]\nformat = \"xml\"\n"),
+                "logging.format",
+            ),
+            ("[mysql]\nhost = \"x\"\n".to_string(), "mysql.database"),
+        ];
+        for (toml, key) in cases {
+            let msg = error_of(&toml);
+            assert!(
+                msg.contains(key),
+                "error for {toml:?} does not name {key}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/overdue.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/overdue.toml"));
+    }
+
+    #[test]
+    fn example_file_is_complete_and_valid() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/overdue-dialer.example.toml"
+        );
+        let figment = Figment::new().merge(Toml::file_exact(path));
+        let c = Config::from_figment(&figment).expect("example config must load");
+        assert_eq!(c.mysql.database, "billing");
+    }
+}

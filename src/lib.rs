@@ -1,0 +1,12 @@
+//! overdue-dialer: phones an ISP's clients whose invoices are overdue,
+//! through Asterisk's ARI, and writes every outcome back to MySQL.
+//!
+//! Layout: pure rules live next to the data they judge (`billing::cutoff`,
+//! `billing::phone`, `compliance`, `campaign::selection`); I/O sits at the
+//! edges (`billing::store` for MySQL, `ari` for Asterisk).
+
+pub mod billing;
+pub mod campaign;
+pub mod compliance;
+pub mod config;
+pub mod logging;

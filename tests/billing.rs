@@ -1,0 +1,465 @@
+//! The billing layer against a real MariaDB: schema, selection, claims and
+//! outcomes (SPEC §2, §3, §6). Each test gets its own database.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{Duration, NaiveDateTime};
+use common::TestDb;
+use mysql_async::prelude::*;
+use overdue_dialer::billing::demo_data::{self, Spec};
+use overdue_dialer::billing::{schema, Billing, CallRecord};
+use overdue_dialer::campaign::outcome::Outcome;
+use overdue_dialer::campaign::selection::{check_client, Policy, SkipReason};
+use overdue_dialer::config::RetryMinutes;
+
+fn at(s: &str) -> NaiveDateTime {
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M"))
+        .unwrap()
+}
+
+fn policy() -> Policy {
+    Policy {
+        max_attempts: 3,
+        min_days_between_contacts: 7,
+        retry: RetryMinutes::default(),
+    }
+}
+
+const ANCHOR: &str = "2026-03-14 10:00";
+
+async fn snapshot(conn: &mut mysql_async::Conn) -> Vec<(String, String, String, String)> {
+    conn.query(
+        "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, COALESCE(COLUMN_DEFAULT, 'NULL') FROM information_schema.COLUMNS
+         WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME, ORDINAL_POSITION",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn schema_apply_adds_what_is_missing_and_is_idempotent() {
+    let db = TestDb::empty().await;
+    let mut conn = db.conn().await;
+    // A billing database as the seed script found it: no outbound columns yet.
+    conn.query_drop("CREATE TABLE afiliados (id INT PRIMARY KEY, telefono VARCHAR(40), corte INT, plan VARCHAR(20))").await.unwrap();
+    conn.query_drop("CREATE TABLE factura (id INT PRIMARY KEY, `id-afiliado` INT, saldo DECIMAL(10,2), cerrado TINYINT)").await.unwrap();
+    conn.query_drop("INSERT INTO afiliados VALUES (1, '3001234567', 15, 'hogar')")
+        .await
+        .unwrap();
+    let factura_before: Vec<(String, String)> = conn
+        .query("SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'factura' ORDER BY ORDINAL_POSITION")
+        .await
+        .unwrap();
+
+    let first = schema::apply(&mut conn).await.unwrap();
+    assert_eq!(first.len(), 5, "{first:#?}");
+    let after_first = snapshot(&mut conn).await;
+    let second = schema::apply(&mut conn).await.unwrap();
+    assert!(second.is_empty(), "second apply ran {second:#?}");
+    assert_eq!(snapshot(&mut conn).await, after_first);
+
+    let factura_after: Vec<(String, String)> = conn
+        .query("SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'factura' ORDER BY ORDINAL_POSITION")
+        .await
+        .unwrap();
+    assert_eq!(factura_before, factura_after, "factura must not be touched");
+    let row: Option<(i64, String, i64, i64, i64)> = conn
+        .query_first("SELECT id, plan, outbound_call, outbound_call_is_sent, outbound_call_attempts FROM afiliados")
+        .await
+        .unwrap();
+    assert_eq!(
+        row,
+        Some((1, "hogar".into(), 0, 0, 0)),
+        "existing rows keep their data"
+    );
+    assert!(schema::missing_indexes(&mut conn).await.unwrap().len() == 2);
+}
+
+#[tokio::test]
+async fn schema_refuses_without_billing_tables() {
+    let db = TestDb::empty().await;
+    let mut conn = db.conn().await;
+    let e = schema::apply(&mut conn).await.unwrap_err().to_string();
+    assert!(e.contains("`afiliados` is missing"), "{e}");
+    conn.query_drop("CREATE TABLE afiliados (id INT PRIMARY KEY, telefono VARCHAR(40), corte INT)")
+        .await
+        .unwrap();
+    let e = schema::apply(&mut conn).await.unwrap_err().to_string();
+    assert!(e.contains("`factura` is missing"), "{e}");
+    conn.query_drop("CREATE TABLE factura (`id-afiliado` INT, saldo DECIMAL(10,2))")
+        .await
+        .unwrap();
+    let e = schema::apply(&mut conn).await.unwrap_err().to_string();
+    assert!(e.contains("`factura`.`cerrado`"), "{e}");
+    let tables: Vec<String> = conn.query("SHOW TABLES").await.unwrap();
+    assert_eq!(
+        tables,
+        ["afiliados", "factura"],
+        "a refused apply creates nothing"
+    );
+}
+
+/// The instants the SQL and the rules are compared at: month ends, 29 Feb
+/// 2024, holidays, window edges, and a cluster just after the history's
+/// anchor where retry delays and the contact limit expire.
+fn instants() -> Vec<NaiveDateTime> {
+    let mut v: Vec<NaiveDateTime> = [
+        "2024-01-31 10:00",
+        "2024-02-01 07:00",
+        "2024-02-27 12:00",
+        "2024-02-28 12:00",
+        "2024-02-29 12:00",
+        "2024-03-01 08:00",
+        "2024-04-29 09:00",
+        "2024-04-30 18:59:59",
+        "2024-06-30 10:00",
+        "2024-12-31 10:00",
+        "2025-01-01 10:00",
+        "2025-02-26 10:00",
+        "2025-02-27 10:00",
+        "2025-02-28 10:00",
+        "2025-03-24 10:00",
+        "2025-06-30 10:00",
+        "2025-09-30 06:59:59",
+        "2025-11-30 10:00",
+        "2026-01-12 10:00",
+        "2026-02-27 07:00:00",
+        "2026-02-28 19:00:00",
+        "2026-03-01 00:00",
+        "2026-03-02 10:00",
+        "2026-03-13 23:59:59",
+        "2026-03-14 08:00",
+        "2026-03-14 14:59:59",
+        "2026-03-14 15:00",
+        "2026-03-15 10:00",
+        "2026-03-16 10:00",
+        "2026-03-23 10:00",
+        "2026-03-31 10:00",
+        "2026-04-02 10:00",
+        "2026-04-29 10:00",
+        "2026-04-30 10:00",
+        "2026-11-16 10:00",
+        "2026-12-31 18:00",
+        "2027-02-28 10:00",
+        "2028-02-29 10:00",
+        "2026-11-02 07:00",
+    ]
+    .iter()
+    .map(|s| at(s))
+    .collect();
+    let anchor = at(ANCHOR);
+    for minutes in [
+        0, 1, 29, 30, 31, 59, 60, 61, 119, 120, 121, 180, 600, 1440, 2880, 5760, 8640, 10080,
+        12000, 14400, 20160,
+    ] {
+        v.push(anchor + Duration::minutes(minutes));
+    }
+    v.push(anchor - Duration::days(3));
+    v.push(anchor - Duration::minutes(90));
+    v
+}
+
+#[tokio::test]
+async fn eligibility_sql_agrees_with_the_rules() {
+    let data = demo_data::generate(&Spec {
+        clients: 800,
+        seed: 2026,
+        anchor: at(ANCHOR),
+        clean: false,
+    });
+    let db = TestDb::with_data(&data).await;
+    let billing = Billing::new(db.opts.clone());
+    let facts = billing.flagged_clients().await.unwrap();
+    assert!(facts.len() > 600);
+
+    let policies = [
+        policy(),
+        Policy {
+            max_attempts: 2,
+            min_days_between_contacts: 0,
+            retry: RetryMinutes {
+                busy: 0,
+                ..RetryMinutes::default()
+            },
+        },
+    ];
+    let mut seen: BTreeSet<Option<SkipReason>> = BTreeSet::new();
+    let mut compared = 0;
+    let mut instants = instants();
+    // Moments between the retry delays of real last attempts (busy 30 min <
+    // 45 < no_answer 60 < 90 < 120), so a mix-up of delays shows.
+    let mut last_ended: BTreeMap<i64, NaiveDateTime> = BTreeMap::new();
+    for h in data.history.iter().filter(|h| h.outcome.is_some()) {
+        last_ended.insert(h.client_id, h.ended_at);
+    }
+    for ended in last_ended.values().take(12) {
+        instants.push(*ended + Duration::minutes(45));
+        instants.push(*ended + Duration::minutes(90));
+    }
+    assert!(instants.len() >= 60);
+    for p in &policies {
+        for now in &instants {
+            let by_sql: BTreeSet<i64> = billing
+                .eligible_clients(*now, p)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            let mut by_rules = BTreeSet::new();
+            for c in &facts {
+                let verdict = check_client(c, *now, p);
+                seen.insert(verdict.err());
+                if verdict.is_ok() {
+                    by_rules.insert(c.id);
+                }
+            }
+            let only_sql: Vec<_> = by_sql.difference(&by_rules).collect();
+            let only_rules: Vec<_> = by_rules.difference(&by_sql).collect();
+            assert!(
+                only_sql.is_empty() && only_rules.is_empty(),
+                "at {now}: only SQL {only_sql:?}, only rules {only_rules:?}"
+            );
+            compared += facts.len();
+        }
+    }
+    // The data must exercise every rule, or the comparison proves little.
+    for reason in [
+        SkipReason::AlreadySent,
+        SkipReason::NoOpenInvoice,
+        SkipReason::BadCorte,
+        SkipReason::BeforeCutoffWindow,
+        SkipReason::CallInProgress,
+        SkipReason::MaxAttempts,
+        SkipReason::InvalidPhone,
+        SkipReason::RetryNotDue,
+        SkipReason::ContactedRecently,
+    ] {
+        assert!(
+            seen.contains(&Some(reason)),
+            "no client ever skipped for {reason}"
+        );
+    }
+    assert!(seen.contains(&None));
+    assert!(compared > 60 * 600);
+    billing.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn eight_claimers_race_for_500_attempts() {
+    let data = demo_data::generate(&Spec {
+        clients: 500,
+        seed: 1,
+        anchor: at(ANCHOR),
+        clean: true,
+    });
+    let db = TestDb::with_data(&data).await;
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let billing = Billing::new(db.opts.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each worker walks the clients in its own order.
+            let mut ids: Vec<i64> = (1..=500).collect();
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            ids.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(worker));
+            let mut won = Vec::new();
+            for id in ids {
+                if let Some(claim) = billing
+                    .claim(
+                        id,
+                        0,
+                        Some("3001234567"),
+                        &format!("worker-{worker}"),
+                        at(ANCHOR),
+                    )
+                    .await
+                    .unwrap()
+                {
+                    won.push((claim.client_id, claim.attempt_no));
+                }
+            }
+            billing.close().await.unwrap();
+            won
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!(all.len(), 500, "every attempt claimed exactly once");
+    assert_eq!(unique.len(), 500);
+    assert!(unique.iter().all(|&(_, n)| n == 1));
+    let mut conn = db.conn().await;
+    let rows: Option<(i64, i64)> = conn
+        .query_first("SELECT COUNT(*), COUNT(DISTINCT client_id) FROM overdue_call_log")
+        .await
+        .unwrap();
+    assert_eq!(rows, Some((500, 500)));
+}
+
+#[tokio::test]
+async fn outcomes_update_the_client_once() {
+    let data = demo_data::generate(&Spec {
+        clients: 3,
+        seed: 3,
+        anchor: at(ANCHOR),
+        clean: true,
+    });
+    let db = TestDb::with_data(&data).await;
+    let billing = Billing::new(db.opts.clone());
+    let now = at("2026-03-31 10:00:00");
+
+    // Client 1: busy, then not eligible for 30 minutes, then claimed as attempt 2.
+    let claim = billing
+        .claim(1, 0, Some("x"), "host-a", now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.channel_id(), "overdue-1-1");
+    assert_eq!(
+        billing.claim(1, 0, Some("x"), "host-b", now).await.unwrap(),
+        None,
+        "in flight"
+    );
+    let ids = |v: Vec<overdue_dialer::campaign::selection::ClientFacts>| {
+        v.into_iter().map(|c| c.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(billing.eligible_clients(now, &policy()).await.unwrap()),
+        [2, 3],
+        "a client in flight is not selected"
+    );
+    let busy = CallRecord {
+        outcome: Outcome::Busy,
+        hangup_cause: Some(17),
+        trunk: Some("t1".into()),
+        channel_id: Some(claim.channel_id()),
+        phone_e164: Some("+573001234567".into()),
+        answered_at: None,
+        ended_at: now + Duration::seconds(5),
+        ring_seconds: Some(5),
+        billable_seconds: Some(0),
+        detail: None,
+    };
+    assert!(billing.record_outcome(&claim, &busy).await.unwrap());
+    assert!(
+        !billing.record_outcome(&claim, &busy).await.unwrap(),
+        "second write is a no-op"
+    );
+    let mut conn = db.conn().await;
+    let state = |id: i64| {
+        format!("SELECT outbound_call_attempts, outbound_call_is_sent, outbound_call_completed_at IS NOT NULL FROM afiliados WHERE id = {id}")
+    };
+    let s: Option<(i64, i64, i64)> = conn.query_first(state(1)).await.unwrap();
+    assert_eq!(s, Some((1, 0, 0)));
+    assert_eq!(
+        ids(billing
+            .eligible_clients(now + Duration::minutes(30), &policy())
+            .await
+            .unwrap()),
+        [2, 3]
+    );
+    assert_eq!(
+        ids(billing
+            .eligible_clients(now + Duration::minutes(31), &policy())
+            .await
+            .unwrap()),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        billing.claim(1, 0, None, "host-a", now).await.unwrap(),
+        None,
+        "stale attempt count"
+    );
+    let second = billing
+        .claim(1, 1, Some("x"), "host-a", now + Duration::minutes(31))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.attempt_no, 2);
+
+    // Client 2: completed sets the flags and the completion time.
+    let claim2 = billing
+        .claim(2, 0, Some("y"), "host-a", now)
+        .await
+        .unwrap()
+        .unwrap();
+    let done = CallRecord {
+        outcome: Outcome::Completed,
+        answered_at: Some(now + Duration::seconds(8)),
+        billable_seconds: Some(5),
+        hangup_cause: Some(16),
+        ..busy.clone()
+    };
+    assert!(billing.record_outcome(&claim2, &done).await.unwrap());
+    let s: Option<(i64, i64, i64)> = conn.query_first(state(2)).await.unwrap();
+    assert_eq!(s, Some((1, 1, 1)));
+    let row: Option<(String, i64, String, Option<NaiveDateTime>, NaiveDateTime)> = conn
+        .query_first("SELECT outcome, hangup_cause, trunk, answered_at, ended_at FROM overdue_call_log WHERE client_id = 2")
+        .await
+        .unwrap();
+    assert_eq!(
+        row,
+        Some((
+            "completed".into(),
+            16,
+            "t1".into(),
+            Some(now + Duration::seconds(8)),
+            now + Duration::seconds(5)
+        ))
+    );
+    // Re-flagged by staff the next day: still within the contact limit.
+    conn.query_drop("UPDATE afiliados SET outbound_call_is_sent = 0 WHERE id = 2")
+        .await
+        .unwrap();
+    let facts = billing.flagged_clients().await.unwrap();
+    let c2 = facts.iter().find(|c| c.id == 2).unwrap();
+    assert_eq!(
+        check_client(c2, now + Duration::days(1), &policy()),
+        Err(SkipReason::ContactedRecently)
+    );
+    assert_eq!(check_client(c2, now + Duration::days(7), &policy()), Ok(()));
+    billing.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn odd_column_values_are_read_not_fatal() {
+    let db = TestDb::empty().await;
+    let mut conn = db.conn().await;
+    // An installation where corte is text and flags are nullable.
+    conn.query_drop("CREATE TABLE afiliados (id INT PRIMARY KEY, telefono VARCHAR(40) NULL, corte VARCHAR(10) NULL, outbound_call INT NULL, outbound_call_is_sent INT NULL, outbound_call_attempts INT NULL, outbound_call_completed_at DATETIME NULL)").await.unwrap();
+    conn.query_drop(
+        "CREATE TABLE factura (`id-afiliado` INT, saldo DECIMAL(10,2), cerrado TINYINT)",
+    )
+    .await
+    .unwrap();
+    schema::apply(&mut conn).await.unwrap();
+    conn.query_drop("INSERT INTO afiliados VALUES (1, '3001234567', '15', 1, NULL, NULL, NULL), (2, NULL, 'quince', 1, 0, 0, NULL), (3, '3001234567', ' 31 ', 1, 0, 0, NULL)").await.unwrap();
+    conn.query_drop("INSERT INTO factura VALUES (1, 100, 0), (2, 100, 0), (3, 100, 0)")
+        .await
+        .unwrap();
+    let billing = Billing::new(db.opts.clone());
+    let facts: BTreeMap<i64, _> = billing
+        .flagged_clients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    assert_eq!(facts[&1].corte, Some(15));
+    assert_eq!(facts[&1].attempts, 0);
+    assert_eq!(facts[&2].corte, None, "text corte reads as bad data");
+    assert_eq!(facts[&2].telefono, None);
+    assert_eq!(facts[&3].corte, Some(31));
+    let now = at("2026-03-31 10:00");
+    assert_eq!(
+        check_client(&facts[&2], now, &policy()),
+        Err(SkipReason::BadCorte)
+    );
+    billing.close().await.unwrap();
+}

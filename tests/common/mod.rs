@@ -1,0 +1,99 @@
+//! Shared test support: a fresh MariaDB database per test, dropped after.
+//!
+//! Tests that need MariaDB fail (never skip) when none answers, saying how
+//! to start one. `OVERDUE_TEST_MYSQL_URL` points them at another server.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use mysql_async::prelude::*;
+
+pub const DEFAULT_SERVER: &str = "mysql://root@127.0.0.1:3306";
+
+pub fn server_url() -> String {
+    std::env::var("OVERDUE_TEST_MYSQL_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
+}
+
+/// A database that exists for one test. Dropped (with its tables) when the
+/// value goes out of scope, also when the test panics.
+pub struct TestDb {
+    pub name: String,
+    pub opts: mysql_async::Opts,
+    server: mysql_async::Opts,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    /// An empty database.
+    pub async fn empty() -> TestDb {
+        let server = mysql_async::Opts::from_url(&server_url())
+            .expect("OVERDUE_TEST_MYSQL_URL is not a mysql:// URL");
+        let name = format!(
+            "odtest_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            rand::random::<u32>()
+        );
+        let mut conn = match mysql_async::Conn::new(server.clone()).await {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "MariaDB is not reachable at {} ({e}).\n\
+                 These tests need a real MariaDB server. Start one with:\n  \
+                 sudo apt-get install -y mariadb-server && sudo service mariadb start\n\
+                 (or run .ci/run, which does it), or point OVERDUE_TEST_MYSQL_URL at one.",
+                server_url()
+            ),
+        };
+        conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        let opts = mysql_async::OptsBuilder::from_opts(server.clone())
+            .db_name(Some(name.clone()))
+            .into();
+        TestDb { name, opts, server }
+    }
+
+    /// A database holding the billing tables, our schema and `data`.
+    pub async fn with_data(data: &overdue_dialer::billing::demo_data::Data) -> TestDb {
+        let db = TestDb::empty().await;
+        let mut conn = db.conn().await;
+        overdue_dialer::billing::demo_data::load(&mut conn, data)
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        db
+    }
+
+    pub async fn conn(&self) -> mysql_async::Conn {
+        mysql_async::Conn::new(self.opts.clone()).await.unwrap()
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", server_url().trim_end_matches('/'), self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs outside any async context we can rely on: use a
+        // short-lived runtime on its own thread.
+        let server = self.server.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                let mut conn = mysql_async::Conn::new(server).await.ok()?;
+                conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                    .await
+                    .ok()?;
+                conn.disconnect().await.ok()
+            })
+        })
+        .join();
+    }
+}
