@@ -5,6 +5,7 @@
 //! `billing::phone`, `compliance`, `campaign::selection`); I/O sits at the
 //! edges (`billing::store` for MySQL, `ari` for Asterisk).
 
+pub mod ari;
 pub mod billing;
 pub mod campaign;
 pub mod compliance;

@@ -1,0 +1,411 @@
+//! The ARI REST client: the handful of requests the daemon makes.
+//!
+//! Credentials go in a Basic `Authorization` header, never in a URL, so no
+//! URL we build or log carries them. Every HTTP failure becomes an
+//! `AriError` with the status and Asterisk's own message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::model::{Application, Bridge, Channel, Playback, Sound};
+use crate::config::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AriError {
+    /// Asterisk answered with an error status (401, 404, 409, 412, 500 …).
+    #[error("ARI {method} {path}: HTTP {status}: {message}")]
+    Status {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("ARI {method} {path}: no answer within {timeout:?}")]
+    Timeout {
+        method: Method,
+        path: String,
+        timeout: Duration,
+    },
+    #[error("ARI {method} {path}: cannot connect: {reason}")]
+    Connect {
+        method: Method,
+        path: String,
+        reason: String,
+    },
+    #[error("ARI {method} {path}: {reason}")]
+    Other {
+        method: Method,
+        path: String,
+        reason: String,
+    },
+}
+
+impl AriError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            AriError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Asterisk's message for a status error (`Allocation failed`, `Channel not found` …).
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            AriError::Status { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
+}
+
+/// What to originate (`POST /ari/channels`).
+#[derive(Debug, Clone, Default)]
+pub struct Originate {
+    pub endpoint: String,
+    pub app: String,
+    pub app_args: Option<String>,
+    pub channel_id: Option<String>,
+    pub other_channel_id: Option<String>,
+    pub caller_id: Option<String>,
+    /// Ring timeout in seconds, enforced by Asterisk.
+    pub timeout_secs: Option<u64>,
+    pub variables: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct Variables<'a> {
+    variables: &'a BTreeMap<String, String>,
+}
+
+/// What to create with `POST /ari/channels/externalMedia`.
+#[derive(Debug, Clone)]
+pub struct ExternalMedia {
+    pub app: String,
+    pub external_host: String,
+    pub format: String,
+    pub channel_id: Option<String>,
+    /// Handed back as the new channel's `StasisStart.args`.
+    pub data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(alias = "error")]
+    message: String,
+}
+
+#[derive(Clone)]
+pub struct AriClient {
+    http: reqwest::Client,
+    base: String,
+    username: String,
+    password: Secret,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AriClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AriClient")
+            .field("base", &self.base)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AriClient {
+    /// `base` is Asterisk's HTTP server, e.g. `http://127.0.0.1:8088`.
+    pub fn new(
+        base: &str,
+        username: &str,
+        password: Secret,
+        timeout: Duration,
+    ) -> Result<AriClient, AriError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| AriError::Other {
+                method: Method::GET,
+                path: String::new(),
+                reason: e.to_string(),
+            })?;
+        Ok(AriClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            username: username.to_owned(),
+            password,
+            timeout,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    pub(crate) fn password(&self) -> &Secret {
+        &self.password
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<reqwest::Response, AriError> {
+        let path = format!("/{}", segments.join("/"));
+        let path = path.as_str();
+        // Url escapes each segment (`x;2`, ids with spaces …) for us.
+        let mut url = reqwest::Url::parse(&self.base).map_err(|e| AriError::Other {
+            method: method.clone(),
+            path: path.to_owned(),
+            reason: format!("bad ari.url: {e}"),
+        })?;
+        url.path_segments_mut()
+            .map_err(|_| AriError::Other {
+                method: method.clone(),
+                path: path.to_owned(),
+                reason: "bad ari.url".into(),
+            })?
+            .pop_if_empty()
+            .push("ari")
+            .extend(segments);
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .basic_auth(&self.username, Some(self.password.expose()))
+            .query(query);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&method, path, e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.message)
+            .unwrap_or_else(|_| text.trim().chars().take(200).collect());
+        Err(AriError::Status {
+            method,
+            path: path.to_owned(),
+            status,
+            message,
+        })
+    }
+
+    fn transport_error(&self, method: &Method, path: &str, e: reqwest::Error) -> AriError {
+        // reqwest's messages can include the URL; ours never holds credentials, but keep them short.
+        let (method, path) = (method.clone(), path.to_owned());
+        if e.is_timeout() {
+            AriError::Timeout {
+                method,
+                path,
+                timeout: self.timeout,
+            }
+        } else if e.is_connect() {
+            let reason =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            AriError::Connect {
+                method,
+                path,
+                reason,
+            }
+        } else {
+            AriError::Other {
+                method,
+                path,
+                reason: e.without_url().to_string(),
+            }
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, AriError> {
+        let resp = self.call(method.clone(), segments, query, body).await?;
+        resp.json::<T>().await.map_err(|e| AriError::Other {
+            method,
+            path: format!("/{}", segments.join("/")),
+            reason: format!("unexpected answer: {}", e.without_url()),
+        })
+    }
+
+    async fn empty(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<(), AriError> {
+        self.call(method, segments, query, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /ari/channels`. The answer is the channel in state `Down`;
+    /// how the call went is only told by events.
+    pub async fn originate(&self, o: &Originate) -> Result<Channel, AriError> {
+        let mut q = vec![("endpoint", o.endpoint.clone()), ("app", o.app.clone())];
+        let opt = [
+            ("appArgs", &o.app_args),
+            ("channelId", &o.channel_id),
+            ("otherChannelId", &o.other_channel_id),
+            ("callerId", &o.caller_id),
+        ];
+        q.extend(
+            opt.iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v.clone()))),
+        );
+        if let Some(t) = o.timeout_secs {
+            q.push(("timeout", t.to_string()));
+        }
+        let body = (!o.variables.is_empty()).then(|| Variables {
+            variables: &o.variables,
+        });
+        self.json(Method::POST, &["channels"], &q, body.as_ref())
+            .await
+    }
+
+    /// `POST /ari/channels/{id}/play`: several media play in order as one playback.
+    pub async fn play(
+        &self,
+        channel_id: &str,
+        media: &[String],
+        lang: Option<&str>,
+        playback_id: Option<&str>,
+    ) -> Result<Playback, AriError> {
+        let mut q = vec![("media", media.join(","))];
+        if let Some(l) = lang {
+            q.push(("lang", l.to_owned()));
+        }
+        if let Some(p) = playback_id {
+            q.push(("playbackId", p.to_owned()));
+        }
+        self.json(
+            Method::POST,
+            &["channels", channel_id, "play"],
+            &q,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `DELETE /ari/channels/{id}?reason=…` (`normal`, `busy`, `congestion`, `no_answer` …).
+    pub async fn hangup(&self, channel_id: &str, reason: &str) -> Result<(), AriError> {
+        self.empty(
+            Method::DELETE,
+            &["channels", channel_id],
+            &[("reason", reason.to_owned())],
+        )
+        .await
+    }
+
+    pub async fn answer(&self, channel_id: &str) -> Result<(), AriError> {
+        self.empty(Method::POST, &["channels", channel_id, "answer"], &[])
+            .await
+    }
+
+    pub async fn channel(&self, channel_id: &str) -> Result<Channel, AriError> {
+        self.json(Method::GET, &["channels", channel_id], &[], None::<&()>)
+            .await
+    }
+
+    pub async fn channels(&self) -> Result<Vec<Channel>, AriError> {
+        self.json(Method::GET, &["channels"], &[], None::<&()>)
+            .await
+    }
+
+    pub async fn set_variable(
+        &self,
+        channel_id: &str,
+        variable: &str,
+        value: &str,
+    ) -> Result<(), AriError> {
+        let q = [
+            ("variable", variable.to_owned()),
+            ("value", value.to_owned()),
+        ];
+        self.empty(Method::POST, &["channels", channel_id, "variable"], &q)
+            .await
+    }
+
+    pub async fn application(&self, name: &str) -> Result<Application, AriError> {
+        self.json(Method::GET, &["applications", name], &[], None::<&()>)
+            .await
+    }
+
+    pub async fn applications(&self) -> Result<Vec<Application>, AriError> {
+        self.json(Method::GET, &["applications"], &[], None::<&()>)
+            .await
+    }
+
+    pub async fn sound(&self, id: &str) -> Result<Sound, AriError> {
+        self.json(Method::GET, &["sounds", id], &[], None::<&()>)
+            .await
+    }
+
+    /// A mixing bridge.
+    pub async fn create_bridge(&self, name: &str) -> Result<Bridge, AriError> {
+        let q = [("type", "mixing".to_owned()), ("name", name.to_owned())];
+        self.json(Method::POST, &["bridges"], &q, None::<&()>).await
+    }
+
+    pub async fn add_to_bridge(&self, bridge_id: &str, channel_id: &str) -> Result<(), AriError> {
+        self.empty(
+            Method::POST,
+            &["bridges", bridge_id, "addChannel"],
+            &[("channel", channel_id.to_owned())],
+        )
+        .await
+    }
+
+    pub async fn destroy_bridge(&self, bridge_id: &str) -> Result<(), AriError> {
+        self.empty(Method::DELETE, &["bridges", bridge_id], &[])
+            .await
+    }
+
+    pub async fn external_media(&self, m: &ExternalMedia) -> Result<Channel, AriError> {
+        let mut q = vec![
+            ("app", m.app.clone()),
+            ("external_host", m.external_host.clone()),
+            ("format", m.format.clone()),
+        ];
+        if let Some(id) = &m.channel_id {
+            q.push(("channelId", id.clone()));
+        }
+        if let Some(d) = &m.data {
+            q.push(("data", d.clone()));
+        }
+        self.json(
+            Method::POST,
+            &["channels", "externalMedia"],
+            &q,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /ari/asterisk/ping`: Asterisk is up and the credentials work.
+    pub async fn ping(&self) -> Result<(), AriError> {
+        self.empty(Method::GET, &["asterisk", "ping"], &[]).await
+    }
+}
