@@ -278,7 +278,7 @@ impl AriClient {
         if let Some(t) = o.timeout_secs {
             q.push(("timeout", t.to_string()));
         }
-        let body = (!o.variables.is_empty()).then(|| Variables {
+        let body = (!o.variables.is_empty()).then_some(Variables {
             variables: &o.variables,
         });
         self.json(Method::POST, &["channels"], &q, body.as_ref())
