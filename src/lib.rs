@@ -11,3 +11,4 @@ pub mod campaign;
 pub mod compliance;
 pub mod config;
 pub mod logging;
+pub mod sim;

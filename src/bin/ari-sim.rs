@@ -1,0 +1,50 @@
+//! `ari-sim`: the in-repo Asterisk ARI simulator as a program, for trying
+//! the daemon by hand (`overdue-dialer` never contains it).
+
+use std::time::Duration;
+
+use clap::Parser;
+use overdue_dialer::sim::{SimConfig, Simulator};
+
+#[derive(Parser)]
+#[command(
+    about = "A simulated Asterisk 22 ARI on a loopback port (the lab's dialplan: the last digit picks the callee)"
+)]
+struct Args {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8088)]
+    port: u16,
+    #[arg(long, default_value = "asterisk")]
+    username: String,
+    #[arg(long, default_value = "asterisk")]
+    password: String,
+    /// Multiplies every simulated duration (0.1 = ten times faster).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// How long answering callees ring first, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    answer_delay_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = SimConfig {
+        username: args.username,
+        password: args.password,
+        time_scale: args.time_scale,
+        answer_delay: Duration::from_millis(args.answer_delay_ms),
+        ..SimConfig::default()
+    };
+    let sim = match Simulator::start(config, args.port).await {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("error: cannot listen on 127.0.0.1:{}: {e}", args.port);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!("ARI simulator on {} (Ctrl-C to stop)", sim.url());
+    let _ = tokio::signal::ctrl_c().await;
+    sim.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}

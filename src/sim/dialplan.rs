@@ -1,0 +1,177 @@
+//! What the simulated PBX does with a dialled endpoint: the lab's dialplan
+//! from `shared/ari/README.md`, as plain functions.
+//!
+//! `Local/<n>@sim-pstn` reaches the fake PSTN directly; `Local/<n>@from-voip`
+//! goes through the production-like context that `Dial()`s the PSTN (and
+//! sends 3241000752 to `openai-app`); `SIP/…` and `PJSIP/…` are direct trunk
+//! endpoints whose channel carries the Q.850 cause itself.
+
+use std::time::Duration;
+
+/// How the callee behaves, picked by the last digit of the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callee {
+    /// Answers, then hangs up after this long (0–3: 20 s, 7: 2 s, 8: 5 min).
+    Answers { hangs_up_after: Duration },
+    /// 4: `Busy()`.
+    Busy,
+    /// 5: rings and never answers.
+    NeverAnswers,
+    /// 6: `Congestion()`.
+    Congestion,
+    /// 9: `Hangup(1)`, unallocated number.
+    Unallocated,
+    /// Cause 21, call rejected (not in the lab's table; set per number).
+    Rejects,
+}
+
+impl Callee {
+    pub fn for_number(number: &str) -> Callee {
+        match number.bytes().last() {
+            Some(b'0'..=b'3') => Callee::Answers {
+                hangs_up_after: Duration::from_secs(20),
+            },
+            Some(b'4') => Callee::Busy,
+            Some(b'5') => Callee::NeverAnswers,
+            Some(b'6') => Callee::Congestion,
+            Some(b'7') => Callee::Answers {
+                hangs_up_after: Duration::from_secs(2),
+            },
+            Some(b'8') => Callee::Answers {
+                hangs_up_after: Duration::from_secs(300),
+            },
+            _ => Callee::Unallocated,
+        }
+    }
+
+    pub fn answers(&self) -> bool {
+        matches!(self, Callee::Answers { .. })
+    }
+
+    /// The lab's `Goto` labels and applications, for `ChannelDialplan` events.
+    pub fn digit(number: &str) -> char {
+        number.chars().last().unwrap_or('0')
+    }
+}
+
+/// The inbound number that the `from-voip` context sends to `openai-app`.
+pub const AGENT_NUMBER: &str = "3241000752";
+
+/// How an originated endpoint is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `Local/<n>@sim-pstn`.
+    LocalPstn { number: String },
+    /// `Local/<n>@from-voip`, dialling the PSTN from its `;2` half.
+    LocalFromVoip { number: String },
+    /// `Local/3241000752@from-voip`: answered and sent to `openai-app`.
+    LocalAgent,
+    /// `Local/<n>@<any other context>`: both halves die at once, cause 0.
+    LocalUnknownContext { number: String, context: String },
+    /// `SIP/<trunk>/<n>` or `PJSIP/<n>@<trunk>`.
+    Direct {
+        tech: String,
+        trunk: String,
+        number: String,
+        dialstring: String,
+    },
+    /// A technology Asterisk has no driver for: 500 Allocation failed.
+    Unavailable,
+}
+
+/// Parses an ARI `endpoint` the way the lab's Asterisk would route it.
+pub fn route(endpoint: &str) -> Route {
+    let Some((tech, resource)) = endpoint.split_once('/') else {
+        return Route::Unavailable;
+    };
+    match tech {
+        "Local" => {
+            let (number, context) = resource.split_once('@').unwrap_or((resource, "default"));
+            let number = number.to_owned();
+            match context {
+                "sim-pstn" => Route::LocalPstn { number },
+                "from-voip" if number == AGENT_NUMBER => Route::LocalAgent,
+                "from-voip" => Route::LocalFromVoip { number },
+                other => Route::LocalUnknownContext {
+                    number,
+                    context: other.to_owned(),
+                },
+            }
+        }
+        "PJSIP" => {
+            // PJSIP/<number>@<endpoint>
+            let (number, trunk) = resource.split_once('@').unwrap_or((resource, resource));
+            Route::Direct {
+                tech: tech.into(),
+                trunk: trunk.into(),
+                number: number.into(),
+                dialstring: resource.into(),
+            }
+        }
+        "SIP" | "IAX2" | "DAHDI" => {
+            // SIP/<peer>/<number>
+            let (trunk, number) = resource.split_once('/').unwrap_or((resource, ""));
+            Route::Direct {
+                tech: tech.into(),
+                trunk: trunk.into(),
+                number: number.into(),
+                dialstring: resource.into(),
+            }
+        }
+        _ => Route::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_table() {
+        assert!(
+            matches!(Callee::for_number("3001234560"), Callee::Answers { hangs_up_after } if hangs_up_after.as_secs() == 20)
+        );
+        assert_eq!(Callee::for_number("3001234564"), Callee::Busy);
+        assert_eq!(Callee::for_number("3001234565"), Callee::NeverAnswers);
+        assert_eq!(Callee::for_number("3001234566"), Callee::Congestion);
+        assert!(
+            matches!(Callee::for_number("3001234567"), Callee::Answers { hangs_up_after } if hangs_up_after.as_secs() == 2)
+        );
+        assert_eq!(Callee::for_number("3001234569"), Callee::Unallocated);
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route("Local/3001234560@sim-pstn"),
+            Route::LocalPstn {
+                number: "3001234560".into()
+            }
+        );
+        assert_eq!(
+            route("Local/3001234560@from-voip"),
+            Route::LocalFromVoip {
+                number: "3001234560".into()
+            }
+        );
+        assert_eq!(route("Local/3241000752@from-voip"), Route::LocalAgent);
+        assert!(matches!(
+            route("Local/3001234560@no-such-context"),
+            Route::LocalUnknownContext { .. }
+        ));
+        assert_eq!(
+            route("PJSIP/3001234560@voip_issabel"),
+            Route::Direct {
+                tech: "PJSIP".into(),
+                trunk: "voip_issabel".into(),
+                number: "3001234560".into(),
+                dialstring: "3001234560@voip_issabel".into()
+            }
+        );
+        assert!(
+            matches!(route("SIP/voip_issabel/3001234560"), Route::Direct { ref number, .. } if number == "3001234560")
+        );
+        assert_eq!(route("Foo/123"), Route::Unavailable);
+        assert_eq!(route("garbage"), Route::Unavailable);
+    }
+}

@@ -1,0 +1,734 @@
+//! The simulator's HTTP side: ARI's REST endpoints and the event
+//! WebSocket, with Asterisk's status codes and bodies (`shared/ari/README.md`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use super::call::{self, Call};
+use super::dialplan::{route, Callee, Route};
+use super::state::{new_channel, now_stamp, Chan, Ctl, Request, WsOut};
+use super::Shared;
+use crate::ari::model::{Bridge, CallerId, DialplanCep};
+
+type Sim = State<Arc<Shared>>;
+type Params = Query<Vec<(String, String)>>;
+
+fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn message(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+/// A listener that can be re-bound to the same port after a restart.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections until aborted; aborting drops every connection
+/// task with it, which is how a restart cuts keep-alive connections.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let router = router(shared);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        conns.spawn(async move {
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ari/events", get(events))
+        .route("/ari/channels", post(originate).get(list_channels))
+        .route("/ari/channels/externalMedia", post(external_media))
+        .route("/ari/channels/{id}", get(get_channel).delete(hangup))
+        .route("/ari/channels/{id}/play", post(play))
+        .route("/ari/channels/{id}/answer", post(answer))
+        .route("/ari/channels/{id}/variable", post(set_variable))
+        .route("/ari/bridges", post(create_bridge))
+        .route("/ari/bridges/{id}", delete(destroy_bridge))
+        .route("/ari/bridges/{id}/addChannel", post(add_channel))
+        .route("/ari/applications", get(applications))
+        .route("/ari/applications/{name}", get(application))
+        .route("/ari/sounds/{id}", get(sound))
+        .route("/ari/asterisk/ping", get(ping))
+        .layer(middleware::from_fn_with_state(shared.clone(), guard))
+        .with_state(shared)
+}
+
+/// Records the request, checks credentials (Basic or `api_key`), and
+/// applies the configured response delay.
+async fn guard(State(sim): Sim, req: HttpRequest, next: Next) -> Response {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    sim.inner().requests.push(Request {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        query: query.clone(),
+    });
+    let (user, pass, delay) = {
+        let cfg = sim.cfg();
+        (
+            cfg.username.clone(),
+            cfg.password.clone(),
+            cfg.response_delay,
+        )
+    };
+    let expected = format!("{user}:{pass}");
+    let basic = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .is_some_and(|b| b == expected.as_bytes());
+    let api_key = serde_urlencoded::from_str::<Vec<(String, String)>>(&query)
+        .ok()
+        .is_some_and(|q| param(&q, "api_key") == Some(expected.as_str()));
+    if !basic && !api_key {
+        return message(StatusCode::UNAUTHORIZED, "Authentication required");
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    next.run(req).await
+}
+
+// ---- the event WebSocket ----
+
+async fn events(State(sim): Sim, Query(q): Params, ws: WebSocketUpgrade) -> Response {
+    let apps: Vec<String> = param(&q, "app")
+        .unwrap_or("")
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if apps.is_empty() {
+        return message(StatusCode::BAD_REQUEST, "Missing parameter app");
+    }
+    // Register before the 101 goes out, so an originate right after the
+    // handshake finds its app (Asterisk registers during the upgrade too).
+    let (tx, rx) = mpsc::unbounded_channel();
+    let conn = {
+        let mut inner = sim.inner();
+        inner.next_conn += 1;
+        let conn = inner.next_conn;
+        inner.conns.insert(conn, tx);
+        for app in &apps {
+            if let Some(old) = inner.apps.insert(app.clone(), conn) {
+                let ev = json!({ "type": "ApplicationReplaced", "timestamp": now_stamp(), "application": app, "asterisk_id": sim.asterisk_id });
+                if let Some(old_tx) = inner.conns.get(&old) {
+                    let _ = old_tx.send(WsOut::Text(ev.to_string()));
+                }
+            }
+        }
+        conn
+    };
+    let sim_failed = sim.clone();
+    ws.on_failed_upgrade(move |_| unregister(&sim_failed, conn))
+        .on_upgrade(move |socket| pump(sim, conn, socket, rx))
+}
+
+fn unregister(sim: &Shared, conn: u64) {
+    let mut inner = sim.inner();
+    inner.conns.remove(&conn);
+    inner.apps.retain(|_, c| *c != conn);
+}
+
+async fn pump(
+    sim: Arc<Shared>,
+    conn: u64,
+    socket: WebSocket,
+    mut rx: mpsc::UnboundedReceiver<WsOut>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(WsOut::Text(text)) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(WsOut::Close) | None => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            },
+            incoming = stream.next() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+    unregister(&sim, conn);
+}
+
+// ---- channels ----
+
+fn caller_from(param: Option<&str>) -> CallerId {
+    // "Name <number>" or just the number.
+    match param {
+        Some(s) => match s.split_once('<') {
+            Some((name, rest)) => CallerId {
+                name: name.trim().trim_matches('"').to_owned(),
+                number: rest.trim_end_matches('>').to_owned(),
+            },
+            None => CallerId {
+                name: String::new(),
+                number: s.to_owned(),
+            },
+        },
+        None => CallerId::default(),
+    }
+}
+
+async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response {
+    let Some(app) = param(&q, "app").filter(|a| !a.is_empty()) else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Application or extension must be specified",
+        );
+    };
+    let endpoint = param(&q, "endpoint").unwrap_or("");
+    let r = route(endpoint);
+    let tech = endpoint.split('/').next().unwrap_or("");
+    if r == Route::Unavailable || sim.cfg().failing_technologies.contains(tech) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": "Allocation failed" })),
+        )
+            .into_response();
+    }
+    let ring_secs = param(&q, "timeout")
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(30);
+    let ring_timeout = if ring_secs < 0 {
+        std::time::Duration::from_secs(86_400 * 365)
+    } else {
+        sim.scaled(std::time::Duration::from_secs(ring_secs as u64))
+    };
+    let caller = caller_from(param(&q, "callerId"));
+    let number = match &r {
+        Route::LocalPstn { number }
+        | Route::LocalFromVoip { number }
+        | Route::LocalUnknownContext { number, .. }
+        | Route::Direct { number, .. } => number.clone(),
+        Route::LocalAgent => super::dialplan::AGENT_NUMBER.to_owned(),
+        Route::Unavailable => String::new(),
+    };
+    let callee = sim
+        .cfg()
+        .callees
+        .get(&number)
+        .copied()
+        .unwrap_or_else(|| Callee::for_number(&number));
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (a_json, call) = {
+        let mut inner = sim.inner();
+        let a_id = match param(&q, "channelId") {
+            Some(id) if inner.channels.contains_key(id) => {
+                return message(
+                    StatusCode::CONFLICT,
+                    "Channel with given unique ID already exists",
+                )
+            }
+            Some(id) => id.to_owned(),
+            None => inner.next_id(),
+        };
+        let seq = inner.next_seq();
+        let (a_name, context, b) = match &r {
+            Route::Direct { tech, trunk, .. } => (
+                format!("{tech}/{trunk}-{seq:08x}"),
+                "default".to_owned(),
+                None,
+            ),
+            _ => {
+                let context = endpoint
+                    .split_once('@')
+                    .map_or("default", |(_, c)| c)
+                    .to_owned();
+                let b_id = match param(&q, "otherChannelId") {
+                    Some(id) => id.to_owned(),
+                    None if param(&q, "channelId").is_some() => format!("{a_id};2"),
+                    None => inner.next_id(),
+                };
+                let base = format!("Local/{number}@{context}-{seq:08x}");
+                (
+                    format!("{base};1"),
+                    context,
+                    Some((b_id, format!("{base};2"))),
+                )
+            }
+        };
+        let home = DialplanCep {
+            context: context.clone(),
+            exten: number.clone(),
+            priority: 1,
+            app_name: "AppDial2".into(),
+            app_data: "(Outgoing Line)".into(),
+        };
+        let a = new_channel(a_id.clone(), a_name, "Down", home.clone(), caller.clone());
+        let a_json = serde_json::to_value(&a).unwrap_or(Value::Null);
+        inner.add_channel(Chan {
+            ch: a,
+            subscribers: vec![app.to_owned()],
+            stasis: None,
+            home,
+            ctl: Some(ctl_tx.clone()),
+            is_call: true,
+        });
+        let b_id = b.map(|(b_id, b_name)| {
+            let cep = DialplanCep {
+                context: context.clone(),
+                exten: number.clone(),
+                priority: 0,
+                app_name: String::new(),
+                app_data: String::new(),
+            };
+            // The ;2 half carries the caller id towards the callee.
+            let ch = new_channel(b_id.clone(), b_name, "Ring", cep.clone(), caller.clone());
+            inner.add_channel(Chan {
+                ch,
+                subscribers: vec![app.to_owned()],
+                stasis: None,
+                home: cep,
+                ctl: Some(ctl_tx.clone()),
+                is_call: false,
+            });
+            b_id
+        });
+        (
+            a_json,
+            Call {
+                a: a_id,
+                b: b_id,
+                app: app.to_owned(),
+                route: r,
+                callee,
+                ring_timeout,
+                ctl: ctl_rx,
+            },
+        )
+    };
+    // Start the call before answering: as on a real Asterisk, the first
+    // events may reach the client before this response does.
+    tokio::spawn(call::run(sim.clone(), call));
+    tokio::task::yield_now().await;
+    (StatusCode::OK, Json(a_json)).into_response()
+}
+
+async fn list_channels(State(sim): Sim) -> Response {
+    let inner = sim.inner();
+    let mut list: Vec<&crate::ari::model::Channel> =
+        inner.channels.values().map(|c| &c.ch).collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(json!(list)).into_response()
+}
+
+async fn get_channel(State(sim): Sim, Path(id): Path<String>) -> Response {
+    match sim.inner().channels.get(&id) {
+        Some(c) => Json(json!(c.ch)).into_response(),
+        None => message(StatusCode::NOT_FOUND, "Channel not found"),
+    }
+}
+
+fn reason_cause(reason: Option<&str>) -> i64 {
+    match reason.unwrap_or("normal") {
+        "busy" => 17,
+        "congestion" => 34,
+        "no_answer" => 19,
+        "timeout" => 18,
+        "rejected" => 21,
+        "unallocated" => 1,
+        "failure" => 38,
+        _ => 16,
+    }
+}
+
+async fn hangup(State(sim): Sim, Path(id): Path<String>, Query(q): Params) -> Response {
+    let cause = reason_cause(param(&q, "reason"));
+    let ctl = match sim.inner().channels.get(&id) {
+        None => return message(StatusCode::NOT_FOUND, "Channel not found"),
+        Some(c) => c.ctl.clone(),
+    };
+    match ctl {
+        Some(ctl) => {
+            let _ = ctl.send(Ctl::Hangup { cause });
+        }
+        // A channel no call task plays (externalMedia, inbound): torn down here.
+        None => sim.with(|e| {
+            e.hangup_request(&id, 32, true);
+            e.leave_bridges(&id);
+            e.stasis_end(&id, true);
+            e.varset(&id, "STASISSTATUS", "SUCCESS");
+            e.destroyed(&id, cause);
+        }),
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn play(State(sim): Sim, Path(id): Path<String>, Query(q): Params) -> Response {
+    let media: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "media")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::to_owned)
+        .collect();
+    if media.is_empty() {
+        return message(StatusCode::BAD_REQUEST, "Missing parameter media");
+    }
+    let (ctl, lang) = {
+        let inner = sim.inner();
+        let Some(c) = inner.channels.get(&id) else {
+            return message(StatusCode::NOT_FOUND, "Channel not found");
+        };
+        if c.stasis.is_none() || c.ch.state != "Up" {
+            return message(
+                StatusCode::PRECONDITION_FAILED,
+                "Channel not in Stasis application",
+            );
+        }
+        (
+            c.ctl.clone(),
+            param(&q, "lang").map_or_else(|| c.ch.language.clone(), str::to_owned),
+        )
+    };
+    let playback_id = param(&q, "playbackId").map_or_else(|| uuid_like(&sim), str::to_owned);
+    let body = json!({ "id": playback_id, "media_uri": media[0], "target_uri": format!("channel:{id}"), "language": lang, "state": "queued" });
+    let Some(ctl) = ctl else {
+        return message(
+            StatusCode::PRECONDITION_FAILED,
+            "Channel not in Stasis application",
+        );
+    };
+    let (ack, acked) = oneshot::channel();
+    if ctl
+        .send(Ctl::Play {
+            playback_id,
+            media,
+            lang,
+            ack,
+        })
+        .is_err()
+    {
+        return message(StatusCode::NOT_FOUND, "Channel not found");
+    }
+    // PlaybackStarted is emitted before this answer, as Asterisk does.
+    let _ = acked.await;
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+fn uuid_like(sim: &Shared) -> String {
+    let n = sim.inner().next_seq();
+    let r: u64 = rand::random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        r >> 32,
+        (r >> 16) & 0xffff,
+        n & 0xfff,
+        r & 0xfff,
+        n
+    )
+}
+
+async fn answer(State(sim): Sim, Path(id): Path<String>) -> Response {
+    let up = match sim.inner().channels.get(&id) {
+        None => return message(StatusCode::NOT_FOUND, "Channel not found"),
+        Some(c) if c.stasis.is_none() => {
+            return message(
+                StatusCode::PRECONDITION_FAILED,
+                "Channel not in Stasis application",
+            )
+        }
+        Some(c) => c.ch.state == "Up",
+    };
+    if !up {
+        sim.with(|e| e.state(&id, "Up"));
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn set_variable(State(sim): Sim, Path(id): Path<String>, Query(q): Params) -> Response {
+    let Some(var) = param(&q, "variable") else {
+        return message(StatusCode::BAD_REQUEST, "Variable name is required");
+    };
+    if !sim.inner().channels.contains_key(&id) {
+        return message(StatusCode::NOT_FOUND, "Channel not found");
+    }
+    let value = param(&q, "value").unwrap_or("");
+    if var == "CHANNEL(language)" {
+        if let Some(c) = sim.inner().channels.get_mut(&id) {
+            c.ch.language = value.to_owned();
+        }
+    }
+    sim.with(|e| e.varset(&id, var, value));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
+    let (Some(app), Some(host)) = (param(&q, "app"), param(&q, "external_host")) else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "app and external_host are required",
+        );
+    };
+    let format = param(&q, "format").unwrap_or("ulaw");
+    let args: Vec<String> = param(&q, "data")
+        .map(|d| vec![d.to_owned()])
+        .unwrap_or_default();
+    let id = {
+        let mut inner = sim.inner();
+        let id = match param(&q, "channelId") {
+            Some(id) if inner.channels.contains_key(id) => {
+                return message(
+                    StatusCode::CONFLICT,
+                    "Channel with given unique ID already exists",
+                )
+            }
+            Some(id) => id.to_owned(),
+            None => inner.next_id(),
+        };
+        let seq = inner.next_seq();
+        let home = DialplanCep {
+            context: "default".into(),
+            exten: "s".into(),
+            priority: 1,
+            app_name: "AppDial2".into(),
+            app_data: "(Outgoing Line)".into(),
+        };
+        let mut ch = new_channel(
+            id.clone(),
+            format!("UnicastRTP/{host}-0x7effe80{seq:05x}"),
+            "Down",
+            home.clone(),
+            CallerId::default(),
+        );
+        let port = 10_000 + (seq % 10_000) * 2;
+        ch.channelvars = Some(
+            [
+                (
+                    "UNICASTRTP_LOCAL_ADDRESS".to_owned(),
+                    "127.0.0.1".to_owned(),
+                ),
+                ("UNICASTRTP_LOCAL_PORT".to_owned(), port.to_string()),
+            ]
+            .into(),
+        );
+        inner.add_channel(Chan {
+            ch,
+            subscribers: vec![app.to_owned()],
+            stasis: None,
+            home,
+            ctl: None,
+            is_call: false,
+        });
+        id
+    };
+    let dialstring = format!("{host}/c({format})");
+    let snap = sim.with(|e| {
+        e.dial(&id, "", &dialstring);
+        e.state(&id, "Up");
+        e.dial(&id, "ANSWER", &dialstring);
+        e.varset(&id, "STASISSTATUS", "");
+        e.stasis_start(&id, app, &args);
+        e.inner.channels.get(&id).map(|c| json!(c.ch))
+    });
+    (StatusCode::OK, Json(snap.unwrap_or(Value::Null))).into_response()
+}
+
+// ---- bridges ----
+
+async fn create_bridge(State(sim): Sim, Query(q): Params) -> Response {
+    let id = param(&q, "bridgeId").map_or_else(|| uuid_like(&sim), str::to_owned);
+    let bridge = Bridge {
+        id: id.clone(),
+        technology: "simple_bridge".into(),
+        bridge_type: param(&q, "type").unwrap_or("mixing").to_owned(),
+        bridge_class: "stasis".into(),
+        creator: "Stasis".into(),
+        name: param(&q, "name").unwrap_or("").to_owned(),
+        channels: Vec::new(),
+        creationtime: now_stamp(),
+        video_mode: "talker".into(),
+    };
+    sim.inner().bridges.insert(id, bridge.clone());
+    (StatusCode::OK, Json(bridge)).into_response()
+}
+
+async fn add_channel(State(sim): Sim, Path(id): Path<String>, Query(q): Params) -> Response {
+    let Some(channel) = param(&q, "channel").map(str::to_owned) else {
+        return message(StatusCode::BAD_REQUEST, "Missing parameter channel");
+    };
+    // Checked and done under one lock; the error is the status and message to send.
+    let result: Result<(), (StatusCode, &str)> = sim.with(|e| {
+        let Some(app) = e.inner.channels.get(&channel).map(|c| c.stasis.clone()) else {
+            return Err((StatusCode::BAD_REQUEST, "Channel not found"));
+        };
+        let Some(app) = app else {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Channel not in Stasis application",
+            ));
+        };
+        let Some(bridge) = e.inner.bridges.get_mut(&id) else {
+            return Err((StatusCode::NOT_FOUND, "Bridge not found"));
+        };
+        if !bridge.channels.contains(&channel) {
+            bridge.channels.push(channel.clone());
+        }
+        let snapshot = bridge.clone();
+        let apps = e.inner.bridge_apps.entry(id.clone()).or_default();
+        if !apps.contains(&app) {
+            apps.push(app.clone());
+        }
+        e.bridge_event("ChannelEnteredBridge", &snapshot, Some(&channel), &app);
+        Ok(())
+    });
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err((status, text)) => message(status, text),
+    }
+}
+
+async fn destroy_bridge(State(sim): Sim, Path(id): Path<String>) -> Response {
+    let found = sim.with(|e| {
+        let Some(bridge) = e.inner.bridges.get(&id).cloned() else {
+            return false;
+        };
+        for ch in &bridge.channels {
+            e.leave_bridges(ch);
+        }
+        e.inner.bridges.remove(&id);
+        let mut empty = bridge;
+        empty.channels.clear();
+        for app in e.inner.bridge_apps.remove(&id).unwrap_or_default() {
+            e.bridge_event("BridgeDestroyed", &empty, None, &app);
+        }
+        true
+    });
+    if found {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        message(StatusCode::NOT_FOUND, "Bridge not found")
+    }
+}
+
+// ---- applications, sounds, ping ----
+
+fn app_json(inner: &super::state::Inner, name: &str) -> Value {
+    let mut ids: Vec<&String> = inner
+        .channels
+        .iter()
+        .filter(|(_, c)| c.subscribers.iter().any(|s| s == name))
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    json!({ "name": name, "channel_ids": ids, "bridge_ids": [], "endpoint_ids": [], "device_names": [], "events_allowed": [], "events_disallowed": [] })
+}
+
+async fn applications(State(sim): Sim) -> Response {
+    let inner = sim.inner();
+    let mut names: Vec<&String> = inner.apps.keys().collect();
+    names.sort();
+    Json(Value::Array(
+        names.into_iter().map(|n| app_json(&inner, n)).collect(),
+    ))
+    .into_response()
+}
+
+async fn application(State(sim): Sim, Path(name): Path<String>) -> Response {
+    let inner = sim.inner();
+    if !inner.apps.contains_key(&name) {
+        return message(StatusCode::NOT_FOUND, "Application not found");
+    }
+    Json(app_json(&inner, &name)).into_response()
+}
+
+async fn sound(State(sim): Sim, Path(id): Path<String>) -> Response {
+    match sim.cfg().sounds.get(&id) {
+        Some(s) => {
+            let formats: Vec<Value> = s
+                .languages
+                .iter()
+                .map(|l| json!({ "language": l, "format": "gsm" }))
+                .collect();
+            Json(json!({ "id": id, "text": "", "formats": formats })).into_response()
+        }
+        None => message(StatusCode::NOT_FOUND, "Sound not found"),
+    }
+}
+
+async fn ping(State(sim): Sim, _headers: HeaderMap) -> Response {
+    Json(json!({ "asterisk_id": sim.asterisk_id, "ping": "pong", "timestamp": now_stamp() }))
+        .into_response()
+}
+
+/// A caller dialling the inbound number over a SIP trunk: answered in
+/// `from-voip`, then `Stasis(<inbound app>)` (recording `inbound`, fact 11).
+pub fn inbound_call(sim: &Shared, caller_number: &str) -> Option<String> {
+    let app = sim.cfg().inbound_app.clone();
+    sim.with(|e| {
+        let id = e.inner.next_id();
+        let seq = e.inner.next_seq();
+        let cep = DialplanCep {
+            context: "from-voip".into(),
+            exten: super::dialplan::AGENT_NUMBER.into(),
+            priority: 2,
+            app_name: "Stasis".into(),
+            app_data: app.clone(),
+        };
+        let caller = CallerId {
+            name: String::new(),
+            number: caller_number.to_owned(),
+        };
+        let ch = new_channel(
+            id.clone(),
+            format!("PJSIP/voip_issabel-{seq:08x}"),
+            "Up",
+            cep.clone(),
+            caller,
+        );
+        e.inner.add_channel(Chan {
+            ch,
+            subscribers: Vec::new(),
+            stasis: None,
+            home: cep,
+            ctl: None,
+            is_call: false,
+        });
+        if e.stasis_start(&id, &app, &[]) {
+            e.subscribe(&id, &app);
+            Some(id)
+        } else {
+            e.inner.remove_channel(&id);
+            None
+        }
+    })
+}

@@ -1,0 +1,308 @@
+//! An in-repo simulator of Asterisk 22's ARI, for tests, the demo and the
+//! benchmarks. It serves the same endpoints, JSON and status codes as the
+//! recordings in `shared/ari/`, registers Stasis apps with the event
+//! WebSocket, and plays calls out with the lab's dialplan (`dialplan`) and
+//! the recorded event sequences (`call`).
+//!
+//! Test hooks on `Simulator`: drop every WebSocket; restart (refuse
+//! connections for a while and lose every channel); refuse originates for
+//! a technology with 500 `Allocation failed`; delay responses; per-number
+//! callee behaviour; and counters of live channels, bridges and requests.
+//! A time scale shrinks every simulated duration so tests run fast.
+
+mod call;
+pub mod dialplan;
+mod http;
+mod state;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+pub use dialplan::Callee;
+pub use state::Request;
+use state::{Emit, Inner, WsOut};
+
+/// A sound Asterisk has on disk: in which languages, and how long it plays.
+#[derive(Debug, Clone)]
+pub struct SoundSpec {
+    pub languages: Vec<String>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub username: String,
+    pub password: String,
+    /// Multiplies every simulated duration (prompts, callee behaviour,
+    /// ring timeouts, answer delay): 0.01 runs a 4.38 s prompt in 44 ms.
+    pub time_scale: f64,
+    /// How long answering callees ring first (unscaled; 0 answers at once, as in the lab).
+    pub answer_delay: Duration,
+    /// Lag of the callee's `Wait()` dialplan event after the answer (real time, not scaled).
+    pub dialplan_lag: Duration,
+    pub sounds: HashMap<String, SoundSpec>,
+    /// Per-number callee behaviour, instead of the last-digit table.
+    pub callees: HashMap<String, Callee>,
+    /// Technologies whose originates answer 500 `Allocation failed`.
+    pub failing_technologies: HashSet<String>,
+    /// Added before every REST answer.
+    pub response_delay: Duration,
+    pub inbound_app: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        let mut sounds = HashMap::new();
+        sounds.insert(
+            "morosos_natalia".to_owned(),
+            SoundSpec {
+                languages: vec!["es_MX".into()],
+                duration: Duration::from_millis(4380),
+            },
+        );
+        SimConfig {
+            username: "asterisk".into(),
+            password: "asterisk".into(),
+            time_scale: 1.0,
+            answer_delay: Duration::ZERO,
+            dialplan_lag: Duration::from_millis(5),
+            sounds,
+            callees: HashMap::new(),
+            failing_technologies: HashSet::new(),
+            response_delay: Duration::ZERO,
+            inbound_app: "openai-app".into(),
+        }
+    }
+}
+
+/// State shared by the HTTP handlers and the call tasks.
+pub(crate) struct Shared {
+    cfg: Mutex<SimConfig>,
+    inner: Mutex<Inner>,
+    asterisk_id: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking handler must not take the whole simulator down with it.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    fn cfg(&self) -> MutexGuard<'_, SimConfig> {
+        lock(&self.cfg)
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// Runs `f` with the state locked, emitting events in order.
+    fn with<R>(&self, f: impl FnOnce(&mut Emit) -> R) -> R {
+        let mut inner = self.inner();
+        let mut e = Emit {
+            inner: &mut inner,
+            asterisk_id: &self.asterisk_id,
+        };
+        f(&mut e)
+    }
+
+    fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.cfg().time_scale.max(0.0))
+    }
+
+    fn answer_delay(&self) -> Duration {
+        self.cfg().answer_delay
+    }
+
+    fn dialplan_lag(&self) -> Duration {
+        self.cfg().dialplan_lag
+    }
+
+    fn inbound_app(&self) -> String {
+        self.cfg().inbound_app.clone()
+    }
+
+    /// Whether a media URI can be played in `lang`, and until when.
+    fn media_length(&self, media: &str, lang: &str) -> (bool, tokio::time::Instant) {
+        let now = tokio::time::Instant::now();
+        let cfg = self.cfg();
+        let (ok, length) = match media.split_once(':') {
+            Some(("sound", name)) => match cfg.sounds.get(name) {
+                Some(s) if s.languages.iter().any(|l| l == lang) => (true, s.duration),
+                _ => (false, Duration::from_millis(1)),
+            },
+            Some(("number" | "digits", n))
+                if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit() || c == '.') =>
+            {
+                (true, Duration::from_millis(600) * n.len() as u32)
+            }
+            Some(("silence", secs)) => match secs.parse::<u64>() {
+                Ok(s) => (true, Duration::from_secs(s)),
+                Err(_) => (false, Duration::from_millis(1)),
+            },
+            _ => (false, Duration::from_millis(1)),
+        };
+        // A failing sound ends at once, whatever the scale.
+        let length = if ok {
+            length.mul_f64(cfg.time_scale.max(0.0))
+        } else {
+            length
+        };
+        (ok, now + length)
+    }
+}
+
+/// A running simulator on a loopback port.
+pub struct Simulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Simulator {
+    /// Starts on `127.0.0.1:port` (0 picks a free port).
+    pub async fn start(config: SimConfig, port: u16) -> std::io::Result<Simulator> {
+        let shared = Arc::new(Shared {
+            cfg: Mutex::new(config),
+            inner: Mutex::new(Inner::default()),
+            asterisk_id: "02:fc:00:00:00:01".into(),
+        });
+        let listener = http::bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(http::serve(listener, shared.clone()));
+        Ok(Simulator {
+            shared,
+            addr,
+            server: Mutex::new(Some(server)),
+        })
+    }
+
+    /// The base URL to give the ARI client (`http://127.0.0.1:<port>`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes the configuration of the running simulator.
+    pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {
+        f(&mut self.shared.cfg());
+    }
+
+    /// Closes every event WebSocket, as a network blip would. Channels
+    /// stay up; their apps are unregistered until clients reconnect.
+    pub fn drop_websockets(&self) {
+        let mut inner = self.shared.inner();
+        for conn in inner.conns.values() {
+            let _ = conn.send(WsOut::Close);
+        }
+        inner.conns.clear();
+        inner.apps.clear();
+    }
+
+    /// An Asterisk restart: every connection is cut, every live channel is
+    /// lost without events, and connections are refused for `down`.
+    pub async fn restart(&self, down: Duration) -> std::io::Result<()> {
+        let server = lock(&self.server).take();
+        if let Some(server) = server {
+            server.abort();
+            let _ = server.await;
+        }
+        self.drop_websockets();
+        {
+            let mut inner = self.shared.inner();
+            let ids: Vec<String> = inner.channels.keys().cloned().collect();
+            for id in ids {
+                inner.remove_channel(&id);
+            }
+            inner.bridges.clear();
+            inner.bridge_apps.clear();
+        }
+        tokio::time::sleep(down).await;
+        let listener = http::bind(self.addr)?;
+        *lock(&self.server) = Some(tokio::spawn(http::serve(listener, self.shared.clone())));
+        Ok(())
+    }
+
+    /// Live channels (each Local call is two).
+    pub fn live_channels(&self) -> usize {
+        self.shared.inner().channels.len()
+    }
+
+    /// Live originated calls (one per originate until its channel is gone).
+    pub fn live_calls(&self) -> usize {
+        self.shared.inner().live_calls
+    }
+
+    /// The most calls that were ever live at once.
+    pub fn peak_calls(&self) -> usize {
+        self.shared.inner().peak_calls
+    }
+
+    /// (when, live calls) at every change since start.
+    pub fn live_log(&self) -> Vec<(Instant, usize)> {
+        self.shared.inner().live_log.clone()
+    }
+
+    pub fn live_bridges(&self) -> usize {
+        self.shared.inner().bridges.len()
+    }
+
+    /// Registered Stasis apps.
+    pub fn registered_apps(&self) -> Vec<String> {
+        let mut apps: Vec<String> = self.shared.inner().apps.keys().cloned().collect();
+        apps.sort();
+        apps
+    }
+
+    /// Every REST request received, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.inner().requests.clone()
+    }
+
+    /// How many originates were received (accepted or not).
+    pub fn originate_count(&self) -> usize {
+        self.shared
+            .inner()
+            .requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/ari/channels")
+            .count()
+    }
+
+    /// Sends a raw text frame to the connection holding `app`, as if
+    /// Asterisk had sent it (malformed or future events).
+    pub fn inject(&self, app: &str, text: &str) -> bool {
+        let inner = self.shared.inner();
+        match inner.apps.get(app).and_then(|c| inner.conns.get(c)) {
+            Some(conn) => conn.send(WsOut::Text(text.to_owned())).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Simulates a caller dialling the inbound number from `caller_number`
+    /// over a SIP trunk: the channel enters `Stasis(<inbound app>)` answered.
+    pub fn inbound_call(&self, caller_number: &str) -> Option<String> {
+        http::inbound_call(&self.shared, caller_number)
+    }
+
+    pub async fn shutdown(self) {
+        let server = lock(&self.server).take();
+        if let Some(server) = server {
+            server.abort();
+            let _ = server.await;
+        }
+        self.drop_websockets();
+        let mut inner = self.shared.inner();
+        let ids: Vec<String> = inner.channels.keys().cloned().collect();
+        for id in ids {
+            inner.remove_channel(&id);
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The simulator's shared state: live channels and bridges, which app is
+//! registered on which WebSocket, and the one place events are emitted.
+//!
+//! Everything sits behind one mutex held only for short, non-async
+//! sections. Emitting under the lock keeps every connection's events in
+//! the order they happened, as Asterisk does.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ari::model::{Bridge, CallerId, Channel, DialplanCep};
+
+/// Commands from the REST side to the task that plays a call.
+#[derive(Debug)]
+pub enum Ctl {
+    /// `DELETE /channels/{id}`: hang up with this Q.850 cause.
+    Hangup { cause: i64 },
+    /// `POST /channels/{id}/play`: the task emits `PlaybackStarted`, then acks.
+    Play {
+        playback_id: String,
+        media: Vec<String>,
+        lang: String,
+        ack: oneshot::Sender<()>,
+    },
+}
+
+/// What the WebSocket writer of one connection is told.
+#[derive(Debug)]
+pub enum WsOut {
+    Text(String),
+    Close,
+}
+
+pub struct Chan {
+    pub ch: Channel,
+    /// Apps receiving this channel's events.
+    pub subscribers: Vec<String>,
+    /// The app whose Stasis the channel is in.
+    pub stasis: Option<String>,
+    /// The dialplan location shown once the channel leaves Stasis.
+    pub home: DialplanCep,
+    pub ctl: Option<mpsc::UnboundedSender<Ctl>>,
+    /// The `;1` (or only) channel of an originate: one call.
+    pub is_call: bool,
+}
+
+/// One REST request as received, for tests that count what was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+}
+
+#[derive(Default)]
+pub struct Inner {
+    pub channels: HashMap<String, Chan>,
+    pub bridges: HashMap<String, Bridge>,
+    /// Apps whose channels have been in each bridge: they hear of its end.
+    pub bridge_apps: HashMap<String, Vec<String>>,
+    pub apps: HashMap<String, u64>,
+    pub conns: HashMap<u64, mpsc::UnboundedSender<WsOut>>,
+    pub next_conn: u64,
+    pub seq: u64,
+    pub requests: Vec<Request>,
+    pub live_calls: usize,
+    pub peak_calls: usize,
+    /// (when, live calls) at every change, for utilisation figures.
+    pub live_log: Vec<(Instant, usize)>,
+}
+
+pub fn now_stamp() -> String {
+    Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f%z").to_string()
+}
+
+pub fn cause_txt(cause: i64) -> &'static str {
+    match cause {
+        1 => "Unallocated (unassigned) number",
+        16 => "Normal Clearing",
+        17 => "User busy",
+        18 => "No user responding",
+        19 => "User alerting, no answer",
+        21 => "Call Rejected",
+        34 => "Circuit/channel congestion",
+        38 => "Network out of order",
+        41 => "Temporary failure",
+        42 => "Switching equipment congestion",
+        127 => "Interworking, unspecified",
+        _ => "Unknown",
+    }
+}
+
+/// A fresh channel as Asterisk shows it right after creation.
+pub fn new_channel(
+    id: String,
+    name: String,
+    state: &str,
+    dialplan: DialplanCep,
+    caller: CallerId,
+) -> Channel {
+    Channel {
+        id,
+        name,
+        state: state.to_owned(),
+        protocol_id: String::new(),
+        connected: caller.clone(),
+        caller,
+        accountcode: String::new(),
+        dialplan,
+        creationtime: now_stamp(),
+        language: "en".into(),
+        channelvars: None,
+    }
+}
+
+impl Inner {
+    /// Asterisk-style unique id (`<epoch>.<n>`).
+    pub fn next_id(&mut self) -> String {
+        self.seq += 1;
+        format!("{}.{}", Utc::now().timestamp(), self.seq)
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn send(&self, app: &str, mut ev: Value, asterisk_id: &str) {
+        let Some(conn) = self.apps.get(app).and_then(|c| self.conns.get(c)) else {
+            return; // nobody registered: Asterisk drops it too
+        };
+        if let Value::Object(map) = &mut ev {
+            map.insert("asterisk_id".into(), Value::from(asterisk_id));
+            map.insert("application".into(), Value::from(app));
+        }
+        let _ = conn.send(WsOut::Text(ev.to_string()));
+    }
+
+    /// Sends `ev` to every app subscribed to `channel`.
+    pub fn emit_channel(&self, channel: &str, ev: Value, asterisk_id: &str) {
+        if let Some(c) = self.channels.get(channel) {
+            for app in &c.subscribers {
+                self.send(app, ev.clone(), asterisk_id);
+            }
+        }
+    }
+
+    pub fn emit_app(&self, app: &str, ev: Value, asterisk_id: &str) {
+        self.send(app, ev, asterisk_id);
+    }
+
+    pub fn snapshot(&self, channel: &str) -> Option<Value> {
+        self.channels
+            .get(channel)
+            .and_then(|c| serde_json::to_value(&c.ch).ok())
+    }
+
+    pub fn add_channel(&mut self, chan: Chan) {
+        if chan.is_call {
+            self.live_calls += 1;
+            self.peak_calls = self.peak_calls.max(self.live_calls);
+            self.live_log.push((Instant::now(), self.live_calls));
+        }
+        self.channels.insert(chan.ch.id.clone(), chan);
+    }
+
+    pub fn remove_channel(&mut self, id: &str) -> Option<Chan> {
+        let chan = self.channels.remove(id)?;
+        if chan.is_call {
+            self.live_calls -= 1;
+            self.live_log.push((Instant::now(), self.live_calls));
+        }
+        for b in self.bridges.values_mut() {
+            b.channels.retain(|c| c != id);
+        }
+        Some(chan)
+    }
+}
+
+/// Event builders: each takes the lock's contents, changes the channel as
+/// the event says, and emits it.
+pub struct Emit<'a> {
+    pub inner: &'a mut Inner,
+    pub asterisk_id: &'a str,
+}
+
+impl Emit<'_> {
+    fn base(kind: &str) -> Value {
+        json!({ "type": kind, "timestamp": now_stamp() })
+    }
+
+    fn with(mut ev: Value, fields: Value) -> Value {
+        if let (Value::Object(a), Value::Object(b)) = (&mut ev, fields) {
+            a.extend(b);
+        }
+        ev
+    }
+
+    fn channel_event(&mut self, id: &str, kind: &str, fields: Value) {
+        let Some(snap) = self.inner.snapshot(id) else {
+            return;
+        };
+        let ev = Self::with(
+            Self::with(Self::base(kind), fields),
+            json!({ "channel": snap }),
+        );
+        self.inner.emit_channel(id, ev, self.asterisk_id);
+    }
+
+    pub fn dial(&mut self, id: &str, dialstatus: &str, dialstring: &str) {
+        let Some(snap) = self.inner.snapshot(id) else {
+            return;
+        };
+        let ev = Self::with(
+            Self::base("Dial"),
+            json!({ "dialstatus": dialstatus, "forward": "", "dialstring": dialstring, "peer": snap }),
+        );
+        self.inner.emit_channel(id, ev, self.asterisk_id);
+    }
+
+    /// A `Dial()` from `caller`'s dialplan to a channel no app is subscribed to.
+    pub fn dial_from(&mut self, caller: &str, peer: &Channel, dialstatus: &str, dialstring: &str) {
+        let Some(snap) = self.inner.snapshot(caller) else {
+            return;
+        };
+        let ev = Self::with(
+            Self::base("Dial"),
+            json!({ "dialstatus": dialstatus, "forward": "", "dialstring": dialstring, "caller": snap, "peer": peer }),
+        );
+        self.inner.emit_channel(caller, ev, self.asterisk_id);
+    }
+
+    pub fn dialplan(&mut self, id: &str, app: &str, data: &str) {
+        if let Some(c) = self.inner.channels.get_mut(id) {
+            c.ch.dialplan.priority += 1;
+            c.ch.dialplan.app_name = app.to_owned();
+            c.ch.dialplan.app_data = data.to_owned();
+        }
+        self.channel_event(
+            id,
+            "ChannelDialplan",
+            json!({ "dialplan_app": app, "dialplan_app_data": data }),
+        );
+    }
+
+    pub fn state(&mut self, id: &str, state: &str) {
+        if let Some(c) = self.inner.channels.get_mut(id) {
+            c.ch.state = state.to_owned();
+        }
+        self.channel_event(id, "ChannelStateChange", json!({}));
+    }
+
+    pub fn varset(&mut self, id: &str, variable: &str, value: &str) {
+        self.channel_event(
+            id,
+            "ChannelVarset",
+            json!({ "variable": variable, "value": value }),
+        );
+    }
+
+    pub fn hangup_request(&mut self, id: &str, cause: i64, soft: bool) {
+        let fields = if soft {
+            json!({ "cause": cause, "soft": true })
+        } else {
+            json!({ "cause": cause })
+        };
+        self.channel_event(id, "ChannelHangupRequest", fields);
+    }
+
+    pub fn destroyed(&mut self, id: &str, cause: i64) {
+        if let Some(c) = self.inner.channels.get_mut(id) {
+            if c.stasis.is_none() {
+                c.ch.dialplan = c.home.clone();
+            }
+        }
+        self.channel_event(
+            id,
+            "ChannelDestroyed",
+            json!({ "cause": cause, "cause_txt": cause_txt(cause) }),
+        );
+        self.inner.remove_channel(id);
+    }
+
+    pub fn caller_id(&mut self, id: &str) {
+        self.channel_event(id, "ChannelCallerId", json!({ "caller_presentation": 0, "caller_presentation_txt": "Presentation Allowed, Not Screened" }));
+    }
+
+    pub fn connected_line(&mut self, id: &str) {
+        self.channel_event(id, "ChannelConnectedLine", json!({}));
+    }
+
+    /// Enters Stasis of `app`. `false` when the app is not registered: the
+    /// real `Stasis()` then fails and the channel is hung up.
+    pub fn stasis_start(&mut self, id: &str, app: &str, args: &[String]) -> bool {
+        if !self.inner.apps.contains_key(app) {
+            return false;
+        }
+        let Some(c) = self.inner.channels.get_mut(id) else {
+            return false;
+        };
+        c.stasis = Some(app.to_owned());
+        c.ch.dialplan.app_name = "Stasis".into();
+        c.ch.dialplan.app_data = app.to_owned();
+        let Some(snap) = self.inner.snapshot(id) else {
+            return false;
+        };
+        let ev = Self::with(
+            Self::base("StasisStart"),
+            json!({ "args": args, "channel": snap }),
+        );
+        self.inner.emit_app(app, ev, self.asterisk_id);
+        true
+    }
+
+    /// `app` starts receiving every event of the channel. Originated
+    /// channels are subscribed from birth; a channel entering `Stasis()`
+    /// from the dialplan is followed only from then on.
+    pub fn subscribe(&mut self, id: &str, app: &str) {
+        if let Some(c) = self.inner.channels.get_mut(id) {
+            if !c.subscribers.iter().any(|s| s == app) {
+                c.subscribers.push(app.to_owned());
+            }
+        }
+    }
+
+    /// Leaves Stasis; an app that only followed the channel because of
+    /// `Stasis()` stops receiving its events.
+    pub fn stasis_end(&mut self, id: &str, unsubscribe: bool) {
+        let Some(app) = self
+            .inner
+            .channels
+            .get_mut(id)
+            .and_then(|c| c.stasis.take())
+        else {
+            return;
+        };
+        let Some(snap) = self.inner.snapshot(id) else {
+            return;
+        };
+        let ev = Self::with(Self::base("StasisEnd"), json!({ "channel": snap }));
+        self.inner.emit_app(&app, ev, self.asterisk_id);
+        if unsubscribe {
+            if let Some(c) = self.inner.channels.get_mut(id) {
+                c.subscribers.retain(|s| *s != app);
+            }
+        }
+    }
+
+    /// `PlaybackStarted` / `PlaybackContinuing` / `PlaybackFinished` to the channel's Stasis app.
+    pub fn playback(&mut self, channel: &str, kind: &str, playback: Value) {
+        let Some(app) = self
+            .inner
+            .channels
+            .get(channel)
+            .and_then(|c| c.stasis.clone())
+        else {
+            return;
+        };
+        let ev = Self::with(Self::base(kind), json!({ "playback": playback }));
+        self.inner.emit_app(&app, ev, self.asterisk_id);
+    }
+
+    pub fn bridge_event(&mut self, kind: &str, bridge: &Bridge, channel: Option<&str>, app: &str) {
+        let mut fields = json!({ "bridge": bridge });
+        if let Some(id) = channel {
+            let Some(snap) = self.inner.snapshot(id) else {
+                return;
+            };
+            fields["channel"] = snap;
+        }
+        let ev = Self::with(Self::base(kind), fields);
+        self.inner.emit_app(app, ev, self.asterisk_id);
+    }
+}
+
+impl Emit<'_> {
+    /// `ChannelLeftBridge` for every bridge holding the channel (before it leaves Stasis).
+    pub fn leave_bridges(&mut self, id: &str) {
+        let Some(app) = self.inner.channels.get(id).and_then(|c| c.stasis.clone()) else {
+            return;
+        };
+        let holding: Vec<Bridge> = self
+            .inner
+            .bridges
+            .values()
+            .filter(|b| b.channels.iter().any(|c| c == id))
+            .cloned()
+            .collect();
+        for mut bridge in holding {
+            bridge.channels.retain(|c| c != id);
+            if let Some(b) = self.inner.bridges.get_mut(&bridge.id) {
+                b.channels.retain(|c| c != id);
+            }
+            self.bridge_event("ChannelLeftBridge", &bridge, Some(id), &app);
+        }
+    }
+}
