@@ -103,6 +103,7 @@ pub struct Config {
     pub retry_minutes: RetryMinutes,
     pub window: CallingWindow,
     pub trunks: Vec<TrunkConfig>,
+    pub voice_agent: VoiceAgentConfig,
     pub logging: LoggingConfig,
 }
 
@@ -116,6 +117,7 @@ impl Default for Config {
             retry_minutes: RetryMinutes::default(),
             window: CallingWindow::default(),
             trunks: vec![TrunkConfig::default()],
+            voice_agent: VoiceAgentConfig::default(),
             logging: LoggingConfig::default(),
         }
     }
@@ -300,6 +302,22 @@ impl Default for TrunkConfig {
             priority: 1,
             caller_id: None,
         }
+    }
+}
+
+/// Inbound calls on the inbound app (SPEC §9).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceAgentConfig {
+    /// What a caller hears when the AI agent cannot take the call.
+    pub fallback_media: Vec<String>,
+    /// Longest an inbound call may last, in seconds.
+    pub max_call_secs: u64,
+}
+
+impl Default for VoiceAgentConfig {
+    fn default() -> Self {
+        VoiceAgentConfig { fallback_media: vec!["sound:morosos_natalia".into()], max_call_secs: 300 }
     }
 }
 

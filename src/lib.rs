@@ -12,3 +12,5 @@ pub mod compliance;
 pub mod config;
 pub mod logging;
 pub mod sim;
+pub mod voice_agent;
+pub mod dialer;

@@ -336,6 +336,7 @@ async fn outcomes_update_the_client_once() {
     );
     let busy = CallRecord {
         outcome: Outcome::Busy,
+        dialled: true,
         hangup_cause: Some(17),
         trunk: Some("t1".into()),
         channel_id: Some(claim.channel_id()),

@@ -131,7 +131,27 @@ impl EventConnection {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Separates the event stream from the handle that stops the supervisor.
+    pub fn into_parts(self) -> (mpsc::Receiver<Envelope>, watch::Receiver<ConnState>, Arc<Stats>, SupervisorHandle) {
+        (self.events, self.state, self.stats, SupervisorHandle { stop: self.stop, task: self.task })
+    }
+
     /// Closes the socket and ends the supervisor.
+    pub async fn shutdown(self) {
+        // Dropping the receiver first frees a supervisor blocked on a full channel.
+        drop(self.events);
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Stops a supervisor whose events were taken with `into_parts`.
+pub struct SupervisorHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SupervisorHandle {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -298,14 +318,18 @@ impl Supervisor {
 
     /// Decodes and hands on one event, waiting for room if the consumer is
     /// behind. `false` when nobody listens any more.
-    async fn deliver(&self, text: &str) -> bool {
+    async fn deliver(&mut self, text: &str) -> bool {
         match decode(text) {
             Ok(env) => {
                 if env.event == Event::Other {
                     tracing::trace!(kind = ?type_name(text), "ARI event passed on as Other");
                 }
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
-                self.tx.send(env).await.is_ok()
+                // Wait for room (backpressure), but never past a shutdown.
+                tokio::select! {
+                    sent = self.tx.send(env) => sent.is_ok(),
+                    _ = self.stop.changed() => false,
+                }
             }
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);

@@ -129,13 +129,15 @@ fn normalize_one(part: &str) -> Result<Mobile, PhoneError> {
 }
 
 /// Hides all but the last 4 characters of a raw value, for logs about
-/// numbers that did not even normalise.
+/// numbers that did not even normalise. The length is not shown either.
 pub fn mask(raw: &str) -> String {
     let chars: Vec<char> = raw.chars().filter(|c| !c.is_whitespace()).collect();
+    if chars.is_empty() {
+        return "(empty)".into();
+    }
     let keep = chars.len().min(4);
-    let hidden = chars.len() - keep;
-    let mut out = "*".repeat(hidden);
-    out.extend(&chars[hidden..]);
+    let mut out = String::from("******");
+    out.extend(&chars[chars.len() - keep..]);
     out
 }
 
@@ -228,8 +230,9 @@ mod tests {
         let m = normalize("+57 300 123 4567").unwrap();
         assert_eq!(m.masked(), "******4567");
         assert_eq!(m.to_string(), "******4567");
-        assert_eq!(mask("12"), "12");
-        assert_eq!(mask("N/A 12345"), "****2345");
+        assert_eq!(mask("12"), "******12");
+        assert_eq!(mask("N/A 12345"), "******2345");
+        assert_eq!(mask(" "), "(empty)");
     }
 
     proptest! {

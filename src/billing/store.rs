@@ -73,6 +73,10 @@ impl Claim {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallRecord {
     pub outcome: Outcome,
+    /// Asterisk placed the call. Only placed calls count in
+    /// `outbound_call_attempts`: a refused trunk or a malformed number
+    /// spends no attempt (SPEC §8).
+    pub dialled: bool,
     pub hangup_cause: Option<i32>,
     pub trunk: Option<String>,
     pub channel_id: Option<String>,
@@ -282,17 +286,18 @@ impl Billing {
             tx.rollback().await?;
             return Ok(false);
         }
+        let counted = u32::from(r.dialled);
         if r.outcome.is_delivered() {
             tx.exec_drop(
-                "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + 1,
+                "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + ?,
                    outbound_call_is_sent = 1, outbound_call_completed_at = ? WHERE id = ?",
-                (seconds(r.ended_at), claim.client_id),
+                (counted, seconds(r.ended_at), claim.client_id),
             )
             .await?;
         } else {
             tx.exec_drop(
-                "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + 1 WHERE id = ?",
-                (claim.client_id,),
+                "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + ? WHERE id = ?",
+                (counted, claim.client_id),
             )
             .await?;
         }

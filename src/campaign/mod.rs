@@ -1,6 +1,10 @@
 //! The outbound campaign: who to call, on which trunk, and how calls end.
 
+pub mod call;
+pub mod evidence;
 pub mod outcome;
+pub mod pass;
 pub mod preview;
+pub mod router;
 pub mod selection;
 pub mod trunks;

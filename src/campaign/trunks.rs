@@ -71,3 +71,190 @@ mod tests {
         );
     }
 }
+
+/// The configured trunks at run time: who has a free channel, who is
+/// cooling down after failing (SPEC §8), and per-trunk counts.
+pub mod pool {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+    use tokio::time::Instant;
+
+    use crate::config::TrunkConfig;
+
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct TrunkStats {
+        pub attempts: u64,
+        pub answered: u64,
+        pub failed: u64,
+    }
+
+    struct Slot {
+        cfg: TrunkConfig,
+        in_use: u32,
+        cool_until: Option<Instant>,
+        failures: u32,
+        stats: TrunkStats,
+    }
+
+    pub struct TrunkPool {
+        slots: Mutex<Vec<Slot>>,
+        freed: Notify,
+        cooldown: Duration,
+    }
+
+    /// How a use of a trunk went.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Use {
+        /// Asterisk placed the call (answered or not).
+        Placed { answered: bool },
+        /// The trunk refused or congested before ringing: cool it down.
+        TrunkFailed,
+        /// Nothing to say about the trunk (ARI down, shutdown, or a
+        /// congestion not yet known to be the trunk's).
+        Neutral,
+    }
+
+    impl TrunkPool {
+        /// Trunks in priority order (1 first; ties keep configuration order).
+        pub fn new(trunks: &[TrunkConfig], cooldown: Duration) -> TrunkPool {
+            let mut cfgs = trunks.to_vec();
+            cfgs.sort_by_key(|t| t.priority);
+            let slots = cfgs.into_iter().map(|cfg| Slot { cfg, in_use: 0, cool_until: None, failures: 0, stats: TrunkStats::default() }).collect();
+            TrunkPool { slots: Mutex::new(slots), freed: Notify::new(), cooldown }
+        }
+
+        fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+            self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Takes a channel on the best trunk, preferring those not in
+        /// `avoid`; waits while every trunk is full or cooling down.
+        pub async fn acquire(&self, avoid: &[usize]) -> (usize, TrunkConfig) {
+            loop {
+                let notified = self.freed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let wake_at = {
+                    let mut slots = self.slots();
+                    let now = Instant::now();
+                    let usable = |s: &Slot| s.in_use < s.cfg.max_channels && s.cool_until.is_none_or(|t| t <= now);
+                    let pick = (0..slots.len())
+                        .find(|&i| usable(&slots[i]) && !avoid.contains(&i))
+                        .or_else(|| (0..slots.len()).find(|&i| usable(&slots[i])));
+                    if let Some(i) = pick {
+                        let s = &mut slots[i];
+                        s.in_use += 1;
+                        s.stats.attempts += 1;
+                        return (i, s.cfg.clone());
+                    }
+                    slots.iter().filter_map(|s| s.cool_until).filter(|t| *t > now).min()
+                };
+                match wake_at {
+                    Some(t) => {
+                        tokio::select! {
+                            _ = notified => {}
+                            _ = tokio::time::sleep_until(t) => {}
+                        }
+                    }
+                    None => notified.await,
+                }
+            }
+        }
+
+        /// Gives the channel back and books how it went.
+        pub fn release(&self, index: usize, how: Use) {
+            let mut slots = self.slots();
+            if let Some(s) = slots.get_mut(index) {
+                s.in_use = s.in_use.saturating_sub(1);
+                match how {
+                    Use::Placed { answered } => {
+                        s.failures = 0;
+                        if answered {
+                            s.stats.answered += 1;
+                        }
+                    }
+                    Use::TrunkFailed => {
+                        s.stats.failed += 1;
+                        Self::cool(s, self.cooldown);
+                    }
+                    Use::Neutral => {}
+                }
+            }
+            drop(slots);
+            self.freed.notify_waiters();
+        }
+
+        /// Blames a trunk after the fact (its congestion turned out to be its
+        /// own: another trunk reached the callee): cool it down.
+        pub fn blame(&self, index: usize) {
+            if let Some(s) = self.slots().get_mut(index) {
+                s.stats.failed += 1;
+                Self::cool(s, self.cooldown);
+            }
+        }
+
+        fn cool(s: &mut Slot, base: Duration) {
+            // 60 s, 120 s, 240 s … while it keeps failing, at most an hour.
+            let wait = base.saturating_mul(1 << s.failures.min(6)).min(Duration::from_secs(3600));
+            s.failures += 1;
+            s.cool_until = Some(Instant::now() + wait);
+            tracing::warn!(trunk = %s.cfg.name, cooldown_s = wait.as_secs(), "trunk failing, cooling down");
+        }
+
+        pub fn len(&self) -> usize {
+            self.slots().len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        /// (name, counts) per trunk, in priority order.
+        pub fn stats(&self) -> Vec<(String, TrunkStats)> {
+            self.slots().iter().map(|s| (s.cfg.name.clone(), s.stats.clone())).collect()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn trunk(name: &str, priority: u32, max: u32) -> TrunkConfig {
+            TrunkConfig { name: name.into(), endpoint: format!("PJSIP/{{number}}@{name}"), max_channels: max, priority, caller_id: None }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn priority_capacity_and_cooldown() {
+            let pool = TrunkPool::new(&[trunk("b", 2, 1), trunk("a", 1, 2)], Duration::from_secs(60));
+            assert_eq!(pool.acquire(&[]).await.1.name, "a");
+            assert_eq!(pool.acquire(&[]).await.1.name, "a");
+            assert_eq!(pool.acquire(&[]).await.1.name, "b", "a is full");
+            pool.release(0, Use::TrunkFailed);
+            // a is cooling down: b is full, so the next caller waits for b.
+            let waiter = pool.acquire(&[]);
+            tokio::pin!(waiter);
+            assert!(tokio::time::timeout(Duration::from_secs(1), waiter.as_mut()).await.is_err());
+            pool.release(1, Use::Placed { answered: true });
+            assert_eq!(waiter.await.1.name, "b");
+            // After the cool-down, a is first again; a second failure doubles it.
+            tokio::time::advance(Duration::from_secs(61)).await;
+            let (i, t) = pool.acquire(&[]).await;
+            assert_eq!((i, t.name.as_str()), (0, "a"));
+            pool.release(0, Use::TrunkFailed);
+            pool.release(0, Use::Placed { answered: false }); // the other a channel
+            tokio::time::advance(Duration::from_secs(61)).await;
+            let avoid_b = pool.acquire(&[1]);
+            tokio::pin!(avoid_b);
+            // b is busy (one channel held), a cools for 120 s now.
+            assert!(tokio::time::timeout(Duration::from_secs(30), avoid_b.as_mut()).await.is_err());
+            tokio::time::advance(Duration::from_secs(60)).await;
+            assert_eq!(avoid_b.await.1.name, "a");
+            let stats = pool.stats();
+            assert_eq!(stats[0].0, "a");
+            assert_eq!(stats[0].1.failed, 2);
+            assert_eq!(stats[1].1.answered, 1);
+        }
+    }
+}

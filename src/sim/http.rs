@@ -91,6 +91,7 @@ async fn guard(State(sim): Sim, req: HttpRequest, next: Next) -> Response {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
         query: query.clone(),
+        at: std::time::Instant::now(),
     });
     let (user, pass, delay) = {
         let cfg = sim.cfg();

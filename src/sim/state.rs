@@ -54,6 +54,7 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub query: String,
+    pub at: Instant,
 }
 
 #[derive(Default)]

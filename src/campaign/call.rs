@@ -1,0 +1,236 @@
+//! One outbound call through ARI, from originate to its outcome (SPEC §5):
+//! StasisStart → play the prompt → PlaybackFinished → hang up, with the
+//! per-call timeout and the pass's abort signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use super::evidence::{classify, congested_before_ringing, Evidence, Prompt};
+use super::outcome::Outcome;
+use super::router::Router;
+use crate::ari::{AriClient, AriError, Event, Originate};
+
+/// What to dial and play.
+#[derive(Debug, Clone)]
+pub struct CallPlan {
+    pub channel_id: String,
+    pub endpoint: String,
+    pub app: String,
+    pub caller_id: Option<String>,
+    pub ring_timeout_secs: u64,
+    pub call_timeout: Duration,
+    pub media: Vec<String>,
+    pub lang: String,
+}
+
+/// How a call attempt ended.
+#[derive(Debug, Clone)]
+pub enum CallEnd {
+    /// Asterisk refused the originate (4xx/5xx): the trunk's problem.
+    Refused { status: u16, message: String },
+    /// The originate never reached Asterisk (connection lost, timeout and no
+    /// such channel): nothing was dialled.
+    NotPlaced { reason: String },
+    /// The call happened; `outcome` is final.
+    Ended(Ended),
+}
+
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub outcome: Outcome,
+    pub cause: Option<i64>,
+    /// Congestion before any ringing: the trunk's fault, try the next one.
+    pub trunk_congested: bool,
+    pub started: Instant,
+    pub answered_after: Option<Duration>,
+    pub lasted: Duration,
+    pub detail: Option<String>,
+}
+
+impl Ended {
+    /// Seconds from originate to answer (or to the end, unanswered).
+    pub fn ring_seconds(&self) -> u32 {
+        self.answered_after.unwrap_or(self.lasted).as_secs() as u32
+    }
+
+    /// Seconds from answer to hang-up.
+    pub fn talk_seconds(&self) -> u32 {
+        self.answered_after.map_or(0, |a| self.lasted.saturating_sub(a).as_secs() as u32)
+    }
+
+    /// Local wall-clock answer time, given the local time of the originate.
+    pub fn answered_at(&self, originated: NaiveDateTime) -> Option<NaiveDateTime> {
+        self.answered_after.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| originated + d)
+    }
+
+    pub fn ended_at(&self, originated: NaiveDateTime) -> NaiveDateTime {
+        originated + chrono::Duration::from_std(self.lasted).unwrap_or_default()
+    }
+}
+
+/// After our channel is gone, how long to wait for the `;2` half's cause.
+const OTHER_HALF_GRACE: Duration = Duration::from_millis(500);
+/// A failed playback while the channel stays up this long means a missing sound.
+const MISSING_SOUND_GRACE: Duration = Duration::from_millis(300);
+/// After we hang up, how long before we stop waiting for Asterisk's word.
+const HANGUP_GRACE: Duration = Duration::from_secs(5);
+
+/// Places the call and follows it to the end. `abort` turning true hangs
+/// the call up and ends it as `aborted`.
+pub async fn place(ari: &AriClient, router: &Arc<Router>, plan: &CallPlan, mut abort: watch::Receiver<bool>) -> CallEnd {
+    // Register first: Asterisk may send events before it answers the originate.
+    let mut inbox = router.register(&plan.channel_id);
+    let started = Instant::now();
+    let request = Originate {
+        endpoint: plan.endpoint.clone(),
+        app: plan.app.clone(),
+        channel_id: Some(plan.channel_id.clone()),
+        caller_id: plan.caller_id.clone(),
+        timeout_secs: Some(plan.ring_timeout_secs),
+        ..Originate::default()
+    };
+    match ari.originate(&request).await {
+        Ok(_) => {}
+        // Our id is alive: a retried request that did get through. Follow it.
+        Err(e) if e.status().map(|s| s.as_u16()) == Some(409) => {}
+        Err(AriError::Status { status, message, .. }) => {
+            router.unregister(&plan.channel_id);
+            return CallEnd::Refused { status: status.as_u16(), message };
+        }
+        Err(e) => {
+            // Did it reach Asterisk before the connection failed?
+            if ari.channel(&plan.channel_id).await.is_err() {
+                router.unregister(&plan.channel_id);
+                return CallEnd::NotPlaced { reason: e.to_string() };
+            }
+        }
+    }
+
+    let local = plan.endpoint.starts_with("Local/");
+    let mut ev = Evidence::new(plan.channel_id.clone());
+    let mut answered_after = None;
+    let mut timed_out = false;
+    let mut aborted = *abort.borrow();
+    let mut missing_sound: Option<Instant> = None;
+    let mut missing = false;
+    let mut detail = None;
+    let mut hung_up_at: Option<Instant> = None;
+    let mut finish_at: Option<Instant> = None;
+    let never = started + Duration::from_secs(86_400 * 365);
+    let timeout_at = started + plan.call_timeout;
+    if aborted {
+        hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+    }
+
+    loop {
+        tokio::select! {
+            biased;
+            env = inbox.recv() => {
+                let Some(env) = env else { break };
+                ev.observe(&env.event);
+                match &env.event {
+                    Event::StasisStart { channel, .. } if channel.id == plan.channel_id => {
+                        answered_after.get_or_insert(started.elapsed());
+                        if hung_up_at.is_none() {
+                            if let Err(e) = ari.play(&plan.channel_id, &plan.media, Some(&plan.lang), None).await {
+                                if !e.is_not_found() {
+                                    tracing::error!(channel = %plan.channel_id, error = %e, "cannot play the prompt; hanging up");
+                                    detail = Some(format!("play refused: {e}"));
+                                    missing = true;
+                                    hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                                }
+                            }
+                        }
+                    }
+                    Event::PlaybackFinished { playback } if ev.answered => match ev.prompt {
+                        Prompt::Done => hangup(ari, &plan.channel_id, &mut hung_up_at).await,
+                        Prompt::Failed { hangup_seen: false } => {
+                            missing_sound = Some(Instant::now() + MISSING_SOUND_GRACE);
+                            detail = Some(format!("prompt failed at {} (lang {}): sound missing on Asterisk?", playback.media_uri, plan.lang));
+                        }
+                        _ => {}
+                    },
+                    _ => {}
+                }
+                if ev.own_destroyed && (!local || ev.other_destroyed) {
+                    break;
+                }
+                if ev.own_destroyed && finish_at.is_none() {
+                    finish_at = Some(Instant::now() + OTHER_HALF_GRACE);
+                }
+            }
+            _ = sleep_until(finish_at.unwrap_or(never)), if finish_at.is_some() => break,
+            _ = sleep_until(missing_sound.unwrap_or(never)), if missing_sound.is_some() => {
+                missing_sound = None;
+                if !ev.own_destroyed {
+                    missing = true;
+                    tracing::error!(channel = %plan.channel_id, media = ?plan.media, lang = %plan.lang,
+                        "PROMPT NOT PLAYED: Asterisk could not play the configured sound; check campaign.media and the sound files");
+                    hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                }
+            }
+            _ = sleep_until(timeout_at), if !timed_out && hung_up_at.is_none() => {
+                timed_out = true;
+                hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+            }
+            changed = abort.changed(), if !aborted => {
+                if changed.is_err() || *abort.borrow() {
+                    aborted = true;
+                    hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                }
+            }
+            _ = sleep_until(hung_up_at.map_or(never, |t| t + HANGUP_GRACE)), if hung_up_at.is_some() => {
+                // Asterisk said nothing after our DELETE (events lost while the
+                // socket was down?): ask directly.
+                match ari.channel(&plan.channel_id).await {
+                    Err(e) if e.is_not_found() => break,
+                    _ => {
+                        hung_up_at = None;
+                        hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                    }
+                }
+            }
+        }
+    }
+    router.unregister(&plan.channel_id);
+    if missing_sound.is_some() && !missing {
+        // The playback failed and the channel went within the grace: the callee hung up.
+        ev.prompt = Prompt::Failed { hangup_seen: true };
+        detail = None;
+    }
+
+    let outcome = if aborted {
+        Outcome::Aborted
+    } else if timed_out {
+        Outcome::Timeout
+    } else if missing {
+        Outcome::Failed
+    } else {
+        classify(&ev)
+    };
+    if outcome == Outcome::Failed && detail.is_none() {
+        detail = Some(format!("dialstatus {:?}, causes {:?}/{:?}", ev.last_dialstatus, ev.own_cause, ev.other_cause));
+    }
+    CallEnd::Ended(Ended {
+        outcome,
+        cause: ev.cause(),
+        trunk_congested: !aborted && !timed_out && congested_before_ringing(&ev, outcome),
+        started,
+        answered_after,
+        lasted: started.elapsed(),
+        detail,
+    })
+}
+
+async fn hangup(ari: &AriClient, channel: &str, hung_up_at: &mut Option<Instant>) {
+    *hung_up_at = Some(Instant::now());
+    if let Err(e) = ari.hangup(channel, "normal").await {
+        if !e.is_not_found() {
+            tracing::warn!(%channel, error = %e, "hang-up request failed; will check again");
+        }
+    }
+}

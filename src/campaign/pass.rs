@@ -1,0 +1,475 @@
+//! One campaign pass (SPEC §5, §6, §8): select the due clients, claim each
+//! attempt, fill every free channel within the pacing limits, fail over
+//! between trunks, and write each outcome the moment it is known.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::time::Instant;
+
+use super::call::{place, CallEnd, CallPlan, Ended};
+use super::outcome::Outcome;
+use super::router::Router;
+use super::selection::{decide, ClientFacts, Decision, Policy, SkipReason};
+use super::trunks::dial_string;
+use super::trunks::pool::{TrunkPool, TrunkStats, Use};
+use crate::ari::{AriClient, ConnState};
+use crate::billing::phone::{mask, normalize, Mobile};
+use crate::billing::{Billing, BillingError, CallRecord, Claim};
+use crate::compliance::{local_now, CallingWindow};
+use crate::config::Config;
+
+/// Everything a pass needs, shared by all passes of a daemon.
+pub struct Campaign {
+    pub config: Arc<Config>,
+    pub billing: Billing,
+    pub ari: AriClient,
+    pub router: Arc<Router>,
+    pub ari_state: watch::Receiver<ConnState>,
+    pub trunks: Arc<TrunkPool>,
+    /// Written into each claim: which daemon dialled.
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions {
+    pub ignore_window: bool,
+}
+
+/// One line per finished attempt, for logs and the demo's table.
+#[derive(Debug, Clone)]
+pub struct CallLine {
+    pub client_id: i64,
+    pub phone: String,
+    pub trunk: Option<String>,
+    pub outcome: Outcome,
+    pub cause: Option<i64>,
+    pub ring_seconds: u32,
+    pub talk_seconds: u32,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PassSummary {
+    pub selected: usize,
+    pub skipped: BTreeMap<String, usize>,
+    pub outcomes: BTreeMap<Outcome, usize>,
+    pub trunks: Vec<(String, TrunkStats)>,
+    pub calls: Vec<CallLine>,
+    pub wall: Duration,
+    /// The window was closed: nothing was selected.
+    pub window_closed: Option<String>,
+    /// Outcomes that could not be written (MySQL down): logged in full.
+    pub unwritten: usize,
+}
+
+impl PassSummary {
+    fn skip(&mut self, reason: impl Into<String>) {
+        *self.skipped.entry(reason.into()).or_insert(0) += 1;
+    }
+
+    /// The operator's one line per pass.
+    pub fn log(&self) {
+        let outcomes: Vec<String> = self.outcomes.iter().map(|(o, n)| format!("{o}={n}")).collect();
+        let skipped: Vec<String> = self.skipped.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        let trunks: Vec<String> =
+            self.trunks.iter().map(|(t, s)| format!("{t}:attempts={},answered={},failed={}", s.attempts, s.answered, s.failed)).collect();
+        tracing::info!(
+            selected = self.selected,
+            outcomes = %outcomes.join(" "),
+            skipped = %skipped.join(" "),
+            trunks = %trunks.join(" "),
+            unwritten = self.unwritten,
+            wall_s = format!("{:.1}", self.wall.as_secs_f64()),
+            "pass summary"
+        );
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("cannot select clients: {0}")]
+    Select(BillingError),
+}
+
+/// The media list with `{saldo}` and `{corte}` filled in for this client.
+fn media_for(config: &Config, client: &ClientFacts) -> Vec<String> {
+    let saldo = client.open_balance.as_deref().and_then(|b| b.split('.').next()).unwrap_or("0").to_owned();
+    let corte = client.corte.map_or_else(String::new, |c| c.to_string());
+    config.campaign.media.iter().map(|m| m.replace("{saldo}", &saldo).replace("{corte}", &corte)).collect()
+}
+
+struct Shared {
+    campaign: Arc<Campaign>,
+    summary: Mutex<PassSummary>,
+    pacing: Mutex<Instant>,
+    abort: watch::Receiver<bool>,
+    window_shut: std::sync::atomic::AtomicBool,
+    opts: PassOptions,
+}
+
+impl Campaign {
+    fn now(&self) -> NaiveDateTime {
+        local_now(self.config.timezone)
+    }
+
+    fn window(&self, opts: &PassOptions) -> CallingWindow {
+        if opts.ignore_window {
+            // Every day open all day: the window is somebody else's decision.
+            let all_day = crate::compliance::window::Hours {
+                start: chrono::NaiveTime::MIN,
+                end: chrono::NaiveTime::from_hms_opt(23, 59, 59).unwrap_or(chrono::NaiveTime::MIN),
+            };
+            CallingWindow { weekdays: Some(all_day), saturday: Some(all_day), sunday: Some(all_day), colombian_holidays: false, extra_closed_days: vec![] }
+        } else {
+            self.config.window.clone()
+        }
+    }
+
+    /// Runs one pass. `abort` (shutdown) stops new calls and hangs up those
+    /// in flight; the global timeout does the same by itself.
+    pub async fn run_pass(self: &Arc<Self>, opts: PassOptions, abort: watch::Receiver<bool>) -> Result<PassSummary, PassError> {
+        let began = Instant::now();
+        let now = self.now();
+        let window = self.window(&opts);
+        let mut summary = PassSummary::default();
+        if let Err(closed) = window.check_local(now) {
+            summary.window_closed = Some(closed.to_string());
+            tracing::info!(reason = %closed, "calling window closed; no pass");
+            return Ok(summary);
+        }
+        let policy = Policy::from_config(&self.config);
+        let clients = self.billing.eligible_clients(now, &policy).await.map_err(PassError::Select)?;
+        summary.selected = clients.len();
+
+        let mut to_call: Vec<(ClientFacts, Mobile)> = Vec::new();
+        for c in clients {
+            match decide(&c, now, &policy, &window) {
+                Decision::Call(m) => to_call.push((c, m)),
+                Decision::Skip(SkipReason::InvalidPhone) => {
+                    self.record_invalid_phone(&c, &mut summary).await;
+                }
+                Decision::Skip(reason) => {
+                    tracing::warn!(client_id = c.id, %reason, "selected by SQL but refused by the rules; skipped");
+                    summary.skip(reason.as_str());
+                }
+            }
+        }
+
+        // Global timeout: the seed script's rule, base + per client.
+        let c = &self.config.campaign;
+        let global = Duration::from_secs(c.run_timeout_base_secs + c.run_timeout_per_client_secs * to_call.len() as u64);
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let watcher = {
+            let mut outer = abort.clone();
+            let abort_tx = abort_tx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(global) => tracing::warn!(timeout_s = global.as_secs(), "global pass timeout: hanging up calls in flight"),
+                    _ = outer.wait_for(|a| *a) => tracing::info!("shutdown: hanging up calls in flight"),
+                }
+                let _ = abort_tx.send(true);
+            })
+        };
+        if *abort.borrow() {
+            let _ = abort_tx.send(true);
+        }
+
+        let shared = Arc::new(Shared {
+            campaign: self.clone(),
+            summary: Mutex::new(summary),
+            pacing: Mutex::new(Instant::now()),
+            abort: abort_rx.clone(),
+            window_shut: std::sync::atomic::AtomicBool::new(false),
+            opts,
+        });
+        let slots = Arc::new(Semaphore::new(c.max_concurrent_calls as usize));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut abort_rx = abort_rx;
+        for (client, mobile) in to_call {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.ok(),
+                _ = abort_rx.wait_for(|a| *a) => None,
+            };
+            let Some(permit) = permit else { break };
+            if *abort_rx.borrow() || shared.window_shut.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(permit);
+                break;
+            }
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                shared.call_client(client, mobile).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+        watcher.abort();
+
+        let mut summary = std::mem::take(&mut *shared.summary.lock().await);
+        let not_started = summary.selected
+            - summary.calls.len()
+            - summary.skipped.values().sum::<usize>();
+        if not_started > 0 {
+            let reason = if shared.window_shut.load(std::sync::atomic::Ordering::Relaxed) { "window closed mid-pass" } else { "pass ended first" };
+            summary.skip_n(reason, not_started);
+        }
+        summary.trunks = self.trunks.stats();
+        summary.wall = began.elapsed();
+        summary.log();
+        Ok(summary)
+    }
+
+    async fn record_invalid_phone(&self, c: &ClientFacts, summary: &mut PassSummary) {
+        let raw = c.telefono.clone().unwrap_or_default();
+        let why = normalize(&raw).err().map_or_else(String::new, |e| e.to_string());
+        tracing::warn!(client_id = c.id, phone = %mask(&raw), reason = %why, "invalid phone number: not dialled, recorded until staff change it");
+        let now = self.now();
+        match self.billing.claim(c.id, c.attempts, c.telefono.as_deref(), &self.host, now).await {
+            Ok(Some(claim)) => {
+                let record = CallRecord {
+                    outcome: Outcome::InvalidNumber,
+                    dialled: false,
+                    hangup_cause: None,
+                    trunk: None,
+                    channel_id: None,
+                    phone_e164: None,
+                    answered_at: None,
+                    ended_at: now,
+                    ring_seconds: None,
+                    billable_seconds: None,
+                    detail: Some(format!("invalid phone: {why}")),
+                };
+                if self.write(&claim, &record).await {
+                    *summary.outcomes.entry(Outcome::InvalidNumber).or_insert(0) += 1;
+                    summary.calls.push(CallLine {
+                        client_id: c.id,
+                        phone: mask(&raw),
+                        trunk: None,
+                        outcome: Outcome::InvalidNumber,
+                        cause: None,
+                        ring_seconds: 0,
+                        talk_seconds: 0,
+                        detail: record.detail,
+                    });
+                } else {
+                    summary.unwritten += 1;
+                }
+            }
+            Ok(None) => summary.skip("claimed elsewhere"),
+            Err(e) => {
+                tracing::error!(client_id = c.id, error = %e, "cannot claim attempt");
+                summary.skip("claim failed");
+            }
+        }
+    }
+
+    /// Writes an outcome, retrying while MySQL is unreachable. `false`
+    /// when it could not be written (logged with every field, so an
+    /// operator can restore it).
+    async fn write(&self, claim: &Claim, record: &CallRecord) -> bool {
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1..=8 {
+            match self.billing.record_outcome(claim, record).await {
+                Ok(_) => return true,
+                Err(e) if e.is_transient() && attempt < 8 => {
+                    tracing::warn!(client_id = claim.client_id, attempt, error = %e, "cannot write outcome yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    tracing::error!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "OUTCOME NOT WRITTEN");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+}
+
+impl PassSummary {
+    fn skip_n(&mut self, reason: &str, n: usize) {
+        *self.skipped.entry(reason.to_owned()).or_insert(0) += n;
+    }
+}
+
+impl Shared {
+    async fn call_client(&self, client: ClientFacts, mobile: Mobile) {
+        let camp = &self.campaign;
+        let cfg = &camp.config.campaign;
+        // Pacing: calls_per_second originates at most.
+        {
+            let mut next = self.pacing.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + Duration::from_secs_f64(1.0 / cfg.calls_per_second);
+            drop(next);
+            tokio::time::sleep_until(slot).await;
+        }
+        // Never originate while the event socket is down: Asterisk would hang up the answered call.
+        let mut state = camp.ari_state.clone();
+        let mut abort = self.abort.clone();
+        let ready = tokio::select! {
+            r = state.wait_for(ConnState::is_connected) => r.is_ok(),
+            _ = abort.wait_for(|a| *a) => false,
+        };
+        let aborted = *abort.borrow();
+        if !ready || aborted {
+            return self.skip("pass ended first").await;
+        }
+        // The window may have closed since the pass began: no call after it.
+        let now = camp.now();
+        if camp.window(&self.opts).check_local(now).is_err() {
+            self.window_shut.store(true, std::sync::atomic::Ordering::Relaxed);
+            return self.skip("window closed mid-pass").await;
+        }
+        let claim = match camp.billing.claim(client.id, client.attempts, client.telefono.as_deref(), &camp.host, now).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return self.skip("claimed elsewhere").await,
+            Err(e) => {
+                tracing::error!(client_id = client.id, error = %e, "cannot claim attempt");
+                return self.skip("claim failed").await;
+            }
+        };
+        let media = media_for(&camp.config, &client);
+        // Trunks that refused this attempt (cooled at once), and trunks on
+        // which it congested before ringing (cooled only if another trunk
+        // then reaches the callee: if all congest, the callee's network is).
+        let mut refused: Vec<usize> = Vec::new();
+        let mut congested: Vec<usize> = Vec::new();
+        let max_tries = camp.trunks.len() * 3;
+        let mut last_refusal = None;
+        for try_no in 0..max_tries {
+            let avoid: Vec<usize> = refused.iter().chain(&congested).copied().collect();
+            let acquired = tokio::select! {
+                t = camp.trunks.acquire(&avoid) => Some(t),
+                _ = abort.wait_for(|a| *a) => None,
+            };
+            let Some((index, trunk)) = acquired else { break };
+            let channel_id = if try_no == 0 { claim.channel_id() } else { format!("{}-{}", claim.channel_id(), try_no + 1) };
+            let plan = CallPlan {
+                channel_id: channel_id.clone(),
+                endpoint: dial_string(&trunk.endpoint, mobile.national()),
+                app: camp.config.ari.outbound_app.clone(),
+                caller_id: trunk.caller_id.clone(),
+                ring_timeout_secs: cfg.ring_timeout_secs,
+                call_timeout: Duration::from_secs(cfg.call_timeout_secs),
+                media: media.clone(),
+                lang: cfg.lang.clone(),
+            };
+            let originated = camp.now();
+            match place(&camp.ari, &camp.router, &plan, self.abort.clone()).await {
+                CallEnd::Refused { status, message } => {
+                    camp.trunks.release(index, Use::TrunkFailed);
+                    tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "originate refused; trying the next trunk");
+                    last_refusal = Some(format!("HTTP {status}: {message}"));
+                    if !refused.contains(&index) {
+                        refused.push(index);
+                    }
+                }
+                CallEnd::NotPlaced { reason } => {
+                    camp.trunks.release(index, Use::Neutral);
+                    tracing::warn!(client_id = client.id, %reason, "originate did not reach Asterisk");
+                    let record = not_dialled(Outcome::Aborted, originated, format!("not dialled: {reason}"));
+                    return self.finish(&client, &mobile, &claim, None, record).await;
+                }
+                CallEnd::Ended(end) if end.trunk_congested && !congested.contains(&index) && refused.len() + congested.len() + 1 < camp.trunks.len() => {
+                    camp.trunks.release(index, Use::Neutral);
+                    tracing::warn!(client_id = client.id, trunk = %trunk.name, cause = ?end.cause, "congestion before ringing; trying the next trunk");
+                    congested.push(index);
+                }
+                CallEnd::Ended(end) => {
+                    let answered = end.answered_after.is_some();
+                    camp.trunks.release(index, Use::Placed { answered });
+                    if !end.trunk_congested {
+                        // Another trunk got through: the earlier congestion was those trunks' fault.
+                        for &t in &congested {
+                            camp.trunks.blame(t);
+                        }
+                    }
+                    let record = dialled(&end, originated, &trunk.name, &channel_id, &mobile);
+                    return self.finish(&client, &mobile, &claim, Some(&end), record).await;
+                }
+            }
+        }
+        // Every trunk refused again and again, or the pass ended while waiting
+        // for one: nothing was dialled, so no attempt is spent.
+        let aborted = *self.abort.borrow();
+        let (outcome, detail) = match last_refusal {
+            Some(r) if !aborted => (Outcome::TrunkError, format!("every trunk refused: {r}")),
+            _ => (Outcome::Aborted, "pass ended before a trunk was free".to_owned()),
+        };
+        let record = not_dialled(outcome, camp.now(), detail);
+        self.finish(&client, &mobile, &claim, None, record).await;
+    }
+
+    async fn skip(&self, reason: &str) {
+        self.summary.lock().await.skip(reason);
+    }
+
+    async fn finish(&self, client: &ClientFacts, mobile: &Mobile, claim: &Claim, end: Option<&Ended>, record: CallRecord) {
+        let camp = &self.campaign;
+        let line = CallLine {
+            client_id: client.id,
+            phone: mobile.masked(),
+            trunk: record.trunk.clone(),
+            outcome: record.outcome,
+            cause: record.hangup_cause.map(i64::from),
+            ring_seconds: end.map_or(0, Ended::ring_seconds),
+            talk_seconds: end.map_or(0, Ended::talk_seconds),
+            detail: record.detail.clone(),
+        };
+        tracing::info!(
+            client_id = line.client_id,
+            phone = %line.phone,
+            trunk = line.trunk.as_deref().unwrap_or("-"),
+            outcome = %line.outcome,
+            cause = line.cause.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            ring_s = line.ring_seconds,
+            talk_s = line.talk_seconds,
+            detail = line.detail.as_deref().unwrap_or(""),
+            "call ended"
+        );
+        let written = camp.write(claim, &record).await;
+        let mut s = self.summary.lock().await;
+        if !written {
+            s.unwritten += 1;
+        }
+        *s.outcomes.entry(line.outcome).or_insert(0) += 1;
+        s.calls.push(line);
+    }
+}
+
+fn not_dialled(outcome: Outcome, at: NaiveDateTime, detail: String) -> CallRecord {
+    CallRecord {
+        outcome,
+        dialled: false,
+        hangup_cause: None,
+        trunk: None,
+        channel_id: None,
+        phone_e164: None,
+        answered_at: None,
+        ended_at: at,
+        ring_seconds: None,
+        billable_seconds: None,
+        detail: Some(detail),
+    }
+}
+
+fn dialled(end: &Ended, originated: NaiveDateTime, trunk: &str, channel_id: &str, mobile: &Mobile) -> CallRecord {
+    CallRecord {
+        outcome: end.outcome,
+        dialled: true,
+        hangup_cause: end.cause.map(|c| c as i32),
+        trunk: Some(trunk.to_owned()),
+        channel_id: Some(channel_id.to_owned()),
+        phone_e164: Some(mobile.e164()),
+        answered_at: end.answered_at(originated),
+        ended_at: end.ended_at(originated),
+        ring_seconds: Some(end.ring_seconds()),
+        billable_seconds: Some(end.talk_seconds()),
+        detail: end.detail.clone(),
+    }
+}
