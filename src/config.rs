@@ -317,7 +317,10 @@ pub struct VoiceAgentConfig {
 
 impl Default for VoiceAgentConfig {
     fn default() -> Self {
-        VoiceAgentConfig { fallback_media: vec!["sound:morosos_natalia".into()], max_call_secs: 300 }
+        VoiceAgentConfig {
+            fallback_media: vec!["sound:morosos_natalia".into()],
+            max_call_secs: 300,
+        }
     }
 }
 

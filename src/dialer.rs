@@ -38,10 +38,12 @@ impl Dialer {
         let config = Arc::new(config);
         let m = &config.mysql;
         let billing = Billing::new(m.opts());
-        let mut conn = billing
-            .conn()
-            .await
-            .with_context(|| format!("cannot connect to MySQL at {}:{} (database {})", m.host, m.port, m.database))?;
+        let mut conn = billing.conn().await.with_context(|| {
+            format!(
+                "cannot connect to MySQL at {}:{} (database {})",
+                m.host, m.port, m.database
+            )
+        })?;
         let missing = schema::plan(&mut conn).await?;
         if !missing.is_empty() {
             anyhow::bail!("the database lacks the dialer's schema ({} statements): run `overdue-dialer schema apply`", missing.len());
@@ -49,29 +51,62 @@ impl Dialer {
         drop(conn);
 
         let a = &config.ari;
-        let ari = AriClient::new(&a.url, &a.username, a.password.clone(), Duration::from_secs(a.request_timeout_secs))?;
+        let ari = AriClient::new(
+            &a.url,
+            &a.username,
+            a.password.clone(),
+            Duration::from_secs(a.request_timeout_secs),
+        )?;
         ari.ping().await.map_err(|e| match &e {
             AriError::Status { status, .. } if status.as_u16() == 401 => {
-                anyhow::anyhow!("ARI at {} refused the credentials of user {:?} (ari.username / ari.password)", a.url, a.username)
+                anyhow::anyhow!(
+                    "ARI at {} refused the credentials of user {:?} (ari.username / ari.password)",
+                    a.url,
+                    a.username
+                )
             }
             _ => anyhow::anyhow!("cannot reach Asterisk ARI at {}: {e}", a.url),
         })?;
-        let mut events = EventConnection::spawn(&ari, &[&a.outbound_app, &a.inbound_app], 4096, Backoff::default());
+        let mut events = EventConnection::spawn(
+            &ari,
+            &[&a.outbound_app, &a.inbound_app],
+            4096,
+            Backoff::default(),
+        );
         if !events.wait_connected(Duration::from_secs(10)).await {
             let state = events.state.borrow().clone();
             events.shutdown().await;
-            anyhow::bail!("cannot open the ARI event WebSocket at {}: {state:?}", a.url);
+            anyhow::bail!(
+                "cannot open the ARI event WebSocket at {}: {state:?}",
+                a.url
+            );
         }
         let (mut rx, state, _stats, supervisor) = events.into_parts();
         let router = Arc::new(Router::default());
-        let trunks = Arc::new(TrunkPool::new(&config.trunks, Duration::from_secs(config.campaign.trunk_cooldown_secs)));
-        let campaign = Arc::new(Campaign { config: config.clone(), billing, ari: ari.clone(), router: router.clone(), ari_state: state, trunks, host });
+        let trunks = Arc::new(TrunkPool::new(
+            &config.trunks,
+            Duration::from_secs(config.campaign.trunk_cooldown_secs),
+        ));
+        let campaign = Arc::new(Campaign {
+            config: config.clone(),
+            billing,
+            ari: ari.clone(),
+            router: router.clone(),
+            ari_state: state,
+            trunks,
+            host,
+        });
 
         let dispatcher = tokio::spawn(async move {
             while let Some(env) = rx.recv().await {
-                let Some(env) = router.route(env) else { continue };
+                let Some(env) = router.route(env) else {
+                    continue;
+                };
                 match env.event {
-                    Event::StasisStart { channel, .. } if env.application == config.ari.inbound_app && !router.is_registered(&channel.id) => {
+                    Event::StasisStart { channel, .. }
+                        if env.application == config.ari.inbound_app
+                            && !router.is_registered(&channel.id) =>
+                    {
                         let va = &config.voice_agent;
                         tokio::spawn(crate::voice_agent::fallback::handle(
                             ari.clone(),
@@ -92,7 +127,11 @@ impl Dialer {
                 }
             }
         });
-        Ok(Dialer { campaign, supervisor, dispatcher })
+        Ok(Dialer {
+            campaign,
+            supervisor,
+            dispatcher,
+        })
     }
 
     pub fn is_connected(&self) -> bool {

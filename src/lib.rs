@@ -10,7 +10,7 @@ pub mod billing;
 pub mod campaign;
 pub mod compliance;
 pub mod config;
+pub mod dialer;
 pub mod logging;
 pub mod sim;
 pub mod voice_agent;
-pub mod dialer;

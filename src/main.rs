@@ -8,10 +8,10 @@ use chrono::NaiveDateTime;
 use clap::{Parser, Subcommand};
 
 use overdue_dialer::billing::{demo_data, schema, Billing};
+use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
 use overdue_dialer::campaign::preview;
 use overdue_dialer::campaign::selection::Policy;
 use overdue_dialer::compliance::local_now;
-use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
 use overdue_dialer::config::Config;
 use overdue_dialer::dialer::{host_name, Dialer};
 use overdue_dialer::sim::{SimConfig, Simulator};
@@ -153,7 +153,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo { mysql_url, clients, preview_only } => demo(&mysql_url, clients, preview_only).await,
+        Command::Demo {
+            mysql_url,
+            clients,
+            preview_only,
+        } => demo(&mysql_url, clients, preview_only).await,
         Command::Once { ignore_window } => {
             let config = Config::load(cli.config.as_deref())?;
             let _log = overdue_dialer::logging::init(&config.logging)?;
@@ -164,7 +168,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let _ = abort_tx.send(true);
                 }
             });
-            let result = dialer.campaign.run_pass(PassOptions { ignore_window }, abort).await;
+            let result = dialer
+                .campaign
+                .run_pass(PassOptions { ignore_window }, abort)
+                .await;
             dialer.shutdown().await;
             let summary = result?;
             if let Some(closed) = summary.window_closed {
@@ -195,11 +202,15 @@ fn header(config: &Config, now: NaiveDateTime) -> String {
 }
 
 async fn demo(mysql_url: &str, clients: usize, preview_only: bool) -> anyhow::Result<()> {
-    let opts = mysql_async::Opts::from_url(mysql_url).context("--mysql-url: expected mysql://user:password@host:port/overdue_demo")?;
+    let opts = mysql_async::Opts::from_url(mysql_url)
+        .context("--mysql-url: expected mysql://user:password@host:port/overdue_demo")?;
     let db = opts.db_name().unwrap_or("overdue_demo").to_owned();
     // The demo drops and recreates its database: never let it near a real one.
-    if !db.starts_with("overdue_demo") || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        anyhow::bail!("--mysql-url: the demo database name must start with overdue_demo (found {db:?})");
+    if !db.starts_with("overdue_demo") || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        anyhow::bail!(
+            "--mysql-url: the demo database name must start with overdue_demo (found {db:?})"
+        );
     }
     let server = mysql_async::OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
     let mut conn = mysql_async::Conn::new(server).await.with_context(|| {
@@ -210,15 +221,24 @@ async fn demo(mysql_url: &str, clients: usize, preview_only: bool) -> anyhow::Re
         )
     })?;
     use mysql_async::prelude::Queryable;
-    conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`")).await?;
-    conn.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4")).await?;
+    conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+        .await?;
+    conn.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4"))
+        .await?;
     conn.query_drop(format!("USE `{db}`")).await?;
     let mut config = demo_config(&opts, &db);
     let now = local_now(config.timezone);
-    let data = demo_data::generate(&demo_data::Spec { clients, seed: 42, anchor: now, clean: false });
+    let data = demo_data::generate(&demo_data::Spec {
+        clients,
+        seed: 42,
+        anchor: now,
+        clean: false,
+    });
     demo_data::load(&mut conn, &data).await?;
     conn.disconnect().await?;
-    emit(&format!("Demo database `{db}` created with {clients} generated clients.\n\n"));
+    emit(&format!(
+        "Demo database `{db}` created with {clients} generated clients.\n\n"
+    ));
 
     if preview_only {
         let mut at = now;
@@ -239,26 +259,48 @@ async fn demo(mysql_url: &str, clients: usize, preview_only: bool) -> anyhow::Re
     // The simulated PBX runs 20 times faster than life: a 30 s ring timeout
     // takes 1.5 s, the 4.4 s prompt 0.2 s.
     let sim = Simulator::start(
-        SimConfig { time_scale: 0.05, answer_delay: std::time::Duration::from_secs(4), ..SimConfig::default() },
+        SimConfig {
+            time_scale: 0.05,
+            answer_delay: std::time::Duration::from_secs(4),
+            ..SimConfig::default()
+        },
         0,
     )
     .await
     .context("cannot start the ARI simulator")?;
     config.ari.url = sim.url();
-    let _log = overdue_dialer::logging::init(&overdue_dialer::config::LoggingConfig { level: "warn".into(), ..Default::default() })?;
-    emit(&format!("Asterisk ARI simulator on {}; calling (window ignored for the demo)…\n\n", sim.url()));
+    let _log = overdue_dialer::logging::init(&overdue_dialer::config::LoggingConfig {
+        level: "warn".into(),
+        ..Default::default()
+    })?;
+    emit(&format!(
+        "Asterisk ARI simulator on {}; calling (window ignored for the demo)…\n\n",
+        sim.url()
+    ));
     let dialer = Dialer::connect(config, "demo".into()).await?;
     let (_abort_tx, abort) = tokio::sync::watch::channel(false);
-    let summary = dialer.campaign.run_pass(PassOptions { ignore_window: true }, abort).await;
+    let summary = dialer
+        .campaign
+        .run_pass(
+            PassOptions {
+                ignore_window: true,
+            },
+            abort,
+        )
+        .await;
     dialer.shutdown().await;
     let left = sim.live_channels();
     sim.shutdown().await;
     let summary = summary?;
     emit(&demo_report(&summary));
     if left > 0 {
-        emit(&format!("warning: {left} channels were still up on the simulator\n"));
+        emit(&format!(
+            "warning: {left} channels were still up on the simulator\n"
+        ));
     }
-    emit(&format!("\nEvery outcome is in `{db}`.overdue_call_log and the afiliados counters.\n"));
+    emit(&format!(
+        "\nEvery outcome is in `{db}`.overdue_call_log and the afiliados counters.\n"
+    ));
     Ok(())
 }
 
@@ -281,8 +323,20 @@ fn demo_config(opts: &mysql_async::Opts, db: &str) -> Config {
     config.campaign.max_concurrent_calls = 20;
     config.campaign.calls_per_second = 50.0;
     config.trunks = vec![
-        TrunkConfig { name: "voip_issabel".into(), endpoint: "PJSIP/{number}@voip_issabel".into(), max_channels: 12, priority: 1, caller_id: None },
-        TrunkConfig { name: "from-voip".into(), endpoint: "Local/{number}@from-voip".into(), max_channels: 12, priority: 2, caller_id: None },
+        TrunkConfig {
+            name: "voip_issabel".into(),
+            endpoint: "PJSIP/{number}@voip_issabel".into(),
+            max_channels: 12,
+            priority: 1,
+            caller_id: None,
+        },
+        TrunkConfig {
+            name: "from-voip".into(),
+            endpoint: "Local/{number}@from-voip".into(),
+            max_channels: 12,
+            priority: 2,
+            caller_id: None,
+        },
     ];
     config
 }
@@ -290,7 +344,11 @@ fn demo_config(opts: &mysql_async::Opts, db: &str) -> Config {
 fn demo_report(s: &PassSummary) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "{:>6}  {:<12}  {:<13}  {:<15}  {:>5}  {:>6}  {:>6}  DETAIL", "CLIENT", "PHONE", "TRUNK", "OUTCOME", "CAUSE", "RING_S", "TALK_S");
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<12}  {:<13}  {:<15}  {:>5}  {:>6}  {:>6}  DETAIL",
+        "CLIENT", "PHONE", "TRUNK", "OUTCOME", "CAUSE", "RING_S", "TALK_S"
+    );
     let mut calls = s.calls.clone();
     calls.sort_by_key(|c| c.client_id);
     for c in &calls {
@@ -307,7 +365,12 @@ fn demo_report(s: &PassSummary) -> String {
             c.detail.as_deref().unwrap_or("")
         );
     }
-    let _ = writeln!(out, "\nPass: {} selected in {:.1} s", s.selected, s.wall.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "\nPass: {} selected in {:.1} s",
+        s.selected,
+        s.wall.as_secs_f64()
+    );
     for (o, n) in &s.outcomes {
         let _ = writeln!(out, "  {:<16}{n:>5}", o.as_str());
     }
@@ -315,7 +378,11 @@ fn demo_report(s: &PassSummary) -> String {
         let _ = writeln!(out, "  skipped: {r:<24}{n:>5}");
     }
     for (t, st) in &s.trunks {
-        let _ = writeln!(out, "  trunk {t:<14} attempts {:>4}  answered {:>4}  failed {:>4}", st.attempts, st.answered, st.failed);
+        let _ = writeln!(
+            out,
+            "  trunk {t:<14} attempts {:>4}  answered {:>4}  failed {:>4}",
+            st.attempts, st.answered, st.failed
+        );
     }
     out
 }

@@ -132,8 +132,23 @@ impl EventConnection {
     }
 
     /// Separates the event stream from the handle that stops the supervisor.
-    pub fn into_parts(self) -> (mpsc::Receiver<Envelope>, watch::Receiver<ConnState>, Arc<Stats>, SupervisorHandle) {
-        (self.events, self.state, self.stats, SupervisorHandle { stop: self.stop, task: self.task })
+    pub fn into_parts(
+        self,
+    ) -> (
+        mpsc::Receiver<Envelope>,
+        watch::Receiver<ConnState>,
+        Arc<Stats>,
+        SupervisorHandle,
+    ) {
+        (
+            self.events,
+            self.state,
+            self.stats,
+            SupervisorHandle {
+                stop: self.stop,
+                task: self.task,
+            },
+        )
     }
 
     /// Closes the socket and ends the supervisor.

@@ -59,12 +59,15 @@ impl Ended {
 
     /// Seconds from answer to hang-up.
     pub fn talk_seconds(&self) -> u32 {
-        self.answered_after.map_or(0, |a| self.lasted.saturating_sub(a).as_secs() as u32)
+        self.answered_after
+            .map_or(0, |a| self.lasted.saturating_sub(a).as_secs() as u32)
     }
 
     /// Local wall-clock answer time, given the local time of the originate.
     pub fn answered_at(&self, originated: NaiveDateTime) -> Option<NaiveDateTime> {
-        self.answered_after.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| originated + d)
+        self.answered_after
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| originated + d)
     }
 
     pub fn ended_at(&self, originated: NaiveDateTime) -> NaiveDateTime {
@@ -81,7 +84,12 @@ const HANGUP_GRACE: Duration = Duration::from_secs(5);
 
 /// Places the call and follows it to the end. `abort` turning true hangs
 /// the call up and ends it as `aborted`.
-pub async fn place(ari: &AriClient, router: &Arc<Router>, plan: &CallPlan, mut abort: watch::Receiver<bool>) -> CallEnd {
+pub async fn place(
+    ari: &AriClient,
+    router: &Arc<Router>,
+    plan: &CallPlan,
+    mut abort: watch::Receiver<bool>,
+) -> CallEnd {
     // Register first: Asterisk may send events before it answers the originate.
     let mut inbox = router.register(&plan.channel_id);
     let started = Instant::now();
@@ -97,15 +105,22 @@ pub async fn place(ari: &AriClient, router: &Arc<Router>, plan: &CallPlan, mut a
         Ok(_) => {}
         // Our id is alive: a retried request that did get through. Follow it.
         Err(e) if e.status().map(|s| s.as_u16()) == Some(409) => {}
-        Err(AriError::Status { status, message, .. }) => {
+        Err(AriError::Status {
+            status, message, ..
+        }) => {
             router.unregister(&plan.channel_id);
-            return CallEnd::Refused { status: status.as_u16(), message };
+            return CallEnd::Refused {
+                status: status.as_u16(),
+                message,
+            };
         }
         Err(e) => {
             // Did it reach Asterisk before the connection failed?
             if ari.channel(&plan.channel_id).await.is_err() {
                 router.unregister(&plan.channel_id);
-                return CallEnd::NotPlaced { reason: e.to_string() };
+                return CallEnd::NotPlaced {
+                    reason: e.to_string(),
+                };
             }
         }
     }
@@ -213,7 +228,10 @@ pub async fn place(ari: &AriClient, router: &Arc<Router>, plan: &CallPlan, mut a
         classify(&ev)
     };
     if outcome == Outcome::Failed && detail.is_none() {
-        detail = Some(format!("dialstatus {:?}, causes {:?}/{:?}", ev.last_dialstatus, ev.own_cause, ev.other_cause));
+        detail = Some(format!(
+            "dialstatus {:?}, causes {:?}/{:?}",
+            ev.last_dialstatus, ev.own_cause, ev.other_cause
+        ));
     }
     CallEnd::Ended(Ended {
         outcome,

@@ -20,7 +20,9 @@ pub enum Prompt {
     /// `PlaybackFinished` with state `failed`; `hangup_seen` tells whether
     /// the callee had already hung up (then it was an early hang-up, not a
     /// missing sound).
-    Failed { hangup_seen: bool },
+    Failed {
+        hangup_seen: bool,
+    },
 }
 
 /// What we learnt about one call from its events.
@@ -44,7 +46,10 @@ pub struct Evidence {
 
 impl Evidence {
     pub fn new(channel: impl Into<String>) -> Evidence {
-        Evidence { channel: channel.into(), ..Evidence::default() }
+        Evidence {
+            channel: channel.into(),
+            ..Evidence::default()
+        }
     }
 
     fn is_own(&self, id: &str) -> bool {
@@ -53,26 +58,34 @@ impl Evidence {
 
     /// The `;2` half of a Local pair we originated with our own id.
     fn is_other(&self, id: &str) -> bool {
-        id.strip_suffix(";2").is_some_and(|base| base == self.channel)
+        id.strip_suffix(";2")
+            .is_some_and(|base| base == self.channel)
     }
 
     /// Takes in one event; events about other channels are ignored.
     pub fn observe(&mut self, event: &Event) {
         match event {
-            Event::Dial { peer, dialstatus, caller, .. } if caller.is_none() && self.is_own(&peer.id) => {
-                if !dialstatus.is_empty() {
-                    if dialstatus == "RINGING" {
-                        self.ringing = true;
-                    }
-                    self.last_dialstatus = Some(dialstatus.clone());
+            Event::Dial {
+                peer,
+                dialstatus,
+                caller,
+                ..
+            } if caller.is_none() && self.is_own(&peer.id) && !dialstatus.is_empty() => {
+                if dialstatus == "RINGING" {
+                    self.ringing = true;
                 }
+                self.last_dialstatus = Some(dialstatus.clone());
             }
-            Event::ChannelStateChange { channel } if self.is_own(&channel.id) => match channel.state.as_str() {
-                "Ringing" => self.ringing = true,
-                "Up" => {}
-                _ => {}
-            },
-            Event::ChannelVarset { channel: Some(ch), variable, value } if self.is_own(&ch.id) && variable == "CHANLOCALSTATUS" => {
+            Event::ChannelStateChange { channel }
+                if self.is_own(&channel.id) && channel.state == "Ringing" =>
+            {
+                self.ringing = true;
+            }
+            Event::ChannelVarset {
+                channel: Some(ch),
+                variable,
+                value,
+            } if self.is_own(&ch.id) && variable == "CHANLOCALSTATUS" => {
                 self.chanlocalstatus = Some(value.clone());
             }
             Event::StasisStart { channel, .. } if self.is_own(&channel.id) => {
@@ -80,7 +93,10 @@ impl Evidence {
                 self.in_stasis = true;
             }
             Event::StasisEnd { channel } if self.is_own(&channel.id) => self.in_stasis = false,
-            Event::ChannelHangupRequest { channel, soft, .. } if soft != &Some(true) && (self.is_own(&channel.id) || self.is_other(&channel.id)) => {
+            Event::ChannelHangupRequest { channel, soft, .. }
+                if soft != &Some(true)
+                    && (self.is_own(&channel.id) || self.is_other(&channel.id)) =>
+            {
                 self.hangup_requested = true;
             }
             Event::ChannelDestroyed { channel, cause, .. } if self.is_own(&channel.id) => {
@@ -91,14 +107,20 @@ impl Evidence {
                 self.other_cause = Some(*cause);
                 self.other_destroyed = true;
             }
-            Event::PlaybackStarted { playback } if playback.target_uri == format!("channel:{}", self.channel) => {
+            Event::PlaybackStarted { playback }
+                if playback.target_uri == format!("channel:{}", self.channel) =>
+            {
                 self.prompt = Prompt::Playing;
             }
-            Event::PlaybackFinished { playback } if playback.target_uri == format!("channel:{}", self.channel) => {
+            Event::PlaybackFinished { playback }
+                if playback.target_uri == format!("channel:{}", self.channel) =>
+            {
                 self.prompt = if playback.state == "done" {
                     Prompt::Done
                 } else {
-                    Prompt::Failed { hangup_seen: self.hangup_requested || !self.in_stasis }
+                    Prompt::Failed {
+                        hangup_seen: self.hangup_requested || !self.in_stasis,
+                    }
                 };
             }
             _ => {}
@@ -107,7 +129,11 @@ impl Evidence {
 
     /// The cause worth logging: the most specific one we saw.
     pub fn cause(&self) -> Option<i64> {
-        [self.other_cause, self.own_cause].into_iter().flatten().find(|c| *c != 0 && *c != 16).or(self.own_cause)
+        [self.other_cause, self.own_cause]
+            .into_iter()
+            .flatten()
+            .find(|c| *c != 0 && *c != 16)
+            .or(self.own_cause)
     }
 }
 
@@ -132,7 +158,9 @@ pub fn classify(e: &Evidence) -> Outcome {
         return match e.prompt {
             Prompt::Done => Outcome::Completed,
             // The callee left before or during the prompt.
-            Prompt::NotStarted | Prompt::Playing | Prompt::Failed { hangup_seen: true } => Outcome::HungUpEarly,
+            Prompt::NotStarted | Prompt::Playing | Prompt::Failed { hangup_seen: true } => {
+                Outcome::HungUpEarly
+            }
             // The sound is missing: not a delivered reminder.
             Prompt::Failed { hangup_seen: false } => Outcome::Failed,
         };
@@ -145,7 +173,11 @@ pub fn classify(e: &Evidence) -> Outcome {
     if let Some(o) = status(&e.last_dialstatus).or_else(|| status(&e.chanlocalstatus)) {
         return o;
     }
-    if let Some(o) = [e.other_cause, e.own_cause].into_iter().flatten().find_map(cause_outcome) {
+    if let Some(o) = [e.other_cause, e.own_cause]
+        .into_iter()
+        .flatten()
+        .find_map(cause_outcome)
+    {
         return o;
     }
     match e.last_dialstatus.as_deref() {
@@ -178,7 +210,10 @@ mod tests {
             .collect();
         let mut ours = Vec::new();
         for e in &events {
-            if let Event::Dial { peer, caller: None, .. } = e {
+            if let Event::Dial {
+                peer, caller: None, ..
+            } = e
+            {
                 if peer.name.ends_with(";1") && !ours.contains(&peer.id) {
                     ours.push(peer.id.clone());
                 }
@@ -188,14 +223,26 @@ mod tests {
         let other = events
             .iter()
             .filter_map(Event::channel)
-            .find(|c| c.name.ends_with(";2") && c.name.trim_end_matches(";2") == events.iter().filter_map(Event::channel).find(|o| o.id == own).unwrap().name.trim_end_matches(";1"))
+            .find(|c| {
+                c.name.ends_with(";2")
+                    && c.name.trim_end_matches(";2")
+                        == events
+                            .iter()
+                            .filter_map(Event::channel)
+                            .find(|o| o.id == own)
+                            .unwrap()
+                            .name
+                            .trim_end_matches(";1")
+            })
             .map(|c| c.id.clone());
         // The lab let Asterisk pick ids; rename the ;2 half as if we had set channelId.
         let mut ev = Evidence::new(own.clone());
         for e in events {
             let json = serde_json::to_string(&e).unwrap();
             let json = match &other {
-                Some(o) if o != &format!("{own};2") => json.replace(&format!("\"{o}\""), &format!("\"{own};2\"")),
+                Some(o) if o != &format!("{own};2") => {
+                    json.replace(&format!("\"{o}\""), &format!("\"{own};2\""))
+                }
                 _ => json,
             };
             ev.observe(&serde_json::from_str(&json).unwrap());
@@ -225,13 +272,22 @@ mod tests {
             assert!(ev.own_destroyed, "{scenario}");
             assert_eq!(classify(&ev), want, "{scenario}: {ev:#?}");
         }
-        assert!(congested_before_ringing(&replay("congestion", 0), Outcome::Congestion));
+        assert!(congested_before_ringing(
+            &replay("congestion", 0),
+            Outcome::Congestion
+        ));
         assert_eq!(replay("busy", 0).cause(), Some(17));
         assert_eq!(replay("noanswer", 0).cause(), Some(19));
     }
 
     fn direct(own_cause: i64, last: Option<&str>) -> Evidence {
-        Evidence { channel: "c".into(), own_cause: Some(own_cause), own_destroyed: true, last_dialstatus: last.map(str::to_owned), ..Evidence::default() }
+        Evidence {
+            channel: "c".into(),
+            own_cause: Some(own_cause),
+            own_destroyed: true,
+            last_dialstatus: last.map(str::to_owned),
+            ..Evidence::default()
+        }
     }
 
     #[test]
@@ -239,23 +295,43 @@ mod tests {
         assert_eq!(classify(&direct(17, None)), Outcome::Busy);
         assert_eq!(classify(&direct(19, Some("RINGING"))), Outcome::NoAnswer);
         assert_eq!(classify(&direct(18, None)), Outcome::NoAnswer);
-        assert_eq!(classify(&direct(21, Some("CHANUNAVAIL"))), Outcome::Rejected);
+        assert_eq!(
+            classify(&direct(21, Some("CHANUNAVAIL"))),
+            Outcome::Rejected
+        );
         for c in [34, 38, 41, 42] {
             assert_eq!(classify(&direct(c, None)), Outcome::Congestion, "{c}");
         }
         for c in [1, 3, 22, 28] {
             assert_eq!(classify(&direct(c, None)), Outcome::InvalidNumber, "{c}");
         }
-        assert_eq!(classify(&direct(0, None)), Outcome::Failed, "cause 0 says nothing");
+        assert_eq!(
+            classify(&direct(0, None)),
+            Outcome::Failed,
+            "cause 0 says nothing"
+        );
         assert_eq!(classify(&direct(127, None)), Outcome::Failed);
     }
 
     #[test]
     fn prompts() {
-        let answered = |prompt| Evidence { answered: true, prompt, ..direct(16, Some("ANSWER")) };
+        let answered = |prompt| Evidence {
+            answered: true,
+            prompt,
+            ..direct(16, Some("ANSWER"))
+        };
         assert_eq!(classify(&answered(Prompt::Done)), Outcome::Completed);
-        assert_eq!(classify(&answered(Prompt::Failed { hangup_seen: true })), Outcome::HungUpEarly);
-        assert_eq!(classify(&answered(Prompt::Failed { hangup_seen: false })), Outcome::Failed);
-        assert_eq!(classify(&answered(Prompt::NotStarted)), Outcome::HungUpEarly);
+        assert_eq!(
+            classify(&answered(Prompt::Failed { hangup_seen: true })),
+            Outcome::HungUpEarly
+        );
+        assert_eq!(
+            classify(&answered(Prompt::Failed { hangup_seen: false })),
+            Outcome::Failed
+        );
+        assert_eq!(
+            classify(&answered(Prompt::NotStarted)),
+            Outcome::HungUpEarly
+        );
     }
 }

@@ -73,10 +73,26 @@ impl PassSummary {
 
     /// The operator's one line per pass.
     pub fn log(&self) {
-        let outcomes: Vec<String> = self.outcomes.iter().map(|(o, n)| format!("{o}={n}")).collect();
-        let skipped: Vec<String> = self.skipped.iter().map(|(r, n)| format!("{r}={n}")).collect();
-        let trunks: Vec<String> =
-            self.trunks.iter().map(|(t, s)| format!("{t}:attempts={},answered={},failed={}", s.attempts, s.answered, s.failed)).collect();
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(o, n)| format!("{o}={n}"))
+            .collect();
+        let skipped: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        let trunks: Vec<String> = self
+            .trunks
+            .iter()
+            .map(|(t, s)| {
+                format!(
+                    "{t}:attempts={},answered={},failed={}",
+                    s.attempts, s.answered, s.failed
+                )
+            })
+            .collect();
         tracing::info!(
             selected = self.selected,
             outcomes = %outcomes.join(" "),
@@ -97,9 +113,19 @@ pub enum PassError {
 
 /// The media list with `{saldo}` and `{corte}` filled in for this client.
 fn media_for(config: &Config, client: &ClientFacts) -> Vec<String> {
-    let saldo = client.open_balance.as_deref().and_then(|b| b.split('.').next()).unwrap_or("0").to_owned();
+    let saldo = client
+        .open_balance
+        .as_deref()
+        .and_then(|b| b.split('.').next())
+        .unwrap_or("0")
+        .to_owned();
     let corte = client.corte.map_or_else(String::new, |c| c.to_string());
-    config.campaign.media.iter().map(|m| m.replace("{saldo}", &saldo).replace("{corte}", &corte)).collect()
+    config
+        .campaign
+        .media
+        .iter()
+        .map(|m| m.replace("{saldo}", &saldo).replace("{corte}", &corte))
+        .collect()
 }
 
 struct Shared {
@@ -123,7 +149,13 @@ impl Campaign {
                 start: chrono::NaiveTime::MIN,
                 end: chrono::NaiveTime::from_hms_opt(23, 59, 59).unwrap_or(chrono::NaiveTime::MIN),
             };
-            CallingWindow { weekdays: Some(all_day), saturday: Some(all_day), sunday: Some(all_day), colombian_holidays: false, extra_closed_days: vec![] }
+            CallingWindow {
+                weekdays: Some(all_day),
+                saturday: Some(all_day),
+                sunday: Some(all_day),
+                colombian_holidays: false,
+                extra_closed_days: vec![],
+            }
         } else {
             self.config.window.clone()
         }
@@ -131,7 +163,11 @@ impl Campaign {
 
     /// Runs one pass. `abort` (shutdown) stops new calls and hangs up those
     /// in flight; the global timeout does the same by itself.
-    pub async fn run_pass(self: &Arc<Self>, opts: PassOptions, abort: watch::Receiver<bool>) -> Result<PassSummary, PassError> {
+    pub async fn run_pass(
+        self: &Arc<Self>,
+        opts: PassOptions,
+        abort: watch::Receiver<bool>,
+    ) -> Result<PassSummary, PassError> {
         let began = Instant::now();
         let now = self.now();
         let window = self.window(&opts);
@@ -142,7 +178,11 @@ impl Campaign {
             return Ok(summary);
         }
         let policy = Policy::from_config(&self.config);
-        let clients = self.billing.eligible_clients(now, &policy).await.map_err(PassError::Select)?;
+        let clients = self
+            .billing
+            .eligible_clients(now, &policy)
+            .await
+            .map_err(PassError::Select)?;
         summary.selected = clients.len();
 
         let mut to_call: Vec<(ClientFacts, Mobile)> = Vec::new();
@@ -161,7 +201,9 @@ impl Campaign {
 
         // Global timeout: the seed script's rule, base + per client.
         let c = &self.config.campaign;
-        let global = Duration::from_secs(c.run_timeout_base_secs + c.run_timeout_per_client_secs * to_call.len() as u64);
+        let global = Duration::from_secs(
+            c.run_timeout_base_secs + c.run_timeout_per_client_secs * to_call.len() as u64,
+        );
         let (abort_tx, abort_rx) = watch::channel(false);
         let watcher = {
             let mut outer = abort.clone();
@@ -195,7 +237,11 @@ impl Campaign {
                 _ = abort_rx.wait_for(|a| *a) => None,
             };
             let Some(permit) = permit else { break };
-            if *abort_rx.borrow() || shared.window_shut.load(std::sync::atomic::Ordering::Relaxed) {
+            if *abort_rx.borrow()
+                || shared
+                    .window_shut
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
                 drop(permit);
                 break;
             }
@@ -210,11 +256,17 @@ impl Campaign {
         watcher.abort();
 
         let mut summary = std::mem::take(&mut *shared.summary.lock().await);
-        let not_started = summary.selected
-            - summary.calls.len()
-            - summary.skipped.values().sum::<usize>();
+        let not_started =
+            summary.selected - summary.calls.len() - summary.skipped.values().sum::<usize>();
         if not_started > 0 {
-            let reason = if shared.window_shut.load(std::sync::atomic::Ordering::Relaxed) { "window closed mid-pass" } else { "pass ended first" };
+            let reason = if shared
+                .window_shut
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                "window closed mid-pass"
+            } else {
+                "pass ended first"
+            };
             summary.skip_n(reason, not_started);
         }
         summary.trunks = self.trunks.stats();
@@ -225,10 +277,16 @@ impl Campaign {
 
     async fn record_invalid_phone(&self, c: &ClientFacts, summary: &mut PassSummary) {
         let raw = c.telefono.clone().unwrap_or_default();
-        let why = normalize(&raw).err().map_or_else(String::new, |e| e.to_string());
+        let why = normalize(&raw)
+            .err()
+            .map_or_else(String::new, |e| e.to_string());
         tracing::warn!(client_id = c.id, phone = %mask(&raw), reason = %why, "invalid phone number: not dialled, recorded until staff change it");
         let now = self.now();
-        match self.billing.claim(c.id, c.attempts, c.telefono.as_deref(), &self.host, now).await {
+        match self
+            .billing
+            .claim(c.id, c.attempts, c.telefono.as_deref(), &self.host, now)
+            .await
+        {
             Ok(Some(claim)) => {
                 let record = CallRecord {
                     outcome: Outcome::InvalidNumber,
@@ -322,10 +380,21 @@ impl Shared {
         // The window may have closed since the pass began: no call after it.
         let now = camp.now();
         if camp.window(&self.opts).check_local(now).is_err() {
-            self.window_shut.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.window_shut
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return self.skip("window closed mid-pass").await;
         }
-        let claim = match camp.billing.claim(client.id, client.attempts, client.telefono.as_deref(), &camp.host, now).await {
+        let claim = match camp
+            .billing
+            .claim(
+                client.id,
+                client.attempts,
+                client.telefono.as_deref(),
+                &camp.host,
+                now,
+            )
+            .await
+        {
             Ok(Some(c)) => c,
             Ok(None) => return self.skip("claimed elsewhere").await,
             Err(e) => {
@@ -347,8 +416,14 @@ impl Shared {
                 t = camp.trunks.acquire(&avoid) => Some(t),
                 _ = abort.wait_for(|a| *a) => None,
             };
-            let Some((index, trunk)) = acquired else { break };
-            let channel_id = if try_no == 0 { claim.channel_id() } else { format!("{}-{}", claim.channel_id(), try_no + 1) };
+            let Some((index, trunk)) = acquired else {
+                break;
+            };
+            let channel_id = if try_no == 0 {
+                claim.channel_id()
+            } else {
+                format!("{}-{}", claim.channel_id(), try_no + 1)
+            };
             let plan = CallPlan {
                 channel_id: channel_id.clone(),
                 endpoint: dial_string(&trunk.endpoint, mobile.national()),
@@ -372,10 +447,18 @@ impl Shared {
                 CallEnd::NotPlaced { reason } => {
                     camp.trunks.release(index, Use::Neutral);
                     tracing::warn!(client_id = client.id, %reason, "originate did not reach Asterisk");
-                    let record = not_dialled(Outcome::Aborted, originated, format!("not dialled: {reason}"));
+                    let record = not_dialled(
+                        Outcome::Aborted,
+                        originated,
+                        format!("not dialled: {reason}"),
+                    );
                     return self.finish(&client, &mobile, &claim, None, record).await;
                 }
-                CallEnd::Ended(end) if end.trunk_congested && !congested.contains(&index) && refused.len() + congested.len() + 1 < camp.trunks.len() => {
+                CallEnd::Ended(end)
+                    if end.trunk_congested
+                        && !congested.contains(&index)
+                        && refused.len() + congested.len() + 1 < camp.trunks.len() =>
+                {
                     camp.trunks.release(index, Use::Neutral);
                     tracing::warn!(client_id = client.id, trunk = %trunk.name, cause = ?end.cause, "congestion before ringing; trying the next trunk");
                     congested.push(index);
@@ -390,7 +473,9 @@ impl Shared {
                         }
                     }
                     let record = dialled(&end, originated, &trunk.name, &channel_id, &mobile);
-                    return self.finish(&client, &mobile, &claim, Some(&end), record).await;
+                    return self
+                        .finish(&client, &mobile, &claim, Some(&end), record)
+                        .await;
                 }
             }
         }
@@ -399,7 +484,10 @@ impl Shared {
         let aborted = *self.abort.borrow();
         let (outcome, detail) = match last_refusal {
             Some(r) if !aborted => (Outcome::TrunkError, format!("every trunk refused: {r}")),
-            _ => (Outcome::Aborted, "pass ended before a trunk was free".to_owned()),
+            _ => (
+                Outcome::Aborted,
+                "pass ended before a trunk was free".to_owned(),
+            ),
         };
         let record = not_dialled(outcome, camp.now(), detail);
         self.finish(&client, &mobile, &claim, None, record).await;
@@ -409,7 +497,14 @@ impl Shared {
         self.summary.lock().await.skip(reason);
     }
 
-    async fn finish(&self, client: &ClientFacts, mobile: &Mobile, claim: &Claim, end: Option<&Ended>, record: CallRecord) {
+    async fn finish(
+        &self,
+        client: &ClientFacts,
+        mobile: &Mobile,
+        claim: &Claim,
+        end: Option<&Ended>,
+        record: CallRecord,
+    ) {
         let camp = &self.campaign;
         let line = CallLine {
             client_id: client.id,
@@ -458,7 +553,13 @@ fn not_dialled(outcome: Outcome, at: NaiveDateTime, detail: String) -> CallRecor
     }
 }
 
-fn dialled(end: &Ended, originated: NaiveDateTime, trunk: &str, channel_id: &str, mobile: &Mobile) -> CallRecord {
+fn dialled(
+    end: &Ended,
+    originated: NaiveDateTime,
+    trunk: &str,
+    channel_id: &str,
+    mobile: &Mobile,
+) -> CallRecord {
     CallRecord {
         outcome: end.outcome,
         dialled: true,

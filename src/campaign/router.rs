@@ -20,10 +20,12 @@ pub struct Router {
 pub fn key(event: &Event) -> Option<&str> {
     let id = match event {
         // A Dial() from a dialplan (it has a caller) is about the far side.
-        Event::Dial { caller: Some(_), .. } => return None,
-        Event::PlaybackStarted { playback } | Event::PlaybackContinuing { playback } | Event::PlaybackFinished { playback } => {
-            playback.target_uri.strip_prefix("channel:")?
-        }
+        Event::Dial {
+            caller: Some(_), ..
+        } => return None,
+        Event::PlaybackStarted { playback }
+        | Event::PlaybackContinuing { playback }
+        | Event::PlaybackFinished { playback } => playback.target_uri.strip_prefix("channel:")?,
         other => &other.channel()?.id,
     };
     Some(id.strip_suffix(";2").unwrap_or(id))
@@ -51,7 +53,9 @@ impl Router {
 
     /// Delivers the event; gives it back when no call claims it.
     pub fn route(&self, env: Envelope) -> Option<Envelope> {
-        let Some(k) = key(&env.event) else { return Some(env) };
+        let Some(k) = key(&env.event) else {
+            return Some(env);
+        };
         let calls = self.calls();
         match calls.get(k) {
             Some(tx) => tx.send(env).err().map(|e| e.0),

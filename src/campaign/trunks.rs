@@ -121,8 +121,21 @@ pub mod pool {
         pub fn new(trunks: &[TrunkConfig], cooldown: Duration) -> TrunkPool {
             let mut cfgs = trunks.to_vec();
             cfgs.sort_by_key(|t| t.priority);
-            let slots = cfgs.into_iter().map(|cfg| Slot { cfg, in_use: 0, cool_until: None, failures: 0, stats: TrunkStats::default() }).collect();
-            TrunkPool { slots: Mutex::new(slots), freed: Notify::new(), cooldown }
+            let slots = cfgs
+                .into_iter()
+                .map(|cfg| Slot {
+                    cfg,
+                    in_use: 0,
+                    cool_until: None,
+                    failures: 0,
+                    stats: TrunkStats::default(),
+                })
+                .collect();
+            TrunkPool {
+                slots: Mutex::new(slots),
+                freed: Notify::new(),
+                cooldown,
+            }
         }
 
         fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
@@ -139,7 +152,9 @@ pub mod pool {
                 let wake_at = {
                     let mut slots = self.slots();
                     let now = Instant::now();
-                    let usable = |s: &Slot| s.in_use < s.cfg.max_channels && s.cool_until.is_none_or(|t| t <= now);
+                    let usable = |s: &Slot| {
+                        s.in_use < s.cfg.max_channels && s.cool_until.is_none_or(|t| t <= now)
+                    };
                     let pick = (0..slots.len())
                         .find(|&i| usable(&slots[i]) && !avoid.contains(&i))
                         .or_else(|| (0..slots.len()).find(|&i| usable(&slots[i])));
@@ -149,7 +164,11 @@ pub mod pool {
                         s.stats.attempts += 1;
                         return (i, s.cfg.clone());
                     }
-                    slots.iter().filter_map(|s| s.cool_until).filter(|t| *t > now).min()
+                    slots
+                        .iter()
+                        .filter_map(|s| s.cool_until)
+                        .filter(|t| *t > now)
+                        .min()
                 };
                 match wake_at {
                     Some(t) => {
@@ -197,7 +216,9 @@ pub mod pool {
 
         fn cool(s: &mut Slot, base: Duration) {
             // 60 s, 120 s, 240 s … while it keeps failing, at most an hour.
-            let wait = base.saturating_mul(1 << s.failures.min(6)).min(Duration::from_secs(3600));
+            let wait = base
+                .saturating_mul(1 << s.failures.min(6))
+                .min(Duration::from_secs(3600));
             s.failures += 1;
             s.cool_until = Some(Instant::now() + wait);
             tracing::warn!(trunk = %s.cfg.name, cooldown_s = wait.as_secs(), "trunk failing, cooling down");
@@ -213,7 +234,10 @@ pub mod pool {
 
         /// (name, counts) per trunk, in priority order.
         pub fn stats(&self) -> Vec<(String, TrunkStats)> {
-            self.slots().iter().map(|s| (s.cfg.name.clone(), s.stats.clone())).collect()
+            self.slots()
+                .iter()
+                .map(|s| (s.cfg.name.clone(), s.stats.clone()))
+                .collect()
         }
     }
 
@@ -222,12 +246,21 @@ pub mod pool {
         use super::*;
 
         fn trunk(name: &str, priority: u32, max: u32) -> TrunkConfig {
-            TrunkConfig { name: name.into(), endpoint: format!("PJSIP/{{number}}@{name}"), max_channels: max, priority, caller_id: None }
+            TrunkConfig {
+                name: name.into(),
+                endpoint: format!("PJSIP/{{number}}@{name}"),
+                max_channels: max,
+                priority,
+                caller_id: None,
+            }
         }
 
         #[tokio::test(start_paused = true)]
         async fn priority_capacity_and_cooldown() {
-            let pool = TrunkPool::new(&[trunk("b", 2, 1), trunk("a", 1, 2)], Duration::from_secs(60));
+            let pool = TrunkPool::new(
+                &[trunk("b", 2, 1), trunk("a", 1, 2)],
+                Duration::from_secs(60),
+            );
             assert_eq!(pool.acquire(&[]).await.1.name, "a");
             assert_eq!(pool.acquire(&[]).await.1.name, "a");
             assert_eq!(pool.acquire(&[]).await.1.name, "b", "a is full");
@@ -235,7 +268,11 @@ pub mod pool {
             // a is cooling down: b is full, so the next caller waits for b.
             let waiter = pool.acquire(&[]);
             tokio::pin!(waiter);
-            assert!(tokio::time::timeout(Duration::from_secs(1), waiter.as_mut()).await.is_err());
+            assert!(
+                tokio::time::timeout(Duration::from_secs(1), waiter.as_mut())
+                    .await
+                    .is_err()
+            );
             pool.release(1, Use::Placed { answered: true });
             assert_eq!(waiter.await.1.name, "b");
             // After the cool-down, a is first again; a second failure doubles it.
@@ -248,7 +285,11 @@ pub mod pool {
             let avoid_b = pool.acquire(&[1]);
             tokio::pin!(avoid_b);
             // b is busy (one channel held), a cools for 120 s now.
-            assert!(tokio::time::timeout(Duration::from_secs(30), avoid_b.as_mut()).await.is_err());
+            assert!(
+                tokio::time::timeout(Duration::from_secs(30), avoid_b.as_mut())
+                    .await
+                    .is_err()
+            );
             tokio::time::advance(Duration::from_secs(60)).await;
             assert_eq!(avoid_b.await.1.name, "a");
             let stats = pool.stats();

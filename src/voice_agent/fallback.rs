@@ -11,7 +11,14 @@ use crate::ari::{AriClient, Event};
 use crate::billing::phone::mask;
 use crate::campaign::router::Router;
 
-pub async fn handle(ari: AriClient, router: Arc<Router>, channel: Channel, media: Vec<String>, lang: String, max_call: Duration) {
+pub async fn handle(
+    ari: AriClient,
+    router: Arc<Router>,
+    channel: Channel,
+    media: Vec<String>,
+    lang: String,
+    max_call: Duration,
+) {
     let started = Instant::now();
     let id = channel.id.clone();
     let mut inbox = router.register(&id);

@@ -1,0 +1,630 @@
+//! Whole passes, from debtor to written outcome, against the simulator and
+//! a real MariaDB (SPEC §5, §6, §8).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use common::TestDb;
+use mysql_async::prelude::*;
+use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
+use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
+use overdue_dialer::config::{Config, MysqlConfig, Secret, TrunkConfig};
+use overdue_dialer::dialer::Dialer;
+use overdue_dialer::sim::{Callee, SimConfig, Simulator, SoundSpec};
+
+/// Clients that are all due (corte 1), flagged, with one open invoice.
+fn clients(phones: &[(i64, &str)]) -> Data {
+    let mut data = Data::default();
+    for &(id, phone) in phones {
+        data.clients.push(Client {
+            id,
+            nombre: format!("Cliente {id}"),
+            telefono: Some(phone.to_owned()),
+            corte: Some(1),
+            outbound_call: true,
+            is_sent: false,
+            attempts: 0,
+            completed_at: None,
+        });
+        data.invoices.push(Invoice {
+            client_id: id,
+            saldo: "125000.00".into(),
+            cerrado: false,
+        });
+    }
+    data
+}
+
+fn trunk(name: &str, endpoint: &str, priority: u32, max: u32) -> TrunkConfig {
+    TrunkConfig {
+        name: name.into(),
+        endpoint: endpoint.into(),
+        max_channels: max,
+        priority,
+        caller_id: Some("6041234567".into()),
+    }
+}
+
+struct Rig {
+    db: TestDb,
+    sim: Simulator,
+    config: Config,
+}
+
+/// The simulator runs 50 times faster than life: ring timeout 30 s → 0.6 s,
+/// the 4.38 s prompt 88 ms, digit 7's callee hangs up after 40 ms.
+async fn rig(data: &Data, trunks: Vec<TrunkConfig>) -> Rig {
+    let db = TestDb::with_data(data).await;
+    let sim = Simulator::start(
+        SimConfig {
+            time_scale: 0.02,
+            ..SimConfig::default()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let opts = &db.opts;
+    let mut config = Config {
+        mysql: MysqlConfig {
+            host: opts.ip_or_hostname().to_string(),
+            port: opts.tcp_port(),
+            user: opts.user().unwrap_or("root").to_owned(),
+            password: Secret::new(opts.pass().unwrap_or("")),
+            database: db.name.clone(),
+            ..Default::default()
+        },
+        trunks,
+        ..Default::default()
+    };
+    config.ari.url = sim.url();
+    config.ari.password = Secret::new("asterisk");
+    config.campaign.calls_per_second = 1000.0;
+    config.campaign.max_concurrent_calls = 50;
+    Rig { db, sim, config }
+}
+
+impl Rig {
+    async fn pass(&self) -> PassSummary {
+        let dialer = Dialer::connect(self.config.clone(), "test-host".into())
+            .await
+            .unwrap();
+        let (_tx, abort) = tokio::sync::watch::channel(false);
+        let summary = dialer
+            .campaign
+            .run_pass(
+                PassOptions {
+                    ignore_window: true,
+                },
+                abort,
+            )
+            .await
+            .unwrap();
+        dialer.shutdown().await;
+        // Nothing may be left behind on the PBX.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            self.sim.live_channels(),
+            0,
+            "channels left alive after the pass"
+        );
+        summary
+    }
+
+    async fn log_rows(&self) -> BTreeMap<i64, LogRow> {
+        let mut conn = self.db.conn().await;
+        let rows: Vec<mysql_async::Row> = conn
+            .query("SELECT client_id, attempt_no, outcome, hangup_cause, trunk, channel_id, phone_e164, answered_at, ended_at, detail FROM overdue_call_log ORDER BY client_id, attempt_no")
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|r| {
+                let id: i64 = r.get(0).unwrap();
+                let row = LogRow {
+                    attempt_no: r.get(1).unwrap(),
+                    outcome: r.get(2).unwrap(),
+                    cause: r.get(3).unwrap(),
+                    trunk: r.get(4).unwrap(),
+                    channel_id: r.get(5).unwrap(),
+                    phone: r.get(6).unwrap(),
+                    answered: r.get(7).unwrap(),
+                    ended: r.get(8).unwrap(),
+                    detail: r.get(9).unwrap(),
+                };
+                (id, row)
+            })
+            .collect()
+    }
+
+    async fn client(&self, id: i64) -> (i64, i64, bool) {
+        let mut conn = self.db.conn().await;
+        let row: Option<(i64, i64, Option<NaiveDateTime>)> = conn
+            .exec_first("SELECT outbound_call_attempts, outbound_call_is_sent, outbound_call_completed_at FROM afiliados WHERE id = ?", (id,))
+            .await
+            .unwrap();
+        let (a, s, c) = row.unwrap();
+        (a, s, c.is_some())
+    }
+
+    /// Moves every recorded attempt back in time, as if `minutes` had passed.
+    async fn age(&self, minutes: i64) {
+        let mut conn = self.db.conn().await;
+        conn.exec_drop(
+            "UPDATE overdue_call_log SET ended_at = ended_at - INTERVAL ? MINUTE, claimed_at = claimed_at - INTERVAL ? MINUTE",
+            (minutes, minutes),
+        )
+        .await
+        .unwrap();
+    }
+
+    fn originates_to(&self, number: &str) -> usize {
+        self.sim
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/ari/channels" && r.method == "POST" && r.query.contains(number))
+            .count()
+    }
+}
+
+#[derive(Debug, Clone)]
+#[allow(dead_code)]
+struct LogRow {
+    attempt_no: u32,
+    outcome: Option<String>,
+    cause: Option<i64>,
+    trunk: Option<String>,
+    channel_id: Option<String>,
+    phone: Option<String>,
+    answered: Option<NaiveDateTime>,
+    ended: Option<NaiveDateTime>,
+    detail: Option<String>,
+}
+
+/// One client per outcome the PBX can produce.
+const CASES: &[(i64, &str, &str)] = &[
+    (1, "3001234560", "completed"),
+    (2, "3001234567", "hung_up_early"),
+    (3, "3001234564", "busy"),
+    (4, "3001234565", "no_answer"),
+    (5, "3001234566", "congestion"),
+    (6, "3001234569", "invalid_number"),
+    (7, "3001112221", "rejected"),
+    (8, "601 234 5678", "invalid_number"),
+];
+
+async fn every_outcome(endpoint: &str) {
+    let phones: Vec<(i64, &str)> = CASES.iter().map(|&(id, p, _)| (id, p)).collect();
+    let rig = rig(&clients(&phones), vec![trunk("t1", endpoint, 1, 10)]).await;
+    rig.sim.configure(|c| {
+        c.callees.insert("3001112221".into(), Callee::Rejects);
+    });
+    let summary = rig.pass().await;
+    let rows = rig.log_rows().await;
+    for &(id, phone, want) in CASES {
+        let row = &rows[&id];
+        assert_eq!(
+            row.outcome.as_deref(),
+            Some(want),
+            "client {id} ({phone}) via {endpoint}: {row:?}"
+        );
+        let (attempts, sent, completed_at) = rig.client(id).await;
+        let delivered = want == "completed" || want == "hung_up_early";
+        assert_eq!(
+            (sent == 1, completed_at),
+            (delivered, delivered),
+            "client {id} flags"
+        );
+        if id == 8 {
+            // A landline: never dialled, recorded with the raw value, no attempt spent.
+            assert_eq!(attempts, 0);
+            assert_eq!(row.trunk, None);
+            assert_eq!(rig.originates_to("6012345678"), 0);
+            assert!(
+                row.detail.as_deref().unwrap_or("").contains("fixed line"),
+                "{row:?}"
+            );
+        } else {
+            assert_eq!(attempts, 1, "client {id}");
+            assert_eq!(row.trunk.as_deref(), Some("t1"));
+            assert_eq!(
+                row.channel_id.as_deref(),
+                Some(format!("overdue-{id}-1").as_str())
+            );
+            assert_eq!(row.phone.as_deref(), Some(format!("+57{phone}").as_str()));
+            assert!(row.ended.is_some());
+            assert_eq!(row.answered.is_some(), delivered, "client {id}");
+        }
+    }
+    let direct = endpoint.starts_with("PJSIP");
+    // Causes as Asterisk reports them: on a direct trunk the Q.850 cause itself.
+    assert_eq!(rows[&3].cause, Some(if direct { 17 } else { 16 }));
+    assert_eq!(rows[&4].cause, Some(19));
+    assert_eq!(rows[&6].cause, Some(1));
+    if direct {
+        assert_eq!(rows[&5].cause, Some(34));
+        assert_eq!(rows[&7].cause, Some(21));
+    }
+    assert_eq!(summary.outcomes.values().sum::<usize>(), CASES.len());
+}
+
+#[tokio::test]
+async fn every_outcome_through_a_local_endpoint() {
+    every_outcome("Local/{number}@from-voip").await;
+}
+
+#[tokio::test]
+async fn every_outcome_through_a_direct_endpoint() {
+    every_outcome("PJSIP/{number}@voip_issabel").await;
+}
+
+#[tokio::test]
+async fn two_hundred_clients_keep_twenty_channels_busy() {
+    let phones: Vec<(i64, String)> = (1..=200).map(|i| (i, format!("3{:08}8", i))).collect();
+    let refs: Vec<(i64, &str)> = phones.iter().map(|(i, p)| (*i, p.as_str())).collect();
+    let mut rig = rig(
+        &clients(&refs),
+        vec![trunk("t1", "PJSIP/{number}@voip_issabel", 1, 100)],
+    )
+    .await;
+    rig.config.campaign.max_concurrent_calls = 20;
+    // Each call: answer, 0.2 s prompt, hang up.
+    rig.sim.configure(|c| {
+        c.time_scale = 0.05;
+    });
+    let summary = rig.pass().await;
+    assert_eq!(
+        summary
+            .outcomes
+            .get(&overdue_dialer::campaign::outcome::Outcome::Completed),
+        Some(&200)
+    );
+    assert_eq!(
+        rig.sim.peak_calls(),
+        20,
+        "never more than max_concurrent_calls, and the limit is reached"
+    );
+    // While clients remained (until the 200th originate), the live count
+    // dips below 20 only between a hang-up and the next originate.
+    let last_originate = rig
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/ari/channels" && r.method == "POST")
+        .map(|r| r.at)
+        .max()
+        .unwrap();
+    let log = rig.sim.live_log();
+    let full_at = log.iter().find(|(_, n)| *n == 20).unwrap().0;
+    let mut below_since = None;
+    let mut longest = Duration::ZERO;
+    for &(t, n) in log
+        .iter()
+        .filter(|(t, _)| *t >= full_at && *t <= last_originate)
+    {
+        match (n < 20, below_since) {
+            (true, None) => below_since = Some(t),
+            (false, Some(s)) => {
+                longest = longest.max(t - s);
+                below_since = None;
+            }
+            _ => {}
+        }
+    }
+    // Pacing is 1000 originates/s; a gap of a quarter second means a channel sat idle.
+    assert!(
+        longest < Duration::from_millis(250),
+        "a free channel waited {longest:?} while clients remained"
+    );
+}
+
+#[tokio::test]
+async fn per_call_timeout_hangs_up_a_callee_who_stays_on() {
+    let mut rig = rig(
+        &clients(&[(1, "3001234568")]),
+        vec![trunk("t1", "Local/{number}@sim-pstn", 1, 10)],
+    )
+    .await;
+    rig.sim.configure(|c| {
+        c.sounds.insert(
+            "very_long".into(),
+            SoundSpec {
+                languages: vec!["es_MX".into()],
+                duration: Duration::from_secs(10_000),
+            },
+        );
+    });
+    rig.config.campaign.media = vec!["sound:very_long".into()];
+    rig.config.campaign.ring_timeout_secs = 1;
+    rig.config.campaign.call_timeout_secs = 2;
+    let began = std::time::Instant::now();
+    rig.pass().await;
+    assert!(began.elapsed() >= Duration::from_secs(2));
+    let rows = rig.log_rows().await;
+    assert_eq!(rows[&1].outcome.as_deref(), Some("timeout"));
+    assert_eq!(rig.client(1).await, (1, 0, false));
+}
+
+#[tokio::test]
+async fn global_timeout_aborts_calls_in_flight() {
+    let mut rig = rig(
+        &clients(&[(1, "3001234568"), (2, "3101234568"), (3, "3201234568")]),
+        vec![trunk("t1", "PJSIP/{number}@t", 1, 10)],
+    )
+    .await;
+    rig.sim.configure(|c| {
+        c.sounds.insert(
+            "very_long".into(),
+            SoundSpec {
+                languages: vec!["es_MX".into()],
+                duration: Duration::from_secs(10_000),
+            },
+        );
+    });
+    rig.config.campaign.media = vec!["sound:very_long".into()];
+    rig.config.campaign.run_timeout_base_secs = 1;
+    rig.config.campaign.run_timeout_per_client_secs = 0;
+    let summary = rig.pass().await;
+    let rows = rig.log_rows().await;
+    for id in 1..=3 {
+        assert_eq!(rows[&id].outcome.as_deref(), Some("aborted"), "client {id}");
+    }
+    assert_eq!(summary.outcomes.len(), 1);
+}
+
+#[tokio::test]
+async fn busy_now_answered_later_and_max_attempts() {
+    // Client 1 is busy, then answers; client 2 is always busy.
+    let mut rig = rig(
+        &clients(&[(1, "3001230001"), (2, "3001230002")]),
+        vec![trunk("t1", "PJSIP/{number}@t", 1, 10)],
+    )
+    .await;
+    rig.config.campaign.max_attempts = 2;
+    rig.sim.configure(|c| {
+        c.callees.insert("3001230001".into(), Callee::Busy);
+        c.callees.insert("3001230002".into(), Callee::Busy);
+    });
+    rig.pass().await;
+    assert_eq!(rig.client(1).await, (1, 0, false));
+    // Too soon: the 30-minute busy delay has not passed.
+    let summary = rig.pass().await;
+    assert_eq!(summary.selected, 0);
+    rig.age(31).await;
+    rig.sim.configure(|c| {
+        c.callees.insert(
+            "3001230001".into(),
+            Callee::Answers {
+                hangs_up_after: Duration::from_secs(60),
+            },
+        );
+    });
+    rig.pass().await;
+    assert_eq!(
+        rig.client(1).await,
+        (2, 1, true),
+        "answered on the second pass"
+    );
+    assert_eq!(rig.client(2).await, (2, 0, false));
+    rig.age(31).await;
+    let summary = rig.pass().await;
+    assert_eq!(
+        summary.selected, 0,
+        "client 2 reached max_attempts, client 1 was reached"
+    );
+    assert_eq!(rig.originates_to("3001230002"), 2);
+    let mut conn = rig.db.conn().await;
+    let attempts: Vec<(i64, u32, String)> = conn.query("SELECT client_id, attempt_no, outcome FROM overdue_call_log ORDER BY client_id, attempt_no").await.unwrap();
+    let want: Vec<(i64, u32, String)> = vec![
+        (1, 1, "busy".into()),
+        (1, 2, "completed".into()),
+        (2, 1, "busy".into()),
+        (2, 2, "busy".into()),
+    ];
+    assert_eq!(attempts, want);
+}
+
+#[tokio::test]
+async fn a_refusing_trunk_spends_no_attempt() {
+    let phones: Vec<(i64, String)> = (1..=10).map(|i| (i, format!("300123{i:03}0"))).collect();
+    let refs: Vec<(i64, &str)> = phones.iter().map(|(i, p)| (*i, p.as_str())).collect();
+    let rig = rig(
+        &clients(&refs),
+        vec![
+            trunk("t1", "PJSIP/{number}@broken", 1, 10),
+            trunk("t2", "Local/{number}@from-voip", 2, 10),
+        ],
+    )
+    .await;
+    rig.sim.configure(|c| {
+        c.failing_technologies.insert("PJSIP".into());
+    });
+    let summary = rig.pass().await;
+    let rows = rig.log_rows().await;
+    for (id, _) in &phones {
+        assert_eq!(
+            rows[id].outcome.as_deref(),
+            Some("completed"),
+            "client {id}"
+        );
+        assert_eq!(rows[id].trunk.as_deref(), Some("t2"));
+        assert_eq!(rig.client(*id).await.0, 1, "the refusal spent no attempt");
+    }
+    let refused = rig
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/ari/channels" && r.query.contains("PJSIP"))
+        .count();
+    assert!(refused >= 1);
+    let t1 = summary.trunks.iter().find(|(n, _)| n == "t1").unwrap();
+    assert!(t1.1.failed >= 1 && t1.1.answered == 0, "{summary:?}");
+}
+
+/// Collects log output in memory (single-threaded runtime: every task logs here).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_missing_prompt_is_not_a_delivered_reminder() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut rig = rig(
+        &clients(&[(1, "3001234568")]),
+        vec![trunk("t1", "Local/{number}@sim-pstn", 1, 10)],
+    )
+    .await;
+    rig.config.campaign.media = vec!["sound:no_such_prompt".into()];
+    rig.pass().await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("ERROR")
+            && l.contains("PROMPT NOT PLAYED")
+            && l.contains("sound:no_such_prompt")),
+        "{text}"
+    );
+    let rows = rig.log_rows().await;
+    assert_eq!(rows[&1].outcome.as_deref(), Some("failed"));
+    let detail = rows[&1].detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("sound:no_such_prompt"),
+        "the record says which sound: {detail}"
+    );
+    assert_eq!(rig.client(1).await, (1, 0, false));
+}
+
+#[tokio::test]
+async fn an_inbound_call_hears_the_fallback_and_is_hung_up() {
+    let rig = rig(
+        &clients(&[]),
+        vec![trunk("t1", "Local/{number}@sim-pstn", 1, 10)],
+    )
+    .await;
+    let dialer = Dialer::connect(rig.config.clone(), "test-host".into())
+        .await
+        .unwrap();
+    let id = rig
+        .sim
+        .inbound_call("3001234567")
+        .expect("openai-app registered");
+    for _ in 0..100 {
+        if rig.sim.live_channels() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rig.sim.live_channels(), 0, "inbound channel {id} still up");
+    let plays = rig
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path == format!("/ari/channels/{id}/play"))
+        .count();
+    assert_eq!(plays, 1, "the fallback prompt was played");
+    dialer.shutdown().await;
+}
+
+/// `overdue-dialer once`, as cron or an operator runs it.
+fn once(rig: &Rig, extra_env: &[(&str, &str)]) -> std::process::Output {
+    let opts = &rig.db.opts;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_overdue-dialer"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MYSQL_SERVER", opts.ip_or_hostname())
+        .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
+        .env("MYSQL_USER", opts.user().unwrap_or("root"))
+        .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
+        .env("MYSQL_DATABASE", &rig.db.name)
+        .env("OVERDUE_ARI__URL", rig.sim.url())
+        .env("ASTERISK_USERNAME", "asterisk")
+        .env("ASTERISK_PASSWORD", "asterisk")
+        .env(
+            "OVERDUE_TRUNKS",
+            r#"[{name="t1",endpoint="Local/{number}@from-voip",max_channels=5,priority=1}]"#,
+        )
+        .args(["once", "--ignore-window"]);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_runs_a_pass_and_says_why_it_cannot() {
+    let rig = rig(&clients(&[(1, "3001234560"), (2, "3001234564")]), vec![]).await;
+    let out = once(&rig, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One line per call for operators, with the phone masked, and one summary.
+    let call_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("call ended"))
+        .collect();
+    assert_eq!(call_lines.len(), 2, "{stdout}");
+    for l in &call_lines {
+        for field in [
+            "client_id=",
+            "phone=******",
+            "trunk=",
+            "outcome=",
+            "cause=",
+            "ring_s=",
+            "talk_s=",
+        ] {
+            assert!(l.contains(field), "{field} missing in {l}");
+        }
+        assert!(
+            !l.contains("3001234560") && !l.contains("3001234564"),
+            "full number logged: {l}"
+        );
+    }
+    assert!(
+        stdout.lines().any(|l| l.contains("pass summary")
+            && l.contains("completed=1")
+            && l.contains("busy=1")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("asterisk:asterisk"));
+
+    let no_mysql = once(&rig, &[("OVERDUE_MYSQL__PORT", "1")]);
+    assert!(!no_mysql.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_mysql.stderr).contains("cannot connect to MySQL"),
+        "{}",
+        String::from_utf8_lossy(&no_mysql.stderr)
+    );
+
+    let bad_password = once(&rig, &[("ASTERISK_PASSWORD", "nope")]);
+    assert!(!bad_password.status.success());
+    let err = String::from_utf8_lossy(&bad_password.stderr);
+    assert!(
+        err.contains("refused the credentials") && !err.contains("nope"),
+        "{err}"
+    );
+
+    let no_ari = once(&rig, &[("OVERDUE_ARI__URL", "http://127.0.0.1:1")]);
+    assert!(!no_ari.status.success());
+    assert!(String::from_utf8_lossy(&no_ari.stderr).contains("cannot reach Asterisk ARI"));
+    assert_eq!(rig.sim.live_channels(), 0);
+}
