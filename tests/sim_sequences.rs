@@ -465,3 +465,67 @@ async fn inbound() {
     let got = drive(&mut lab, Script::Inbound, 2).await;
     assert_equivalent("inbound", &want, &got);
 }
+
+/// The lab's externalMedia run: an RTP channel and a callee in a mixing
+/// bridge, the prompt played into the bridge, then everything torn down.
+#[tokio::test]
+async fn externalmedia() {
+    let want = recorded("externalmedia");
+    let mut lab = lab().await;
+    let mut got = Vec::new();
+    let em = overdue_dialer::ari::ExternalMedia {
+        app: "openai-app".into(),
+        external_host: "127.0.0.1:40000".into(),
+        format: "ulaw".into(),
+        channel_id: None,
+        data: None,
+    };
+    let rtp = lab.ari.external_media(&em).await.unwrap();
+    let callee = lab
+        .ari
+        .originate(&originate("Local/3001234568@sim-pstn", "openai-app", 30))
+        .await
+        .unwrap();
+    let mut bridge = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, lab.events.recv())
+            .await
+            .expect("scenario did not finish")
+            .unwrap();
+        got.push(token(&ev));
+        let id = ev["channel"]["id"].as_str().unwrap_or("").to_owned();
+        match ev["type"].as_str().unwrap_or("") {
+            "StasisStart" if id == callee.id => {
+                let b = lab.ari.create_bridge("lab-em").await.unwrap();
+                lab.ari.add_to_bridge(&b.id, &rtp.id).await.unwrap();
+                lab.ari.add_to_bridge(&b.id, &callee.id).await.unwrap();
+                // Let the bridge settle as the lab did, then play into it.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                lab.ari
+                    .play_bridge(&b.id, &["sound:morosos_natalia".into()], Some("es_MX"))
+                    .await
+                    .unwrap();
+                bridge = Some(b.id);
+            }
+            "PlaybackFinished" => lab.ari.hangup(&callee.id, "normal").await.unwrap(),
+            "ChannelDestroyed" if id == callee.id => {
+                lab.ari.hangup(&rtp.id, "normal").await.unwrap()
+            }
+            "ChannelDestroyed" if id == rtp.id => {
+                lab.ari
+                    .destroy_bridge(bridge.as_deref().unwrap())
+                    .await
+                    .unwrap();
+            }
+            "BridgeDestroyed" => break,
+            _ => {}
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(ev) = lab.events.try_recv() {
+        got.push(token(&ev));
+    }
+    assert_equivalent("externalmedia", &want, &got);
+    assert_eq!((lab.sim.live_channels(), lab.sim.live_bridges()), (0, 0));
+}

@@ -309,6 +309,26 @@ impl AriClient {
         .await
     }
 
+    /// `POST /ari/bridges/{id}/play`: everyone in the bridge hears it.
+    pub async fn play_bridge(
+        &self,
+        bridge_id: &str,
+        media: &[String],
+        lang: Option<&str>,
+    ) -> Result<Playback, AriError> {
+        let mut q = vec![("media", media.join(","))];
+        if let Some(l) = lang {
+            q.push(("lang", l.to_owned()));
+        }
+        self.json(
+            Method::POST,
+            &["bridges", bridge_id, "play"],
+            &q,
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `DELETE /ari/channels/{id}?reason=…` (`normal`, `busy`, `congestion`, `no_answer` …).
     pub async fn hangup(&self, channel_id: &str, reason: &str) -> Result<(), AriError> {
         self.empty(

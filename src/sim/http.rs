@@ -75,6 +75,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ari/bridges", post(create_bridge))
         .route("/ari/bridges/{id}", delete(destroy_bridge))
         .route("/ari/bridges/{id}/addChannel", post(add_channel))
+        .route("/ari/bridges/{id}/play", post(play_bridge))
         .route("/ari/applications", get(applications))
         .route("/ari/applications/{name}", get(application))
         .route("/ari/sounds/{id}", get(sound))
@@ -304,6 +305,7 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
             home,
             ctl: Some(ctl_tx.clone()),
             is_call: true,
+            via_dialplan: false,
         });
         let b_id = b.map(|(b_id, b_name)| {
             let cep = DialplanCep {
@@ -322,6 +324,7 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
                 home: cep,
                 ctl: Some(ctl_tx.clone()),
                 is_call: false,
+                via_dialplan: false,
             });
             b_id
         });
@@ -385,9 +388,10 @@ async fn hangup(State(sim): Sim, Path(id): Path<String>, Query(q): Params) -> Re
         }
         // A channel no call task plays (externalMedia, inbound): torn down here.
         None => sim.with(|e| {
+            let via_dialplan = e.inner.channels.get(&id).is_some_and(|c| c.via_dialplan);
             e.hangup_request(&id, 32, true);
             e.leave_bridges(&id);
-            e.stasis_end(&id, true);
+            e.stasis_end(&id, via_dialplan);
             e.varset(&id, "STASISSTATUS", "SUCCESS");
             e.destroyed(&id, cause);
         }),
@@ -549,6 +553,7 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
             home,
             ctl: None,
             is_call: false,
+            via_dialplan: false,
         });
         id
     };
@@ -610,12 +615,65 @@ async fn add_channel(State(sim): Sim, Path(id): Path<String>, Query(q): Params) 
             apps.push(app.clone());
         }
         e.bridge_event("ChannelEnteredBridge", &snapshot, Some(&channel), &app);
+        e.bridge_peers(&snapshot, None);
         Ok(())
     });
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err((status, text)) => message(status, text),
     }
+}
+
+/// Plays into a bridge through an announcer channel, which every member
+/// sees in its `BRIDGEPEER` while the playback lasts (recording `externalmedia`).
+async fn play_bridge(State(sim): Sim, Path(id): Path<String>, Query(q): Params) -> Response {
+    let media: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "media")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::to_owned)
+        .collect();
+    let Some(first) = media.first().cloned() else {
+        return message(StatusCode::BAD_REQUEST, "Missing parameter media");
+    };
+    let lang = param(&q, "lang").unwrap_or("en").to_owned();
+    let playback_id = param(&q, "playbackId").map_or_else(|| uuid_like(&sim), str::to_owned);
+    let playback = json!({ "id": playback_id, "media_uri": first, "target_uri": format!("bridge:{id}"), "language": lang, "state": "playing" });
+    let announcer = {
+        let mut inner = sim.inner();
+        if !inner.bridges.contains_key(&id) {
+            return message(StatusCode::NOT_FOUND, "Bridge not found");
+        }
+        format!("Announcer/ARI-{:08x};2", inner.next_seq())
+    };
+    let apps = sim.with(|e| {
+        let bridge = e.inner.bridges.get(&id).cloned().unwrap_or_default();
+        e.bridge_peers(&bridge, Some(&announcer));
+        let apps = e.inner.bridge_apps.get(&id).cloned().unwrap_or_default();
+        for app in &apps {
+            e.inner.emit_app(app, json!({ "type": "PlaybackStarted", "timestamp": now_stamp(), "playback": playback }), e.asterisk_id);
+        }
+        apps
+    });
+    let (ok, until) = sim.media_length(&first, &lang);
+    let sim2 = sim.clone();
+    let id2 = id.clone();
+    let mut finished = playback.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(until).await;
+        finished["state"] = json!(if ok { "done" } else { "failed" });
+        sim2.with(|e| {
+            for app in &apps {
+                e.inner.emit_app(app, json!({ "type": "PlaybackFinished", "timestamp": now_stamp(), "playback": finished }), e.asterisk_id);
+            }
+            if let Some(bridge) = e.inner.bridges.get(&id2).cloned() {
+                e.bridge_peers(&bridge, None);
+            }
+        });
+    });
+    let mut body = playback;
+    body["state"] = json!("queued");
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 async fn destroy_bridge(State(sim): Sim, Path(id): Path<String>) -> Response {
@@ -723,6 +781,7 @@ pub fn inbound_call(sim: &Shared, caller_number: &str) -> Option<String> {
             home: cep,
             ctl: None,
             is_call: false,
+            via_dialplan: true,
         });
         if e.stasis_start(&id, &app, &[]) {
             e.subscribe(&id, &app);

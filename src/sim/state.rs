@@ -46,6 +46,10 @@ pub struct Chan {
     pub ctl: Option<mpsc::UnboundedSender<Ctl>>,
     /// The `;1` (or only) channel of an originate: one call.
     pub is_call: bool,
+    /// Entered Stasis from the dialplan (an inbound call): its app stops
+    /// following it when it leaves Stasis. Channels created through ARI
+    /// stay followed to the end.
+    pub via_dialplan: bool,
 }
 
 /// One REST request as received, for tests that count what was asked.
@@ -179,6 +183,15 @@ impl Inner {
             b.channels.retain(|c| c != id);
         }
         Some(chan)
+    }
+}
+
+impl Inner {
+    fn channel_name(&self, id: &str) -> String {
+        self.channels
+            .get(id)
+            .map(|c| c.ch.name.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -392,11 +405,33 @@ impl Emit<'_> {
             .cloned()
             .collect();
         for mut bridge in holding {
+            self.varset(id, "BRIDGEPEER", "");
             bridge.channels.retain(|c| c != id);
             if let Some(b) = self.inner.bridges.get_mut(&bridge.id) {
                 b.channels.retain(|c| c != id);
             }
             self.bridge_event("ChannelLeftBridge", &bridge, Some(id), &app);
+        }
+    }
+}
+
+impl Emit<'_> {
+    /// Sets `BRIDGEPEER` on every channel of the bridge to the names of the
+    /// others (joined in order), with `extra` (an announcer) first.
+    pub fn bridge_peers(&mut self, bridge: &Bridge, extra: Option<&str>) {
+        if bridge.channels.len() < 2 {
+            return;
+        }
+        for id in &bridge.channels {
+            let mut peers: Vec<String> = extra.map(str::to_owned).into_iter().collect();
+            peers.extend(
+                bridge
+                    .channels
+                    .iter()
+                    .filter(|c| *c != id)
+                    .map(|c| self.inner.channel_name(c)),
+            );
+            self.varset(id, "BRIDGEPEER", &peers.join(","));
         }
     }
 }
