@@ -8,6 +8,7 @@
 pub mod ari;
 pub mod billing;
 pub mod campaign;
+pub mod check;
 pub mod compliance;
 pub mod config;
 pub mod dialer;

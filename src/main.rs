@@ -46,6 +46,8 @@ enum Command {
         #[arg(long)]
         ignore_window: bool,
     },
+    /// Verify configuration, MySQL, schema, indexes, ARI, apps, sounds, trunks.
+    Check,
     /// The daemon's tables and columns.
     Schema {
         #[command(subcommand)]
@@ -150,6 +152,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 emit(&preview::render_json(&lines));
             } else {
                 emit(&preview::render_table(&lines, &header(&config, now)));
+            }
+            Ok(())
+        }
+        Command::Check => {
+            let config = Config::load(cli.config.as_deref())?;
+            let lines = overdue_dialer::check::run(&config).await;
+            for line in &lines {
+                emit(&format!("{}\n", line.render()));
+            }
+            let failed = lines.iter().filter(|l| !l.ok).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} check(s) failed");
             }
             Ok(())
         }
