@@ -14,6 +14,7 @@ use crate::billing::{schema, Billing};
 use crate::campaign::pass::Campaign;
 use crate::campaign::router::Router;
 use crate::campaign::trunks::pool::TrunkPool;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 
 pub struct Dialer {
@@ -24,10 +25,12 @@ pub struct Dialer {
 
 /// This host's name, written into each claim.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    // /proc/sys may be hidden by the unit's ProcSubset=pid; /etc/hostname is not.
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
         .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
+        .find(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }
 
@@ -35,6 +38,15 @@ impl Dialer {
     /// Connects to MySQL and Asterisk, failing with an operator-readable
     /// message when either cannot be used.
     pub async fn connect(config: Config, host: String) -> anyhow::Result<Dialer> {
+        Dialer::connect_with_clock(config, host, None).await
+    }
+
+    /// As `connect`, with another clock (tests of the schedule).
+    pub async fn connect_with_clock(
+        config: Config,
+        host: String,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> anyhow::Result<Dialer> {
         let config = Arc::new(config);
         let m = &config.mysql;
         let billing = Billing::new(m.opts());
@@ -87,6 +99,7 @@ impl Dialer {
             &config.trunks,
             Duration::from_secs(config.campaign.trunk_cooldown_secs),
         ));
+        let clock: Arc<dyn Clock> = clock.unwrap_or_else(|| Arc::new(SystemClock(config.timezone)));
         let campaign = Arc::new(Campaign {
             config: config.clone(),
             billing,
@@ -95,6 +108,7 @@ impl Dialer {
             ari_state: state,
             trunks,
             host,
+            clock,
         });
 
         let dispatcher = tokio::spawn(async move {

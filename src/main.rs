@@ -40,6 +40,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon: passes on schedule inside the calling window (for systemd).
+    Run,
     /// One pass now, as the seed script did from cron: select, call, record.
     Once {
         /// Call even outside the legal calling window (for tests on a lab PBX).
@@ -155,6 +157,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Run => {
+            let config = Config::load(cli.config.as_deref())?;
+            let _log = overdue_dialer::logging::init(&config.logging)?;
+            overdue_dialer::daemon::run(config).await
+        }
         Command::Check => {
             let config = Config::load(cli.config.as_deref())?;
             let lines = overdue_dialer::check::run(&config).await;
@@ -184,7 +191,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             let result = dialer
                 .campaign
-                .run_pass(PassOptions { ignore_window }, abort)
+                .run_pass(
+                    PassOptions {
+                        ignore_window,
+                        drain: None,
+                    },
+                    abort,
+                )
                 .await;
             dialer.shutdown().await;
             let summary = result?;
@@ -298,6 +311,7 @@ async fn demo(mysql_url: &str, clients: usize, preview_only: bool) -> anyhow::Re
         .run_pass(
             PassOptions {
                 ignore_window: true,
+                drain: None,
             },
             abort,
         )

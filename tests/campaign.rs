@@ -98,6 +98,7 @@ impl Rig {
             .run_pass(
                 PassOptions {
                     ignore_window: true,
+                    drain: None,
                 },
                 abort,
             )

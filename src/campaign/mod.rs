@@ -6,5 +6,6 @@ pub mod outcome;
 pub mod pass;
 pub mod preview;
 pub mod router;
+pub mod schedule;
 pub mod selection;
 pub mod trunks;

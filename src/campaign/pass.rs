@@ -19,7 +19,8 @@ use super::trunks::pool::{TrunkPool, TrunkStats, Use};
 use crate::ari::{AriClient, ConnState};
 use crate::billing::phone::{mask, normalize, Mobile};
 use crate::billing::{Billing, BillingError, CallRecord, Claim};
-use crate::compliance::{local_now, CallingWindow};
+use crate::clock::Clock;
+use crate::compliance::CallingWindow;
 use crate::config::Config;
 
 /// Everything a pass needs, shared by all passes of a daemon.
@@ -32,11 +33,20 @@ pub struct Campaign {
     pub trunks: Arc<TrunkPool>,
     /// Written into each claim: which daemon dialled.
     pub host: String,
+    pub clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct PassOptions {
     pub ignore_window: bool,
+    /// Turning true (SIGTERM): originate nothing more; calls in flight go on.
+    pub drain: Option<watch::Receiver<bool>>,
+}
+
+impl PassOptions {
+    fn draining(&self) -> bool {
+        self.drain.as_ref().is_some_and(|d| *d.borrow())
+    }
 }
 
 /// One line per finished attempt, for logs and the demo's table.
@@ -139,7 +149,7 @@ struct Shared {
 
 impl Campaign {
     fn now(&self) -> NaiveDateTime {
-        local_now(self.config.timezone)
+        self.clock.now()
     }
 
     fn window(&self, opts: &PassOptions) -> CallingWindow {
@@ -376,6 +386,9 @@ impl Shared {
         let aborted = *abort.borrow();
         if !ready || aborted {
             return self.skip("pass ended first").await;
+        }
+        if self.opts.draining() {
+            return self.skip("shutting down").await;
         }
         // The window may have closed since the pass began: no call after it.
         let now = camp.now();
