@@ -183,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref())?;
             let _log = overdue_dialer::logging::init(&config.logging)?;
             let dialer = Dialer::connect(config, host_name()).await?;
+            overdue_dialer::campaign::reconcile::orphans(&dialer.campaign).await?;
             let (abort_tx, abort) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {

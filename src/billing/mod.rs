@@ -7,7 +7,7 @@ pub mod phone;
 pub mod schema;
 pub mod store;
 
-pub use store::{Billing, CallRecord, Claim};
+pub use store::{Billing, CallRecord, Claim, Orphan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {

@@ -179,7 +179,7 @@ impl Billing {
         claimed_by: &str,
         now: NaiveDateTime,
     ) -> Result<Option<Claim>, BillingError> {
-        let mut tries = 0;
+        let mut tries: u64 = 0;
         loop {
             tries += 1;
             match self
@@ -195,14 +195,43 @@ impl Billing {
                 Err(BillingError::Mysql(mysql_async::Error::Server(e))) if e.code == 1062 => {
                     return Ok(None)
                 }
-                Err(e @ BillingError::Mysql(mysql_async::Error::Server(_)))
-                    if e.is_transient() && tries < 5 =>
-                {
-                    tracing::debug!(client_id, error = %e, "claim contention, retrying");
+                Err(e) if e.is_transient() && tries < 5 => {
+                    // The connection may have died after COMMIT but before its
+                    // answer: then the claim is ours, and retrying would see it
+                    // as someone else's call in flight.
+                    if let Ok(Some(claim)) =
+                        self.own_claim(client_id, claimed_by, seconds(now)).await
+                    {
+                        return Ok(Some(claim));
+                    }
+                    tracing::debug!(client_id, error = %e, "claim failed, retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * tries))
+                        .await;
                 }
                 other => return other,
             }
         }
+    }
+
+    /// Our own unfinished claim of this client made at `at`, if it exists.
+    async fn own_claim(
+        &self,
+        client_id: i64,
+        claimed_by: &str,
+        at: NaiveDateTime,
+    ) -> Result<Option<Claim>, BillingError> {
+        let n: Option<u32> = self
+            .conn()
+            .await?
+            .exec_first(
+                "SELECT attempt_no FROM overdue_call_log WHERE client_id = ? AND claimed_by = ? AND claimed_at = ? AND outcome IS NULL",
+                (client_id, claimed_by, at),
+            )
+            .await?;
+        Ok(n.map(|attempt_no| Claim {
+            client_id,
+            attempt_no,
+        }))
     }
 
     async fn try_claim(
@@ -308,6 +337,45 @@ impl Billing {
 
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
+}
+
+/// A claimed attempt with no outcome, left by a daemon that stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub claim: Claim,
+    pub channel_id: Option<String>,
+    pub claimed_at: NaiveDateTime,
+}
+
+impl Billing {
+    /// Attempts claimed by `host` (or by anyone before `stale_before`)
+    /// that never got an outcome.
+    pub async fn orphans(
+        &self,
+        host: &str,
+        stale_before: NaiveDateTime,
+    ) -> Result<Vec<Orphan>, BillingError> {
+        let rows: Vec<(i64, u32, Option<String>, NaiveDateTime)> = self
+            .conn()
+            .await?
+            .exec(
+                "SELECT client_id, attempt_no, channel_id, claimed_at FROM overdue_call_log
+                 WHERE outcome IS NULL AND (claimed_by = ? OR claimed_at < ?) ORDER BY id",
+                (host, seconds(stale_before)),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(client_id, attempt_no, channel_id, claimed_at)| Orphan {
+                claim: Claim {
+                    client_id,
+                    attempt_no,
+                },
+                channel_id,
+                claimed_at,
+            })
+            .collect())
+    }
 }
 
 // Lenient readers: billing data is typed by people and columns vary

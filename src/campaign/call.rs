@@ -12,7 +12,7 @@ use tokio::time::{sleep_until, Instant};
 use super::evidence::{classify, congested_before_ringing, Evidence, Prompt};
 use super::outcome::Outcome;
 use super::router::Router;
-use crate::ari::{AriClient, AriError, Event, Originate};
+use crate::ari::{AriClient, AriError, ConnState, Event, Originate};
 
 /// What to dial and play.
 #[derive(Debug, Clone)]
@@ -88,10 +88,11 @@ pub async fn place(
     ari: &AriClient,
     router: &Arc<Router>,
     plan: &CallPlan,
-    mut abort: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
+    ari_state: watch::Receiver<ConnState>,
 ) -> CallEnd {
     // Register first: Asterisk may send events before it answers the originate.
-    let mut inbox = router.register(&plan.channel_id);
+    let inbox = router.register(&plan.channel_id);
     let started = Instant::now();
     let request = Originate {
         endpoint: plan.endpoint.clone(),
@@ -125,7 +126,22 @@ pub async fn place(
         }
     }
 
+    CallEnd::Ended(follow(ari, router, plan, inbox, started, abort, ari_state).await)
+}
+
+/// Follows a placed call to its end. Also used for calls found alive after
+/// a restart, whose `inbox` is registered by the caller.
+pub async fn follow(
+    ari: &AriClient,
+    router: &Arc<Router>,
+    plan: &CallPlan,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<crate::ari::Envelope>,
+    started: Instant,
+    mut abort: watch::Receiver<bool>,
+    mut ari_state: watch::Receiver<ConnState>,
+) -> Ended {
     let local = plan.endpoint.starts_with("Local/");
+    let mut lost = false;
     let mut ev = Evidence::new(plan.channel_id.clone());
     let mut answered_after = None;
     let mut timed_out = false;
@@ -192,6 +208,23 @@ pub async fn place(
                 timed_out = true;
                 hangup(ari, &plan.channel_id, &mut hung_up_at).await;
             }
+            // Events sent while the socket was down are lost for good: after a
+            // reconnect, ask Asterisk whether the channel is still there.
+            changed = ari_state.changed() => {
+                let reconnected = changed.is_ok() && ari_state.borrow_and_update().is_connected();
+                if reconnected {
+                    if let Err(e) = ari.channel(&plan.channel_id).await {
+                        if e.is_not_found() {
+                            lost = true;
+                            break;
+                        }
+                    }
+                }
+                if changed.is_err() {
+                    // The supervisor is gone (shutdown): keep going on REST alone.
+                    ari_state = watch::channel(ConnState::Connected { epoch: 0 }).1;
+                }
+            }
             changed = abort.changed(), if !aborted => {
                 if changed.is_err() || *abort.borrow() {
                     aborted = true;
@@ -218,7 +251,15 @@ pub async fn place(
         detail = None;
     }
 
-    let outcome = if aborted {
+    let outcome = if lost && !ev.own_destroyed {
+        if ev.answered && ev.prompt == Prompt::Done {
+            Outcome::Completed
+        } else {
+            detail =
+                Some("the call ended while the ARI event socket was down: outcome unknown".into());
+            Outcome::Failed
+        }
+    } else if aborted {
         Outcome::Aborted
     } else if timed_out {
         Outcome::Timeout
@@ -233,7 +274,7 @@ pub async fn place(
             ev.last_dialstatus, ev.own_cause, ev.other_cause
         ));
     }
-    CallEnd::Ended(Ended {
+    Ended {
         outcome,
         cause: ev.cause(),
         trunk_congested: !aborted && !timed_out && congested_before_ringing(&ev, outcome),
@@ -241,7 +282,7 @@ pub async fn place(
         answered_after,
         lasted: started.elapsed(),
         detail,
-    })
+    }
 }
 
 async fn hangup(ari: &AriClient, channel: &str, hung_up_at: &mut Option<Instant>) {

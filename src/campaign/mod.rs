@@ -5,6 +5,7 @@ pub mod evidence;
 pub mod outcome;
 pub mod pass;
 pub mod preview;
+pub mod reconcile;
 pub mod router;
 pub mod schedule;
 pub mod selection;

@@ -335,18 +335,35 @@ impl Campaign {
         }
     }
 
-    /// Writes an outcome, retrying while MySQL is unreachable. `false`
-    /// when it could not be written (logged with every field, so an
-    /// operator can restore it).
-    async fn write(&self, claim: &Claim, record: &CallRecord) -> bool {
+    /// Writes an outcome, retrying with backoff for as long as MySQL is
+    /// unreachable (no new calls start meanwhile: claims fail too). The
+    /// full record is logged at the first failure, so it survives even if
+    /// the process is killed before MySQL comes back. `false` only for an
+    /// error retrying cannot fix.
+    pub(crate) async fn write(&self, claim: &Claim, record: &CallRecord) -> bool {
         let mut wait = Duration::from_millis(200);
-        for attempt in 1..=8 {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             match self.billing.record_outcome(claim, record).await {
-                Ok(_) => return true,
-                Err(e) if e.is_transient() && attempt < 8 => {
-                    tracing::warn!(client_id = claim.client_id, attempt, error = %e, "cannot write outcome yet; retrying");
+                Ok(_) => {
+                    if attempt > 1 {
+                        tracing::info!(
+                            client_id = claim.client_id,
+                            attempt,
+                            "outcome written after MySQL came back"
+                        );
+                    }
+                    return true;
+                }
+                Err(e) if e.is_transient() => {
+                    if attempt == 1 {
+                        tracing::warn!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "MySQL unreachable: outcome kept, retrying until written");
+                    } else {
+                        tracing::warn!(client_id = claim.client_id, attempt, error = %e, "outcome still not written; retrying");
+                    }
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(10));
+                    wait = (wait * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => {
                     tracing::error!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "OUTCOME NOT WRITTEN");
@@ -354,7 +371,6 @@ impl Campaign {
                 }
             }
         }
-        false
     }
 }
 
@@ -448,7 +464,15 @@ impl Shared {
                 lang: cfg.lang.clone(),
             };
             let originated = camp.now();
-            match place(&camp.ari, &camp.router, &plan, self.abort.clone()).await {
+            match place(
+                &camp.ari,
+                &camp.router,
+                &plan,
+                self.abort.clone(),
+                camp.ari_state.clone(),
+            )
+            .await
+            {
                 CallEnd::Refused { status, message } => {
                     camp.trunks.release(index, Use::TrunkFailed);
                     tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "originate refused; trying the next trunk");
