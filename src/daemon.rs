@@ -17,9 +17,14 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::dialer::{host_name, Dialer};
 
-/// Tells systemd (when it is listening; a no-op otherwise).
-fn notify(state: &[sd_notify::NotifyState]) {
-    let _ = sd_notify::notify(false, state);
+/// Tells systemd (when it is listening; a no-op otherwise). The send is a
+/// blocking socket write, so it runs off the async workers: a reader that
+/// falls behind must not stall the calls.
+fn notify(state: &[sd_notify::NotifyState<'static>]) {
+    let state = state.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let _ = sd_notify::notify(false, &state);
+    });
 }
 
 /// A future that resolves on the first SIGTERM or SIGINT.

@@ -363,3 +363,81 @@ fn the_unit_file_verifies_and_is_hardened() {
     assert!(exposure <= 2.0, "exposure {exposure}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+async fn recv_notification(socket: &tokio::net::UnixDatagram) -> Option<String> {
+    let mut buf = [0u8; 512];
+    match tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_watchdog_and_stopping() {
+    let db = TestDb::with_data(&clients(1, "3001238")).await;
+    let sim = Simulator::start(SimConfig::default(), 0).await.unwrap();
+    let path = std::env::temp_dir().join(format!("od-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let opts = &db.opts;
+    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's.
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            concat!(
+                "WATCHDOG_PID=$$ exec ",
+                env!("CARGO_BIN_EXE_overdue-dialer"),
+                " run"
+            ),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MYSQL_SERVER", opts.ip_or_hostname())
+        .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
+        .env("MYSQL_USER", opts.user().unwrap_or("root"))
+        .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
+        .env("MYSQL_DATABASE", &db.name)
+        .env("OVERDUE_ARI__URL", sim.url())
+        .env("ASTERISK_PASSWORD", "asterisk")
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(child);
+    let mut heard: Vec<String> = Vec::new();
+    while !(heard.iter().any(|m| m.contains("READY=1"))
+        && heard.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        match recv_notification(&socket).await {
+            Some(m) => heard.push(m),
+            None => panic!("the daemon stopped talking to systemd; heard {heard:?}"),
+        }
+    }
+    sigterm(&child.0);
+    loop {
+        match recv_notification(&socket).await {
+            Some(m) if m.contains("STOPPING=1") => break,
+            Some(_) => {}
+            None => panic!("no STOPPING=1 after SIGTERM"),
+        }
+    }
+    // Keep reading, as systemd does, until the daemon exits.
+    for _ in 0..200 {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), recv_notification(&socket)).await;
+    }
+    panic!("the daemon did not exit after SIGTERM");
+}

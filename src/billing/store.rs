@@ -205,8 +205,7 @@ impl Billing {
                         return Ok(Some(claim));
                     }
                     tracing::debug!(client_id, error = %e, "claim failed, retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(50 * tries))
-                        .await;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
                 }
                 other => return other,
             }
