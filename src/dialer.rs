@@ -19,6 +19,8 @@ use crate::config::Config;
 
 pub struct Dialer {
     pub campaign: Arc<Campaign>,
+    /// Event counters of the WebSocket (events, malformed, connects).
+    pub events: Arc<crate::ari::connection::Stats>,
     supervisor: SupervisorHandle,
     dispatcher: JoinHandle<()>,
 }
@@ -93,7 +95,7 @@ impl Dialer {
                 a.url
             );
         }
-        let (mut rx, state, _stats, supervisor) = events.into_parts();
+        let (mut rx, state, stats, supervisor) = events.into_parts();
         let router = Arc::new(Router::default());
         let trunks = Arc::new(TrunkPool::new(
             &config.trunks,
@@ -143,6 +145,7 @@ impl Dialer {
         });
         Ok(Dialer {
             campaign,
+            events: stats,
             supervisor,
             dispatcher,
         })

@@ -264,6 +264,7 @@ async fn demo(mysql_url: &str, clients: usize, preview_only: bool) -> anyhow::Re
         seed: 42,
         anchor: now,
         clean: false,
+        invoices_max: 4,
     });
     demo_data::load(&mut conn, &data).await?;
     conn.disconnect().await?;

@@ -169,6 +169,7 @@ async fn eligibility_sql_agrees_with_the_rules() {
         seed: 2026,
         anchor: at(ANCHOR),
         clean: false,
+        invoices_max: 4,
     });
     let db = TestDb::with_data(&data).await;
     let billing = Billing::new(db.opts.clone());
@@ -255,6 +256,7 @@ async fn eight_claimers_race_for_500_attempts() {
         seed: 1,
         anchor: at(ANCHOR),
         clean: true,
+        invoices_max: 4,
     });
     let db = TestDb::with_data(&data).await;
     let mut tasks = Vec::new();
@@ -309,6 +311,7 @@ async fn outcomes_update_the_client_once() {
         seed: 3,
         anchor: at(ANCHOR),
         clean: true,
+        invoices_max: 4,
     });
     let db = TestDb::with_data(&data).await;
     let billing = Billing::new(db.opts.clone());

@@ -287,38 +287,18 @@ async fn two_hundred_clients_keep_twenty_channels_busy() {
         20,
         "never more than max_concurrent_calls, and the limit is reached"
     );
-    // While clients remained (until the 200th originate), the live count
-    // dips below 20 only between a hang-up and the next originate.
-    let last_originate = rig
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/ari/channels" && r.method == "POST")
-        .map(|r| r.at)
-        .max()
-        .unwrap();
+    // Every channel is filled before the first call ends, and every call that
+    // ends while clients remain is replaced (200 originates for 200 clients).
+    // How fast a channel is refilled is a timing: the benchmark measures it
+    // (utilisation in BENCHMARKS.md); tests never assert timings.
     let log = rig.sim.live_log();
-    let full_at = log.iter().find(|(_, n)| *n == 20).unwrap().0;
-    let mut below_since = None;
-    let mut longest = Duration::ZERO;
-    for &(t, n) in log
-        .iter()
-        .filter(|(t, _)| *t >= full_at && *t <= last_originate)
-    {
-        match (n < 20, below_since) {
-            (true, None) => below_since = Some(t),
-            (false, Some(s)) => {
-                longest = longest.max(t - s);
-                below_since = None;
-            }
-            _ => {}
-        }
-    }
-    // Pacing is 1000 originates/s; a gap of a quarter second means a channel sat idle.
-    assert!(
-        longest < Duration::from_millis(250),
-        "a free channel waited {longest:?} while clients remained"
+    let first_drop = log.windows(2).position(|w| w[1].1 < w[0].1).unwrap();
+    assert_eq!(
+        log[..=first_drop].iter().map(|(_, n)| *n).max(),
+        Some(20),
+        "all channels filled at once"
     );
+    assert_eq!(rig.sim.originate_count(), 200);
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ async fn demo_db() -> (TestDb, demo_data::Data) {
         seed: 99,
         anchor,
         clean: false,
+        invoices_max: 4,
     });
     (TestDb::with_data(&data).await, data)
 }

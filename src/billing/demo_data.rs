@@ -48,6 +48,8 @@ pub struct Spec {
     /// Leave out history, bad cortes and bad phones: every flagged client
     /// with a debt is callable (benchmarks and load tests).
     pub clean: bool,
+    /// Each client has 1 to this many invoices (4 is realistic; benchmarks go higher).
+    pub invoices_max: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +167,9 @@ pub fn generate(spec: &Spec) -> Data {
         );
         // Every corte 1..=31 cycles through the ids, so even small data sets
         // cover all of them; ~8 % carry the bad values seen in real data.
-        let corte = if !spec.clean && rng.gen_bool(0.08) {
+        let corte = if spec.clean {
+            Some(1) // due every day of the month
+        } else if rng.gen_bool(0.08) {
             *[None, Some(0), Some(40), Some(-1), Some(32)]
                 .choose(&mut rng)
                 .unwrap_or(&None)
@@ -192,7 +196,7 @@ pub fn generate(spec: &Spec) -> Data {
 
         // 1–4 invoices; most flagged clients owe something.
         let owes = spec.clean || rng.gen_bool(0.8);
-        let n_invoices = rng.gen_range(1..=4);
+        let n_invoices = rng.gen_range(1..=spec.invoices_max.max(1));
         for k in 0..n_invoices {
             let open = owes && (k == 0 || rng.gen_bool(0.5));
             let saldo = if open {
@@ -351,6 +355,7 @@ mod tests {
             seed,
             anchor: NaiveDateTime::parse_from_str("2026-03-14 10:00", "%Y-%m-%d %H:%M").unwrap(),
             clean: false,
+            invoices_max: 4,
         }
     }
 

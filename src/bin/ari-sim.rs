@@ -24,6 +24,12 @@ struct Args {
     /// How long answering callees ring first, in milliseconds.
     #[arg(long, default_value_t = 0)]
     answer_delay_ms: u64,
+    /// Length of the prompt `sound:morosos_natalia` (es_MX), in milliseconds.
+    #[arg(long, default_value_t = 4380)]
+    prompt_ms: u64,
+    /// Every callee answers and stays on (load tests), whatever the last digit.
+    #[arg(long)]
+    all_answer: bool,
 }
 
 #[tokio::main]
@@ -34,8 +40,17 @@ async fn main() -> std::process::ExitCode {
         password: args.password,
         time_scale: args.time_scale,
         answer_delay: Duration::from_millis(args.answer_delay_ms),
+        every_callee: args
+            .all_answer
+            .then_some(overdue_dialer::sim::Callee::Answers {
+                hangs_up_after: Duration::from_secs(3600),
+            }),
         ..SimConfig::default()
     };
+    let mut config = config;
+    if let Some(s) = config.sounds.get_mut("morosos_natalia") {
+        s.duration = Duration::from_millis(args.prompt_ms);
+    }
     let sim = match Simulator::start(config, args.port).await {
         Ok(sim) => sim,
         Err(e) => {

@@ -245,12 +245,14 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
         Route::LocalAgent => super::dialplan::AGENT_NUMBER.to_owned(),
         Route::Unavailable => String::new(),
     };
-    let callee = sim
-        .cfg()
-        .callees
-        .get(&number)
-        .copied()
-        .unwrap_or_else(|| Callee::for_number(&number));
+    let callee = {
+        let cfg = sim.cfg();
+        cfg.callees
+            .get(&number)
+            .copied()
+            .or(cfg.every_callee)
+            .unwrap_or_else(|| Callee::for_number(&number))
+    };
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (a_json, call) = {
         let mut inner = sim.inner();

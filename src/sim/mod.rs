@@ -47,6 +47,8 @@ pub struct SimConfig {
     pub sounds: HashMap<String, SoundSpec>,
     /// Per-number callee behaviour, instead of the last-digit table.
     pub callees: HashMap<String, Callee>,
+    /// One behaviour for every number not in `callees` (load tests).
+    pub every_callee: Option<Callee>,
     /// Technologies whose originates answer 500 `Allocation failed`.
     pub failing_technologies: HashSet<String>,
     /// Added before every REST answer.
@@ -72,6 +74,7 @@ impl Default for SimConfig {
             dialplan_lag: Duration::from_millis(5),
             sounds,
             callees: HashMap::new(),
+            every_callee: None,
             failing_technologies: HashSet::new(),
             response_delay: Duration::ZERO,
             inbound_app: "openai-app".into(),
@@ -259,6 +262,11 @@ impl Simulator {
         let mut apps: Vec<String> = self.shared.inner().apps.keys().cloned().collect();
         apps.sort();
         apps
+    }
+
+    /// (channel, when) of every StasisStart sent, for latency figures.
+    pub fn stasis_starts(&self) -> Vec<(String, Instant)> {
+        self.shared.inner().stasis_log.clone()
     }
 
     /// Every REST request received, in order.

@@ -76,6 +76,8 @@ pub struct Inner {
     pub peak_calls: usize,
     /// (when, live calls) at every change, for utilisation figures.
     pub live_log: Vec<(Instant, usize)>,
+    /// (channel, when) of every StasisStart, for latency figures.
+    pub stasis_log: Vec<(String, Instant)>,
 }
 
 pub fn now_stamp() -> String {
@@ -322,6 +324,7 @@ impl Emit<'_> {
         let Some(snap) = self.inner.snapshot(id) else {
             return false;
         };
+        self.inner.stasis_log.push((id.to_owned(), Instant::now()));
         let ev = Self::with(
             Self::base("StasisStart"),
             json!({ "args": args, "channel": snap }),
