@@ -50,6 +50,12 @@ enum Command {
     },
     /// Verify configuration, MySQL, schema, indexes, ARI, apps, sounds, trunks.
     Check,
+    /// Outcome counts per day and trunk from the call log.
+    Report {
+        /// How many days back, today included.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+    },
     /// The daemon's tables and columns.
     Schema {
         #[command(subcommand)]
@@ -164,6 +170,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref())?;
             let _log = overdue_dialer::logging::init(&config.logging)?;
             overdue_dialer::daemon::run(config).await
+        }
+        Command::Report { days } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let billing = Billing::new(config.mysql.opts());
+            let today = local_now(config.timezone).date();
+            let since = (today - chrono::Duration::days(i64::from(days.max(1)) - 1))
+                .and_time(chrono::NaiveTime::MIN);
+            let counts = billing.outcome_counts(since).await.with_context(|| {
+                format!(
+                    "cannot read the call log from MySQL at {}:{}",
+                    config.mysql.host, config.mysql.port
+                )
+            })?;
+            billing.close().await?;
+            emit(&overdue_dialer::billing::report::render(&counts));
+            Ok(())
         }
         Command::Check => {
             let config = Config::load(cli.config.as_deref())?;

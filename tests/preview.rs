@@ -180,3 +180,46 @@ async fn schema_apply_from_the_command_line() {
     let second = run(dialer(&db).args(["schema", "apply"]));
     assert!(second.contains("nothing to do"), "{second}");
 }
+
+#[tokio::test]
+async fn report_counts_outcomes_per_day_and_trunk() {
+    let db = TestDb::empty().await;
+    let mut conn = db.conn().await;
+    use mysql_async::prelude::Queryable;
+    conn.query_drop("CREATE TABLE afiliados (id INT PRIMARY KEY, telefono VARCHAR(40), corte INT)")
+        .await
+        .unwrap();
+    conn.query_drop(
+        "CREATE TABLE factura (`id-afiliado` INT, saldo DECIMAL(10,2), cerrado TINYINT)",
+    )
+    .await
+    .unwrap();
+    overdue_dialer::billing::schema::apply(&mut conn)
+        .await
+        .unwrap();
+    // Today in Bogotá, whatever the host's zone.
+    let today = overdue_dialer::compliance::local_now(chrono_tz::America::Bogota).date();
+    let at = today.and_hms_opt(0, 0, 1).unwrap();
+    for (client, trunk, outcome) in [
+        (1, Some("t1"), "completed"),
+        (2, Some("t1"), "completed"),
+        (3, Some("t2"), "busy"),
+        (4, None, "invalid_number"),
+    ] {
+        conn.exec_drop(
+            "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, trunk, outcome, ended_at) VALUES (?, 1, ?, 'h', ?, ?, ?)",
+            (client, at, trunk, outcome, at),
+        )
+        .await
+        .unwrap();
+    }
+    let out = run(dialer(&db).args(["report", "--days", "1"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    let t1 = lines.iter().find(|l| l.contains(" t1 ")).unwrap();
+    assert!(t1.trim_end().ends_with(" 2"), "{out}");
+    assert!(
+        lines[4].starts_with("all") && lines[4].trim_end().ends_with(" 4"),
+        "{out}"
+    );
+}

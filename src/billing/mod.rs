@@ -4,6 +4,7 @@
 pub mod cutoff;
 pub mod demo_data;
 pub mod phone;
+pub mod report;
 pub mod schema;
 pub mod store;
 
