@@ -337,6 +337,12 @@ fn main() {
         rt.block_on(cost_child(n));
         return;
     }
+    // `cargo test --all-targets` runs bench targets too, without `--bench`:
+    // a benchmark in a debug build would only measure the debug build.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("benchmark skipped outside `cargo bench` (run: cargo bench --bench campaign)");
+        return;
+    }
     let smoke = args.iter().any(|a| a == "--smoke");
     let (n, c, prompt, runs) = if smoke {
         (200, 50, Duration::from_millis(500), 1)
