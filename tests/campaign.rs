@@ -302,6 +302,45 @@ async fn two_hundred_clients_keep_twenty_channels_busy() {
 }
 
 #[tokio::test]
+async fn a_client_who_pays_mid_pass_is_not_dialled() {
+    // 5 channels: the pass reads 20 clients at a time, so client 60 is
+    // read only after 40 calls have been placed — long after it paid.
+    let phones: Vec<(i64, String)> = (1..=60).map(|i| (i, format!("3{:08}8", i))).collect();
+    let refs: Vec<(i64, &str)> = phones.iter().map(|(i, p)| (*i, p.as_str())).collect();
+    let mut rig = rig(
+        &clients(&refs),
+        vec![trunk("t1", "PJSIP/{number}@voip_issabel", 1, 100)],
+    )
+    .await;
+    rig.config.campaign.max_concurrent_calls = 5;
+    rig.sim.configure(|c| c.time_scale = 0.05);
+    let pays = async {
+        while rig.sim.originate_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut conn = rig.db.conn().await;
+        conn.query_drop("UPDATE factura SET cerrado = 1, saldo = 0 WHERE `id-afiliado` = 60")
+            .await
+            .unwrap();
+    };
+    let (summary, ()) = tokio::join!(rig.pass(), pays);
+    assert_eq!(summary.selected, 59);
+    assert_eq!(
+        summary
+            .outcomes
+            .get(&overdue_dialer::campaign::outcome::Outcome::Completed),
+        Some(&59)
+    );
+    assert_eq!(
+        rig.originates_to(&phones[59].1),
+        0,
+        "the paid client was dialled"
+    );
+    assert_eq!(rig.sim.originate_count(), 59);
+    assert!(!rig.log_rows().await.contains_key(&60));
+}
+
+#[tokio::test]
 async fn per_call_timeout_hangs_up_a_callee_who_stays_on() {
     let mut rig = rig(
         &clients(&[(1, "3001234568")]),

@@ -15,27 +15,35 @@ use crate::campaign::outcome::Outcome;
 use crate::campaign::selection::{ClientFacts, LastAttempt, Policy};
 
 /// The facts `selection::check_client` needs, for flagged clients.
-/// `l` is the client's latest call-log row, if any.
+/// `l` is the client's latest call-log row, if any. The open balance is
+/// NULL exactly when the client has no open invoice with a positive
+/// balance, so one lookup on `factura` answers both questions.
 const FACTS_SELECT: &str = "SELECT a.id, a.telefono, a.corte,
   COALESCE(a.outbound_call_is_sent, 0) <> 0,
   COALESCE(a.outbound_call_attempts, 0),
-  EXISTS (SELECT 1 FROM factura f WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0),
-  (SELECT SUM(f.saldo) FROM factura f WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0),
+  (SELECT SUM(f.saldo) FROM factura f
+    WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0) AS open_balance,
   l.attempt_no, l.outcome, l.ended_at, l.phone_raw,
   (SELECT MAX(c.ended_at) FROM overdue_call_log c
-    WHERE c.client_id = a.id AND c.outcome IN ('completed', 'hung_up_early'))
+    WHERE c.client_id = a.id AND c.outcome IN ('completed', 'hung_up_early')) AS last_contact
 FROM afiliados a
 LEFT JOIN overdue_call_log l ON l.client_id = a.id
   AND l.attempt_no = (SELECT MAX(m.attempt_no) FROM overdue_call_log m WHERE m.client_id = a.id)
 WHERE a.outbound_call = 1";
 
 /// SPEC §3 conditions 1–4 and the contact limit, exactly as
-/// `selection::check_client` states them (a test holds the two together).
+/// `selection::check_client` states them (a test holds the two together),
+/// for one page of clients after a given id.
+///
 /// The cutoff test is written without subtraction so it cannot overflow on
-/// an UNSIGNED `corte` column.
+/// an UNSIGNED `corte` column. The open-invoice and contact tests sit in
+/// HAVING on the select list's scalar subqueries: written as `EXISTS` in
+/// WHERE, MariaDB turns the invoice test into a semi-join that reads every
+/// open invoice of the table for each page; as scalar subqueries they are
+/// one index lookup per candidate, and a page stops at its LIMIT.
 const ELIGIBLE_WHERE: &str = "
+  AND a.id > ?
   AND COALESCE(a.outbound_call_is_sent, 0) = 0
-  AND EXISTS (SELECT 1 FROM factura f WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0)
   AND a.corte BETWEEN 1 AND 31
   AND LEAST(a.corte, ?) <= ?
   AND (l.id IS NULL OR l.outcome IS NOT NULL)
@@ -47,11 +55,10 @@ const ELIGIBLE_WHERE: &str = "
        OR l.ended_at <= CASE l.outcome
             WHEN 'busy' THEN ? WHEN 'no_answer' THEN ? WHEN 'rejected' THEN ?
             WHEN 'congestion' THEN ? WHEN 'timeout' THEN ? WHEN 'trunk_error' THEN ?
-            WHEN 'aborted' THEN ? ELSE ? END)";
+            WHEN 'aborted' THEN ? ELSE ? END)
+HAVING open_balance IS NOT NULL";
 
-const CONTACT_WHERE: &str = "
-  AND NOT EXISTS (SELECT 1 FROM overdue_call_log c WHERE c.client_id = a.id
-       AND c.outcome IN ('completed', 'hung_up_early') AND c.ended_at >= ?)";
+const CONTACT_HAVING: &str = " AND (last_contact IS NULL OR last_contact < ?)";
 
 /// A claimed attempt: ours to dial, nobody else's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,16 +132,46 @@ impl Billing {
         Ok(rows.into_iter().filter_map(facts_from_row).collect())
     }
 
-    /// Clients passing SPEC §3 conditions 1–4 and the contact limit at local
-    /// time `now`. Phone numbers and the calling window are judged by the caller.
+    /// Every client passing SPEC §3 conditions 1–4 and the contact limit at
+    /// local time `now`, page after page. Phone numbers and the calling
+    /// window are judged by the caller. A pass reads one page at a time
+    /// instead (`eligible_page`); this is for `preview`-like callers and tests.
     pub async fn eligible_clients(
         &self,
         now: NaiveDateTime,
         policy: &Policy,
     ) -> Result<Vec<ClientFacts>, BillingError> {
+        const PAGE: usize = 5_000;
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, last) = self.eligible_page(now, policy, after, PAGE).await?;
+            all.extend(page);
+            match last {
+                Some(id) => after = id,
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Up to `limit` eligible clients with ids above `after`, in id order,
+    /// and the id to continue after (`None` when this was the last page).
+    ///
+    /// Keyset pages let a pass fetch work as channels free up, the way a
+    /// dialer's hopper does: the first call does not wait for the whole
+    /// table, and a client who pays mid-pass is not dialled from a stale list.
+    pub async fn eligible_page(
+        &self,
+        now: NaiveDateTime,
+        policy: &Policy,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<ClientFacts>, Option<i64>), BillingError> {
         let now = seconds(now);
+        let limit = limit.max(1);
         let before = |o: Outcome| Value::from(now - policy.retry_delay(o));
         let mut params: Vec<Value> = vec![
+            Value::from(after),
             Value::from(days_in_month(now.date())),
             Value::from(now.day() + 1),
             Value::from(policy.max_attempts),
@@ -149,16 +186,29 @@ impl Billing {
         ];
         let mut sql = format!("{FACTS_SELECT}{ELIGIBLE_WHERE}");
         if let Some(threshold) = policy.contact_threshold(now) {
-            sql.push_str(CONTACT_WHERE);
+            sql.push_str(CONTACT_HAVING);
             params.push(Value::from(threshold));
         }
-        sql.push_str(" ORDER BY a.id");
+        sql.push_str(" ORDER BY a.id LIMIT ?");
+        params.push(Value::from(limit as u64));
         let rows: Vec<Row> = self
             .conn()
             .await?
             .exec(sql, Params::Positional(params))
             .await?;
-        Ok(rows.into_iter().filter_map(facts_from_row).collect())
+        let full = rows.len() == limit;
+        // The last row's id, even when the row itself cannot be decoded:
+        // otherwise an unreadable row at a page's end would end the pass.
+        let last = rows
+            .last()
+            .and_then(|r| r.get_opt::<i64, _>(0))
+            .and_then(Result::ok);
+        let page: Vec<ClientFacts> = rows.into_iter().filter_map(facts_from_row).collect();
+        let next = match last.or_else(|| page.last().map(|c| c.id)) {
+            Some(id) if full && id > after => Some(id),
+            _ => None,
+        };
+        Ok((page, next))
     }
 
     /// Atomically claims the next attempt for a client selected with
@@ -421,8 +471,8 @@ fn facts_from_row(row: Row) -> Option<ClientFacts> {
     let corte = as_i64(next());
     let is_sent = as_i64(next()).unwrap_or(0) != 0;
     let attempts = as_i64(next()).map_or(0, |n| u32::try_from(n).unwrap_or(0));
-    let has_open_invoice = as_i64(next()).unwrap_or(0) != 0;
     let open_balance = as_string(next());
+    let has_open_invoice = open_balance.is_some();
     let attempt_no = as_i64(next());
     let outcome = as_string(next());
     let ended_at = as_datetime(next());

@@ -115,6 +115,59 @@ impl PassSummary {
     }
 }
 
+/// The clients read so far and not yet dialled, and where the next page
+/// starts. A page holds four channels' worth of clients per free channel:
+/// enough that a fetch (a few ms) never leaves a channel idle, small enough
+/// that the first call does not wait for the whole table.
+struct Hopper {
+    queue: std::collections::VecDeque<(ClientFacts, Mobile)>,
+    after: i64,
+    page: usize,
+    done: bool,
+}
+
+impl Hopper {
+    fn new(max_concurrent_calls: u32) -> Hopper {
+        Hopper {
+            queue: Default::default(),
+            after: 0,
+            page: 4 * (max_concurrent_calls.max(1) as usize),
+            done: false,
+        }
+    }
+}
+
+/// Raises `abort` at the pass's deadline (which may move later while the
+/// pass reads more clients) or when the daemon shuts down.
+async fn global_timeout(
+    mut deadline: watch::Receiver<Instant>,
+    mut shutdown: watch::Receiver<bool>,
+    abort: watch::Sender<bool>,
+) {
+    loop {
+        let at = *deadline.borrow_and_update();
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {
+                if *deadline.borrow() <= at {
+                    tracing::warn!("global pass timeout: hanging up calls in flight");
+                    break;
+                }
+            }
+            changed = deadline.changed() => {
+                if changed.is_err() {
+                    // The pass is over.
+                    return;
+                }
+            }
+            _ = shutdown.wait_for(|a| *a) => {
+                tracing::info!("shutdown: hanging up calls in flight");
+                break;
+            }
+        }
+    }
+    let _ = abort.send(true);
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
     #[error("cannot select clients: {0}")]
@@ -188,44 +241,23 @@ impl Campaign {
             return Ok(summary);
         }
         let policy = Policy::from_config(&self.config);
-        let clients = self
-            .billing
-            .eligible_clients(now, &policy)
+        let c = &self.config.campaign;
+        let mut hopper = Hopper::new(c.max_concurrent_calls);
+        self.next_page(&mut hopper, &policy, &window, &mut summary)
             .await
             .map_err(PassError::Select)?;
-        summary.selected = clients.len();
 
-        let mut to_call: Vec<(ClientFacts, Mobile)> = Vec::new();
-        for c in clients {
-            match decide(&c, now, &policy, &window) {
-                Decision::Call(m) => to_call.push((c, m)),
-                Decision::Skip(SkipReason::InvalidPhone) => {
-                    self.record_invalid_phone(&c, &mut summary).await;
-                }
-                Decision::Skip(reason) => {
-                    tracing::warn!(client_id = c.id, %reason, "selected by SQL but refused by the rules; skipped");
-                    summary.skip(reason.as_str());
-                }
-            }
-        }
-
-        // Global timeout: the seed script's rule, base + per client.
-        let c = &self.config.campaign;
-        let global = Duration::from_secs(
-            c.run_timeout_base_secs + c.run_timeout_per_client_secs * to_call.len() as u64,
+        // Global timeout: the seed script's rule, base + per selected
+        // client; it grows as pages of clients arrive.
+        let (deadline_tx, deadline_rx) = watch::channel(
+            Instant::now()
+                + Duration::from_secs(
+                    c.run_timeout_base_secs
+                        + c.run_timeout_per_client_secs * hopper.queue.len() as u64,
+                ),
         );
         let (abort_tx, abort_rx) = watch::channel(false);
-        let watcher = {
-            let mut outer = abort.clone();
-            let abort_tx = abort_tx.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(global) => tracing::warn!(timeout_s = global.as_secs(), "global pass timeout: hanging up calls in flight"),
-                    _ = outer.wait_for(|a| *a) => tracing::info!("shutdown: hanging up calls in flight"),
-                }
-                let _ = abort_tx.send(true);
-            })
-        };
+        let watcher = tokio::spawn(global_timeout(deadline_rx, abort.clone(), abort_tx.clone()));
         if *abort.borrow() {
             let _ = abort_tx.send(true);
         }
@@ -241,7 +273,38 @@ impl Campaign {
         let slots = Arc::new(Semaphore::new(c.max_concurrent_calls as usize));
         let mut tasks = tokio::task::JoinSet::new();
         let mut abort_rx = abort_rx;
-        for (client, mobile) in to_call {
+        loop {
+            let stopped = || {
+                *abort_rx.borrow()
+                    || shared.opts.draining()
+                    || shared
+                        .window_shut
+                        .load(std::sync::atomic::Ordering::Relaxed)
+            };
+            if hopper.queue.is_empty() && !hopper.done && !stopped() {
+                let mut found = PassSummary::default();
+                match self
+                    .next_page(&mut hopper, &policy, &window, &mut found)
+                    .await
+                {
+                    Ok(()) => {
+                        let more = Duration::from_secs(
+                            c.run_timeout_per_client_secs * hopper.queue.len() as u64,
+                        );
+                        deadline_tx.send_modify(|d| *d += more);
+                    }
+                    Err(e) => {
+                        // The clients not yet read wait for the next pass;
+                        // the calls in flight finish and are written.
+                        tracing::error!(error = %e, "cannot read the next page of clients; the rest of this pass's clients wait for the next pass");
+                        hopper.done = true;
+                    }
+                }
+                shared.summary.lock().await.absorb(found);
+            }
+            let Some((client, mobile)) = hopper.queue.pop_front() else {
+                break;
+            };
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.ok(),
                 _ = abort_rx.wait_for(|a| *a) => None,
@@ -283,6 +346,40 @@ impl Campaign {
         summary.wall = began.elapsed();
         summary.log();
         Ok(summary)
+    }
+
+    /// Reads the next page of due clients: callable ones join the queue,
+    /// the others are recorded (invalid phones) or counted as skipped.
+    async fn next_page(
+        &self,
+        hopper: &mut Hopper,
+        policy: &Policy,
+        window: &CallingWindow,
+        summary: &mut PassSummary,
+    ) -> Result<(), BillingError> {
+        let now = self.now();
+        let (clients, next) = self
+            .billing
+            .eligible_page(now, policy, hopper.after, hopper.page)
+            .await?;
+        match next {
+            Some(id) => hopper.after = id,
+            None => hopper.done = true,
+        }
+        summary.selected += clients.len();
+        for c in clients {
+            match decide(&c, now, policy, window) {
+                Decision::Call(m) => hopper.queue.push_back((c, m)),
+                Decision::Skip(SkipReason::InvalidPhone) => {
+                    self.record_invalid_phone(&c, summary).await;
+                }
+                Decision::Skip(reason) => {
+                    tracing::warn!(client_id = c.id, %reason, "selected by SQL but refused by the rules; skipped");
+                    summary.skip(reason.as_str());
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn record_invalid_phone(&self, c: &ClientFacts, summary: &mut PassSummary) {
@@ -377,6 +474,19 @@ impl Campaign {
 impl PassSummary {
     fn skip_n(&mut self, reason: &str, n: usize) {
         *self.skipped.entry(reason.to_owned()).or_insert(0) += n;
+    }
+
+    /// Adds what one page of clients produced.
+    fn absorb(&mut self, page: PassSummary) {
+        self.selected += page.selected;
+        for (reason, n) in page.skipped {
+            self.skip_n(&reason, n);
+        }
+        for (outcome, n) in page.outcomes {
+            *self.outcomes.entry(outcome).or_insert(0) += n;
+        }
+        self.calls.extend(page.calls);
+        self.unwritten += page.unwritten;
     }
 }
 
