@@ -135,7 +135,7 @@ pub async fn follow(
     ari: &AriClient,
     router: &Arc<Router>,
     plan: &CallPlan,
-    mut inbox: tokio::sync::mpsc::UnboundedReceiver<crate::ari::Envelope>,
+    mut inbox: super::router::Inbox,
     started: Instant,
     mut abort: watch::Receiver<bool>,
     mut ari_state: watch::Receiver<ConnState>,

@@ -11,9 +11,14 @@ use tokio::sync::mpsc;
 
 use crate::ari::{Envelope, Event};
 
+/// A call's events. Boxed: an `Envelope` is close to 1 KB and a channel
+/// allocates its slots 32 at a time, so unboxed every call in flight would
+/// hold ~28 KB of empty slots.
+pub type Inbox = mpsc::UnboundedReceiver<Box<Envelope>>;
+
 #[derive(Default)]
 pub struct Router {
-    calls: Mutex<HashMap<String, mpsc::UnboundedSender<Envelope>>>,
+    calls: Mutex<HashMap<String, mpsc::UnboundedSender<Box<Envelope>>>>,
 }
 
 /// The channel id an event is about, with a Local `;2` suffix removed.
@@ -32,12 +37,14 @@ pub fn key(event: &Event) -> Option<&str> {
 }
 
 impl Router {
-    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Envelope>>> {
+    fn calls(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Box<Envelope>>>> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts delivering events of `channel_id` (and its `;2`) to the receiver.
-    pub fn register(&self, channel_id: &str) -> mpsc::UnboundedReceiver<Envelope> {
+    pub fn register(&self, channel_id: &str) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         self.calls().insert(channel_id.to_owned(), tx);
         rx
@@ -58,7 +65,7 @@ impl Router {
         };
         let calls = self.calls();
         match calls.get(k) {
-            Some(tx) => tx.send(env).err().map(|e| e.0),
+            Some(tx) => tx.send(Box::new(env)).err().map(|e| *e.0),
             None => Some(env),
         }
     }
