@@ -721,3 +721,41 @@ fn dialled(
         detail: end.detail.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed's rule, base + per selected client, with clients read in
+    /// pages: a deadline moved later by a new page holds the abort back.
+    #[tokio::test(start_paused = true)]
+    async fn global_timeout_follows_the_deadline_as_pages_arrive() {
+        let start = Instant::now();
+        let (deadline_tx, deadline_rx) = watch::channel(start + Duration::from_secs(10));
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (abort_tx, mut abort_rx) = watch::channel(false);
+        let watcher = tokio::spawn(global_timeout(deadline_rx, shutdown_rx, abort_tx));
+
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        deadline_tx.send_modify(|d| *d += Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!*abort_rx.borrow(), "aborted at the first page's deadline");
+
+        abort_rx.wait_for(|a| *a).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        watcher.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_aborts_before_the_deadline() {
+        let start = Instant::now();
+        let (_deadline_tx, deadline_rx) = watch::channel(start + Duration::from_secs(600));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (abort_tx, mut abort_rx) = watch::channel(false);
+        tokio::spawn(global_timeout(deadline_rx, shutdown_rx, abort_tx));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        shutdown_tx.send(true).unwrap();
+        abort_rx.wait_for(|a| *a).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+}
