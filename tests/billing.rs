@@ -493,3 +493,65 @@ async fn odd_column_values_are_read_not_fatal() {
     );
     billing.close().await.unwrap();
 }
+
+/// The daemon's pool, as `MysqlConfig` builds it, for a test database.
+fn daemon_pool(db: &TestDb, max_connections: usize) -> Billing {
+    let config = overdue_dialer::config::MysqlConfig {
+        host: db.opts.ip_or_hostname().to_string(),
+        port: db.opts.tcp_port(),
+        user: db.opts.user().unwrap_or("root").to_owned(),
+        password: overdue_dialer::config::Secret::new(db.opts.pass().unwrap_or("")),
+        database: db.name.clone(),
+        max_connections,
+    };
+    Billing::new(config.opts())
+}
+
+#[tokio::test]
+async fn the_pool_keeps_its_connections_and_their_prepared_statements() {
+    // Under load every call checks connections out and back in. A pool that
+    // closes what it gets back, or resets it, makes each query a new login or
+    // a new prepare: that was most of the daemon's CPU per call.
+    let db = TestDb::empty().await;
+    let billing = daemon_pool(&db, 4);
+    let ids = || async {
+        let conns: Vec<_> = futures_util::future::try_join_all((0..4).map(|_| billing.conn()))
+            .await
+            .unwrap();
+        let mut ids = BTreeSet::new();
+        for mut c in conns {
+            let id: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+            ids.insert(id.unwrap());
+        }
+        ids
+    };
+    let first = ids().await;
+    assert_eq!(first.len(), 4);
+    // The pool takes connections back in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        ids().await,
+        first,
+        "connections were closed and opened anew"
+    );
+    billing.close().await.unwrap();
+
+    let billing = daemon_pool(&db, 1);
+    for _ in 0..3 {
+        let mut c = billing.conn().await.unwrap();
+        let two: Option<i64> = c.exec_first("SELECT ? + 1", (1,)).await.unwrap();
+        assert_eq!(two, Some(2));
+    }
+    let mut c = billing.conn().await.unwrap();
+    let prepared: Option<(String, u64)> = c
+        .query_first("SHOW SESSION STATUS LIKE 'Com_stmt_prepare'")
+        .await
+        .unwrap();
+    assert_eq!(
+        prepared.map(|p| p.1),
+        Some(1),
+        "the statement was prepared again on each checkout"
+    );
+    drop(c);
+    billing.close().await.unwrap();
+}
