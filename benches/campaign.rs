@@ -473,7 +473,7 @@ fn main() {
     let md = format!(
         "{BEGIN}\n\
 Produced by `cargo bench --bench campaign` on {date} ({cores} cores, {cpu_model}; MariaDB on loopback; the in-repo ARI simulator). \
-Medians of {runs} runs. Nothing here is asserted by the tests; a smoke run (`-- --smoke`) is part of `.ci/run`.\n\n\
+Medians of {runs} runs (selection: {sel_runs}). Nothing here is asserted by the tests; a smoke run (`-- --smoke`) is part of `.ci/run`.\n\n\
 | figure | measured | target (SPEC §14) |\n|---|---|---|\n\
 | campaign wall time, N={n}, C={c}, {call:.0} s calls | {wall:.2} s vs physical limit ⌈N/C⌉×T = {limit:.0} s: ratio **{ratio:.3}** | ≤ 1.05 |\n\
 | channel utilisation while clients remain | **{util:.1} %** | ≥ 95 % |\n\
