@@ -38,6 +38,7 @@ fn every_recorded_event_decodes() {
             "PlaybackFinished",
             "ChannelEnteredBridge",
             "ChannelLeftBridge",
+            "ChannelDtmfReceived",
         ];
         assert_eq!(known, acted_on.contains(&kind), "line {}: {kind}", n + 1);
         if let Event::ChannelDestroyed { channel, cause, .. } = &env.event {
