@@ -108,8 +108,7 @@ async fn pass(cfg: Config) -> (PassSummary, Duration, u64) {
     let (_tx, abort) = tokio::sync::watch::channel(false);
     let began = Instant::now();
     let summary = dialer
-        .campaign
-        .run_pass(
+        .pass(
             PassOptions {
                 ignore_window: true,
                 drain: None,

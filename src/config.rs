@@ -242,6 +242,12 @@ pub struct CampaignConfig {
     pub trunk_cooldown_secs: u64,
     /// On SIGTERM, how long calls in flight may finish before they are hung up.
     pub shutdown_grace_secs: u64,
+    /// Another host's claim without an outcome is closed once this old
+    /// (this host's own are closed at once: see `campaign::reconcile`).
+    pub orphan_after_mins: u64,
+    /// A callee who hangs up during the prompt was reached only after
+    /// hearing this much of it (delivered means heard).
+    pub min_heard_secs: u64,
 }
 
 impl Default for CampaignConfig {
@@ -261,6 +267,8 @@ impl Default for CampaignConfig {
             poll_interval_secs: 900,
             trunk_cooldown_secs: 60,
             shutdown_grace_secs: 60,
+            orphan_after_mins: 30,
+            min_heard_secs: 5,
         }
     }
 }
@@ -423,14 +431,102 @@ impl Config {
             );
         }
         let c = &self.campaign;
-        if c.max_attempts == 0 {
-            return fail("campaign.max_attempts", "at least 1");
+        // Every duration the daemon adds to a clock is bounded here, so no
+        // time computation can overflow (and panic) mid-call.
+        const DAY: u64 = 86_400;
+        let ranges: [(&str, u64, u64, u64); 14] = [
+            ("campaign.max_attempts", c.max_attempts.into(), 1, 1_000),
+            (
+                "campaign.max_concurrent_calls",
+                c.max_concurrent_calls.into(),
+                1,
+                100_000,
+            ),
+            (
+                "campaign.min_days_between_contacts",
+                c.min_days_between_contacts.into(),
+                0,
+                3_650,
+            ),
+            ("campaign.ring_timeout_secs", c.ring_timeout_secs, 1, 3_600),
+            ("campaign.call_timeout_secs", c.call_timeout_secs, 2, DAY),
+            (
+                "campaign.run_timeout_base_secs",
+                c.run_timeout_base_secs,
+                1,
+                7 * DAY,
+            ),
+            (
+                "campaign.run_timeout_per_client_secs",
+                c.run_timeout_per_client_secs,
+                0,
+                DAY,
+            ),
+            ("campaign.poll_interval_secs", c.poll_interval_secs, 1, DAY),
+            (
+                "campaign.trunk_cooldown_secs",
+                c.trunk_cooldown_secs,
+                0,
+                DAY,
+            ),
+            (
+                "campaign.shutdown_grace_secs",
+                c.shutdown_grace_secs,
+                0,
+                DAY,
+            ),
+            (
+                "campaign.orphan_after_mins",
+                c.orphan_after_mins,
+                1,
+                7 * 1_440,
+            ),
+            ("campaign.min_heard_secs", c.min_heard_secs, 0, 3_600),
+            (
+                "ari.request_timeout_secs",
+                self.ari.request_timeout_secs,
+                1,
+                300,
+            ),
+            (
+                "voice_agent.max_call_secs",
+                self.voice_agent.max_call_secs,
+                1,
+                DAY,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return fail(
+                    key,
+                    &format!("a whole number from {min} to {max}, found {value}"),
+                );
+            }
         }
-        if c.max_concurrent_calls == 0 {
-            return fail("campaign.max_concurrent_calls", "at least 1");
+        let r = &self.retry_minutes;
+        for (name, minutes) in [
+            ("busy", r.busy),
+            ("no_answer", r.no_answer),
+            ("rejected", r.rejected),
+            ("congestion", r.congestion),
+            ("failed", r.failed),
+            ("timeout", r.timeout),
+            ("trunk_error", r.trunk_error),
+            ("aborted", r.aborted),
+        ] {
+            if minutes > 366 * 1_440 {
+                return fail(
+                    &format!("retry_minutes.{name}"),
+                    &format!("minutes from 0 to {}, found {minutes}", 366 * 1_440),
+                );
+            }
         }
-        if !(c.calls_per_second.is_finite() && c.calls_per_second > 0.0) {
-            return fail("campaign.calls_per_second", "a number above 0");
+        // Below 0.01 the pacing interval (1 / rate) stops being a sane duration.
+        if !(c.calls_per_second.is_finite() && (0.01..=1_000.0).contains(&c.calls_per_second)) {
+            return fail(
+                "campaign.calls_per_second",
+                &format!("a number from 0.01 to 1000, found {}", c.calls_per_second),
+            );
         }
         if c.media.is_empty() || c.media.iter().any(|m| !m.contains(':')) {
             return fail(
@@ -438,7 +534,7 @@ impl Config {
                 "a non-empty list like [\"sound:morosos_natalia\"]",
             );
         }
-        if c.ring_timeout_secs == 0 || c.call_timeout_secs <= c.ring_timeout_secs {
+        if c.call_timeout_secs <= c.ring_timeout_secs {
             return fail(
                 "campaign.call_timeout_secs",
                 "more seconds than campaign.ring_timeout_secs (and both above 0)",
@@ -608,6 +704,81 @@ mod tests {
                 msg.contains(key),
                 "error for {toml:?} does not name {key}: {msg}"
             );
+        }
+    }
+
+    /// Values that would overflow a time computation (and once made call
+    /// tasks panic) are refused at start, naming the key and the range.
+    #[test]
+    fn values_that_would_overflow_a_clock_are_refused() {
+        let db = "[mysql]\ndatabase = \"b\"\n";
+        let huge = "9223372036854775807";
+        let cases = [
+            (
+                format!("[campaign]\ncall_timeout_secs = {huge}"),
+                "campaign.call_timeout_secs",
+            ),
+            (
+                format!("[campaign]\nring_timeout_secs = {huge}"),
+                "campaign.ring_timeout_secs",
+            ),
+            (
+                "[campaign]\nring_timeout_secs = 0".into(),
+                "campaign.ring_timeout_secs",
+            ),
+            (
+                format!("[campaign]\nrun_timeout_base_secs = {huge}"),
+                "campaign.run_timeout_base_secs",
+            ),
+            (
+                format!("[campaign]\nrun_timeout_per_client_secs = {huge}"),
+                "campaign.run_timeout_per_client_secs",
+            ),
+            (
+                "[campaign]\ncalls_per_second = 1e-300".into(),
+                "campaign.calls_per_second",
+            ),
+            (
+                "[campaign]\ncalls_per_second = 0.001".into(),
+                "campaign.calls_per_second",
+            ),
+            (
+                format!("[campaign]\nshutdown_grace_secs = {huge}"),
+                "campaign.shutdown_grace_secs",
+            ),
+            (
+                format!("[campaign]\npoll_interval_secs = {huge}"),
+                "campaign.poll_interval_secs",
+            ),
+            (
+                format!("[campaign]\ntrunk_cooldown_secs = {huge}"),
+                "campaign.trunk_cooldown_secs",
+            ),
+            (
+                "[campaign]\norphan_after_mins = 0".into(),
+                "campaign.orphan_after_mins",
+            ),
+            (
+                format!("[campaign]\nmin_heard_secs = {huge}"),
+                "campaign.min_heard_secs",
+            ),
+            (
+                "[ari]\nrequest_timeout_secs = 0".into(),
+                "ari.request_timeout_secs",
+            ),
+            (
+                format!("[voice_agent]\nmax_call_secs = {huge}"),
+                "voice_agent.max_call_secs",
+            ),
+            (
+                "[retry_minutes]\nbusy = 4000000000".into(),
+                "retry_minutes.busy",
+            ),
+        ];
+        for (toml, key) in cases {
+            let msg = error_of(&format!("{db}{toml}\n"));
+            assert!(msg.contains(key), "{toml:?} → {msg}");
+            assert!(msg.contains("from"), "{toml:?} names no range: {msg}");
         }
     }
 

@@ -120,7 +120,7 @@ pub async fn run_until(
         last_start = Some(clock.now());
         let (drain_tx, drain) = watch::channel(false);
         let (abort_tx, abort) = watch::channel(false);
-        let pass = dialer.campaign.run_pass(
+        let pass = dialer.pass(
             PassOptions {
                 ignore_window: false,
                 drain: Some(drain),

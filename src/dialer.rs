@@ -1,6 +1,9 @@
 //! A running dialer: MySQL, the ARI client, the event WebSocket and the
 //! dispatcher that hands events to calls, put together once and shared by
-//! `once`, `run` and `demo`.
+//! `once`, `run`, `demo`, the tests and the benchmark. `Dialer::connect` is
+//! the one start-up path: it checks the schema, connects MySQL and ARI, and
+//! closes the attempts an earlier run left open, so no entry point can
+//! skip a step.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 
+use tokio::sync::{mpsc, watch};
+
 use crate::ari::connection::SupervisorHandle;
-use crate::ari::{AriClient, AriError, Backoff, ConnState, Event, EventConnection};
-use crate::billing::{schema, Billing};
-use crate::campaign::pass::Campaign;
+use crate::ari::{AriClient, AriError, Backoff, ConnState, Envelope, Event, EventConnection};
+use crate::billing::{schema, Billing, Claim};
+use crate::campaign::pass::{Campaign, Hooks, PassError, PassOptions, PassSummary};
+use crate::campaign::reconcile;
 use crate::campaign::router::Router;
 use crate::campaign::trunks::pool::TrunkPool;
 use crate::clock::{Clock, SystemClock};
@@ -23,6 +29,7 @@ pub struct Dialer {
     pub events: Arc<crate::ari::connection::Stats>,
     supervisor: SupervisorHandle,
     dispatcher: JoinHandle<()>,
+    restarts: JoinHandle<()>,
 }
 
 /// This host's name, written into each claim.
@@ -37,8 +44,8 @@ pub fn host_name() -> String {
 }
 
 impl Dialer {
-    /// Connects to MySQL and Asterisk, failing with an operator-readable
-    /// message when either cannot be used.
+    /// Connects to MySQL and Asterisk (failing with an operator-readable
+    /// message when either cannot be used) and closes orphaned attempts.
     pub async fn connect(config: Config, host: String) -> anyhow::Result<Dialer> {
         Dialer::connect_with_clock(config, host, None).await
     }
@@ -95,7 +102,15 @@ impl Dialer {
                 a.url
             );
         }
-        let (mut rx, state, stats, supervisor) = events.into_parts();
+        let (rx, state, stats, supervisor) = events.into_parts();
+        let startup_time = match ari.asterisk_info().await {
+            Ok(info) => Some(info.status.startup_time),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read GET /ari/asterisk/info: a restart of Asterisk will not clear trunk cool-downs");
+                None
+            }
+        };
+        let (started_tx, asterisk_started) = watch::channel(startup_time);
         let router = Arc::new(Router::default());
         let trunks = Arc::new(TrunkPool::new(
             &config.trunks,
@@ -107,48 +122,43 @@ impl Dialer {
             billing,
             ari: ari.clone(),
             router: router.clone(),
-            ari_state: state,
+            ari_state: state.clone(),
             trunks,
             host,
             clock,
+            asterisk_started,
+            hooks: Hooks::default(),
+            adopted: Default::default(),
+            adopted_done: Default::default(),
+            adopt_abort: watch::channel(false).0,
         });
-
-        let dispatcher = tokio::spawn(async move {
-            while let Some(env) = rx.recv().await {
-                let Some(env) = router.route(env) else {
-                    continue;
-                };
-                match env.event {
-                    Event::StasisStart { channel, .. }
-                        if env.application == config.ari.inbound_app
-                            && !router.is_registered(&channel.id) =>
-                    {
-                        let va = &config.voice_agent;
-                        tokio::spawn(crate::voice_agent::fallback::handle(
-                            ari.clone(),
-                            router.clone(),
-                            channel,
-                            va.fallback_media.clone(),
-                            config.campaign.lang.clone(),
-                            Duration::from_secs(va.max_call_secs),
-                        ));
-                    }
-                    Event::StasisStart { channel, .. } => {
-                        // In Stasis but not ours (left from a crash, or another tool): do not leave it hanging.
-                        tracing::warn!(channel = %channel.id, app = %env.application, "unknown channel entered Stasis; hanging it up");
-                        let ari = ari.clone();
-                        tokio::spawn(async move { ari.hangup(&channel.id, "normal").await });
-                    }
-                    _ => {}
-                }
-            }
-        });
-        Ok(Dialer {
+        let dispatcher = tokio::spawn(dispatch(campaign.clone(), rx));
+        let restarts = tokio::spawn(watch_restarts(campaign.clone(), state, started_tx));
+        let dialer = Dialer {
             campaign,
             events: stats,
             supervisor,
             dispatcher,
-        })
+            restarts,
+        };
+        // Attempts a killed run left open: closed or adopted before anything
+        // else, so no entry point can forget them.
+        if let Err(e) = reconcile::orphans(&dialer.campaign).await {
+            dialer.shutdown().await;
+            return Err(anyhow::Error::new(e)
+                .context("cannot close the attempts an earlier run left unfinished"));
+        }
+        Ok(dialer)
+    }
+
+    /// One pass: attempts left open are closed (or adopted, and waited
+    /// for) first, then the due clients are called.
+    pub async fn pass(
+        &self,
+        opts: PassOptions,
+        abort: watch::Receiver<bool>,
+    ) -> Result<PassSummary, PassError> {
+        self.campaign.pass(opts, abort).await
     }
 
     pub fn is_connected(&self) -> bool {
@@ -160,10 +170,116 @@ impl Dialer {
     }
 
     pub async fn shutdown(self) {
+        // Adopted calls are hung up (and recorded) while events still flow.
+        self.campaign.adopt_abort.send_replace(true);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(15), self.campaign.wait_adopted(None)).await;
         self.supervisor.shutdown().await;
         self.dispatcher.abort();
+        self.restarts.abort();
         let _ = self.dispatcher.await;
+        let _ = self.restarts.await;
         let billing = self.campaign.billing.clone();
         let _ = billing.close().await;
+    }
+}
+
+/// A whole `once`: start, one pass, stop. Fails when an outcome could not
+/// be written (it is in the log in full).
+pub async fn one_pass(
+    config: Config,
+    host: String,
+    opts: PassOptions,
+    abort: watch::Receiver<bool>,
+) -> anyhow::Result<PassSummary> {
+    let dialer = Dialer::connect(config, host).await?;
+    let result = dialer.pass(opts, abort).await;
+    dialer.shutdown().await;
+    let summary = result?;
+    if summary.unwritten > 0 {
+        anyhow::bail!(
+            "{} outcome(s) could not be written to MySQL; each is logged in full above",
+            summary.unwritten
+        );
+    }
+    Ok(summary)
+}
+
+/// Hands every event to its call; starts what an unclaimed `StasisStart`
+/// calls for.
+async fn dispatch(campaign: Arc<Campaign>, mut rx: mpsc::Receiver<Envelope>) {
+    let config = campaign.config.clone();
+    while let Some(env) = rx.recv().await {
+        let Some(env) = campaign.router.route(env) else {
+            continue;
+        };
+        let Event::StasisStart { channel, .. } = &env.event else {
+            continue;
+        };
+        let channel = channel.clone();
+        if env.application == config.ari.inbound_app && !campaign.router.is_registered(&channel.id)
+        {
+            let va = &config.voice_agent;
+            tokio::spawn(crate::voice_agent::fallback::handle(
+                campaign.ari.clone(),
+                campaign.router.clone(),
+                channel,
+                va.fallback_media.clone(),
+                config.campaign.lang.clone(),
+                Duration::from_secs(va.max_call_secs),
+            ));
+            continue;
+        }
+        // One of our attempts that nobody follows: never hang up on it
+        // blindly; its claim decides.
+        if env.application == config.ari.outbound_app {
+            if let Some(claim) = Claim::from_channel_id(&channel.id) {
+                if let Some(inbox) = campaign
+                    .router
+                    .try_register(&channel.id, Some(Box::new(env)))
+                {
+                    tokio::spawn(reconcile::adopt_answered(
+                        campaign.clone(),
+                        channel,
+                        claim,
+                        inbox,
+                    ));
+                }
+                continue;
+            }
+        }
+        // In Stasis but not ours (another tool's): do not leave it hanging.
+        tracing::warn!(channel = %channel.id, app = %env.application, "unknown channel entered Stasis; hanging it up");
+        let ari = campaign.ari.clone();
+        tokio::spawn(async move { ari.hangup(&channel.id, "normal").await });
+    }
+}
+
+/// After every reconnect, asks Asterisk when it started: a new start time
+/// means it restarted, and the refusals that cooled trunks down were its,
+/// not theirs.
+async fn watch_restarts(
+    campaign: Arc<Campaign>,
+    mut state: watch::Receiver<ConnState>,
+    started: watch::Sender<Option<String>>,
+) {
+    while state.changed().await.is_ok() {
+        if !state.borrow_and_update().is_connected() {
+            continue;
+        }
+        match campaign.ari.asterisk_info().await {
+            Ok(info) => {
+                let now = info.status.startup_time;
+                let restarted = started.borrow().as_ref().is_some_and(|b| *b != now);
+                if restarted {
+                    tracing::warn!(startup_time = %now, "Asterisk restarted: every trunk cool-down cleared");
+                    campaign.trunks.clear_cooldowns();
+                }
+                started.send_replace(Some(now));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read GET /ari/asterisk/info after reconnecting")
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use overdue_dialer::campaign::preview;
 use overdue_dialer::campaign::selection::Policy;
 use overdue_dialer::compliance::local_now;
 use overdue_dialer::config::Config;
-use overdue_dialer::dialer::{host_name, Dialer};
+use overdue_dialer::dialer::{host_name, one_pass};
 use overdue_dialer::sim::{SimConfig, Simulator};
 
 #[derive(Parser)]
@@ -207,26 +207,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Once { ignore_window } => {
             let config = Config::load(cli.config.as_deref())?;
             let _log = overdue_dialer::logging::init(&config.logging)?;
-            let dialer = Dialer::connect(config, host_name()).await?;
-            overdue_dialer::campaign::reconcile::orphans(&dialer.campaign).await?;
             let (abort_tx, abort) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     let _ = abort_tx.send(true);
                 }
             });
-            let result = dialer
-                .campaign
-                .run_pass(
-                    PassOptions {
-                        ignore_window,
-                        drain: None,
-                    },
-                    abort,
-                )
-                .await;
-            dialer.shutdown().await;
-            let summary = result?;
+            let opts = PassOptions {
+                ignore_window,
+                drain: None,
+            };
+            let summary = one_pass(config, host_name(), opts, abort).await?;
             if let Some(closed) = summary.window_closed {
                 emit(&format!("Calling window closed ({closed}): nobody was called. --ignore-window overrides it.\n"));
             }
@@ -331,19 +322,12 @@ async fn demo(mysql_url: &str, clients: usize, preview_only: bool) -> anyhow::Re
         "Asterisk ARI simulator on {}; calling (window ignored for the demo)…\n\n",
         sim.url()
     ));
-    let dialer = Dialer::connect(config, "demo".into()).await?;
     let (_abort_tx, abort) = tokio::sync::watch::channel(false);
-    let summary = dialer
-        .campaign
-        .run_pass(
-            PassOptions {
-                ignore_window: true,
-                drain: None,
-            },
-            abort,
-        )
-        .await;
-    dialer.shutdown().await;
+    let opts = PassOptions {
+        ignore_window: true,
+        drain: None,
+    };
+    let summary = one_pass(config, "demo".into(), opts, abort).await;
     let left = sim.live_channels();
     sim.shutdown().await;
     let summary = summary?;

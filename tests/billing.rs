@@ -375,6 +375,8 @@ async fn outcomes_update_the_client_once() {
         ring_seconds: Some(5),
         billable_seconds: Some(0),
         detail: None,
+        delivered: false,
+        heard_seconds: None,
     };
     assert!(billing.record_outcome(&claim, &busy).await.unwrap());
     assert!(
@@ -424,6 +426,7 @@ async fn outcomes_update_the_client_once() {
         answered_at: Some(now + Duration::seconds(8)),
         billable_seconds: Some(5),
         hangup_cause: Some(16),
+        delivered: true,
         ..busy.clone()
     };
     assert!(billing.record_outcome(&claim2, &done).await.unwrap());

@@ -94,8 +94,7 @@ impl Rig {
             .unwrap();
         let (_tx, abort) = tokio::sync::watch::channel(false);
         let summary = dialer
-            .campaign
-            .run_pass(
+            .pass(
                 PassOptions {
                     ignore_window: true,
                     drain: None,
@@ -212,7 +211,10 @@ async fn every_outcome(endpoint: &str) {
             "client {id} ({phone}) via {endpoint}: {row:?}"
         );
         let (attempts, sent, completed_at) = rig.client(id).await;
-        let delivered = want == "completed" || want == "hung_up_early";
+        // Digit 7 hangs up 2 s into the prompt: answered, but not heard
+        // long enough (campaign.min_heard_secs) to count as delivered.
+        let answered = want == "completed" || want == "hung_up_early";
+        let delivered = want == "completed";
         assert_eq!(
             (sent == 1, completed_at),
             (delivered, delivered),
@@ -236,7 +238,7 @@ async fn every_outcome(endpoint: &str) {
             );
             assert_eq!(row.phone.as_deref(), Some(format!("+57{phone}").as_str()));
             assert!(row.ended.is_some());
-            assert_eq!(row.answered.is_some(), delivered, "client {id}");
+            assert_eq!(row.answered.is_some(), answered, "client {id}");
         }
     }
     let direct = endpoint.starts_with("PJSIP");

@@ -97,8 +97,7 @@ async fn slow_sim() -> Simulator {
 async fn pass(dialer: &Dialer) -> PassSummary {
     let (_tx, abort) = tokio::sync::watch::channel(false);
     dialer
-        .campaign
-        .run_pass(
+        .pass(
             PassOptions {
                 ignore_window: true,
                 drain: None,

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Application, Bridge, Channel, Playback, Sound};
+use super::model::{Application, AsteriskInfo, Bridge, Channel, Playback, Sound};
 use crate::config::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,13 @@ impl AriError {
 
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(StatusCode::NOT_FOUND)
+    }
+
+    /// The request certainly never reached Asterisk (no connection could
+    /// be made). A timeout or a connection lost mid-request is not this:
+    /// Asterisk may have acted on it.
+    pub fn never_reached_asterisk(&self) -> bool {
+        matches!(self, AriError::Connect { .. })
     }
 }
 
@@ -422,6 +429,13 @@ impl AriClient {
             None::<&()>,
         )
         .await
+    }
+
+    /// `GET /ari/asterisk/info`: when this Asterisk started; a changed
+    /// `startup_time` after a reconnect means it restarted meanwhile.
+    pub async fn asterisk_info(&self) -> Result<AsteriskInfo, AriError> {
+        self.json(Method::GET, &["asterisk", "info"], &[], None::<&()>)
+            .await
     }
 
     /// `GET /ari/asterisk/ping`: Asterisk is up and the credentials work.

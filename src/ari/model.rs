@@ -122,3 +122,18 @@ pub struct Sound {
     #[serde(default)]
     pub formats: Vec<SoundFormat>,
 }
+
+/// `GET /ari/asterisk/info`, the part the daemon reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsteriskInfo {
+    #[serde(default)]
+    pub status: AsteriskStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsteriskStatus {
+    #[serde(default)]
+    pub startup_time: String,
+    #[serde(default)]
+    pub last_reload_time: String,
+}

@@ -239,7 +239,7 @@ pub fn generate(spec: &Spec) -> Data {
                     ended_at: when,
                     phone_raw,
                 });
-                if outcome.is_some_and(Outcome::is_delivered) {
+                if outcome == Some(Outcome::Completed) || outcome == Some(Outcome::HungUpEarly) {
                     // Most stay sent; some were re-flagged by staff since.
                     client.is_sent = rng.gen_bool(0.6);
                     client.completed_at = Some(when);
@@ -327,8 +327,8 @@ pub async fn load(conn: &mut mysql_async::Conn, data: &Data) -> Result<(), Billi
     .await?;
     insert_batched(
         conn,
-        "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, phone_raw, outcome, ended_at)",
-        7,
+        "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, phone_raw, outcome, ended_at, delivered)",
+        8,
         data.history.iter().map(|h| {
             vec![
                 h.client_id.into(),
@@ -338,6 +338,10 @@ pub async fn load(conn: &mut mysql_async::Conn, data: &Data) -> Result<(), Billi
                 h.phone_raw.clone().into(),
                 h.outcome.map(|o| o.as_str()).into(),
                 h.outcome.map(|_| h.ended_at).into(),
+                // History is generated with whole prompts heard.
+                h.outcome
+                    .map(|o| matches!(o, Outcome::Completed | Outcome::HungUpEarly))
+                    .into(),
             ]
         }),
     )

@@ -29,6 +29,8 @@ pub const CALL_LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS overdue_call_log (
   outcome VARCHAR(20) NULL,
   hangup_cause SMALLINT NULL,
   detail VARCHAR(255) NULL,
+  delivered TINYINT(1) NULL,
+  heard_seconds INT UNSIGNED NULL,
   PRIMARY KEY (id),
   UNIQUE KEY uq_overdue_call_log_attempt (client_id, attempt_no),
   KEY ix_overdue_call_log_outcome (outcome, ended_at)
@@ -40,6 +42,20 @@ pub const AFILIADOS_COLUMNS: &[(&str, &str)] = &[
     ("outbound_call_is_sent", "TINYINT(1) NOT NULL DEFAULT 0"),
     ("outbound_call_attempts", "INT NOT NULL DEFAULT 0"),
     ("outbound_call_completed_at", "DATETIME NULL"),
+];
+
+/// Columns added to the call log after its first release, each with the
+/// statements that bring older rows in line. `delivered` is stored rather
+/// than derived from the outcome, because a `hung_up_early` is delivered
+/// only when enough of the prompt was heard (`campaign.min_heard_secs` at
+/// the time of the call).
+pub const CALL_LOG_COLUMNS: &[(&str, &str, &[&str])] = &[
+    (
+        "delivered",
+        "TINYINT(1) NULL",
+        &["UPDATE overdue_call_log SET delivered = (outcome IN ('completed', 'hung_up_early')) WHERE outcome IS NOT NULL AND delivered IS NULL"],
+    ),
+    ("heard_seconds", "INT UNSIGNED NULL", &[]),
 ];
 
 /// Columns of the billing tables the daemon reads and cannot create.
@@ -74,8 +90,17 @@ pub fn reference_ddl() -> String {
     }
     out.push_str("\n-- The daemon's call log:\n");
     out.push_str(CALL_LOG_DDL);
+    out.push_str(";\n\n-- Columns added to a call log created by an older release:\n");
+    for (name, def, then) in CALL_LOG_COLUMNS {
+        out.push_str(&format!(
+            "ALTER TABLE overdue_call_log ADD COLUMN {name} {def};\n"
+        ));
+        for t in *then {
+            out.push_str(&format!("{t};\n"));
+        }
+    }
     out.push_str(
-        ";\n\n-- Recommended indexes on billing tables (run by a DBA; `check` reports them):\n",
+        "\n-- Recommended indexes on billing tables (run by a DBA; `check` reports them):\n",
     );
     for (_, _, ddl) in RECOMMENDED_INDEXES {
         out.push_str(&format!("-- {ddl};\n"));
@@ -129,6 +154,16 @@ pub async fn plan(conn: &mut mysql_async::Conn) -> Result<Vec<String>, BillingEr
     }
     if !table_exists(conn, "overdue_call_log").await? {
         todo.push(CALL_LOG_DDL.to_owned());
+    } else {
+        let have = columns(conn, "overdue_call_log").await?;
+        for (name, def, then) in CALL_LOG_COLUMNS {
+            if !have.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+                todo.push(format!(
+                    "ALTER TABLE overdue_call_log ADD COLUMN {name} {def}"
+                ));
+                todo.extend(then.iter().map(|t| (*t).to_owned()));
+            }
+        }
     }
     Ok(todo)
 }

@@ -25,7 +25,7 @@ const FACTS_SELECT: &str = "SELECT a.id, a.telefono, a.corte,
     WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0) AS open_balance,
   l.attempt_no, l.outcome, l.ended_at, l.phone_raw,
   (SELECT MAX(c.ended_at) FROM overdue_call_log c
-    WHERE c.client_id = a.id AND c.outcome IN ('completed', 'hung_up_early')) AS last_contact
+    WHERE c.client_id = a.id AND c.delivered = 1) AS last_contact
 FROM afiliados a
 LEFT JOIN overdue_call_log l ON l.client_id = a.id
   AND l.attempt_no = (SELECT MAX(m.attempt_no) FROM overdue_call_log m WHERE m.client_id = a.id)
@@ -51,7 +51,8 @@ const ELIGIBLE_WHERE: &str = "
   AND (l.id IS NULL OR l.outcome <> 'invalid_number'
        OR NOT (CAST(l.phone_raw AS BINARY) <=> CAST(a.telefono AS BINARY)))
   AND (l.id IS NULL OR l.ended_at IS NULL
-       OR l.outcome IN ('completed', 'hung_up_early', 'invalid_number')
+       OR l.outcome IN ('completed', 'invalid_number')
+       OR (l.outcome = 'hung_up_early' AND l.ended_at < ?)
        OR l.ended_at <= CASE l.outcome
             WHEN 'busy' THEN ? WHEN 'no_answer' THEN ? WHEN 'rejected' THEN ?
             WHEN 'congestion' THEN ? WHEN 'timeout' THEN ? WHEN 'trunk_error' THEN ?
@@ -68,6 +69,24 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// The attempt a channel id of ours belongs to (`overdue-<client>-<attempt>`,
+    /// with `-<try>` on a retry through another trunk); `None` for any other id.
+    pub fn from_channel_id(id: &str) -> Option<Claim> {
+        let rest = id.strip_prefix("overdue-")?;
+        let mut parts = rest.split('-');
+        let client_id = parts.next()?.parse().ok()?;
+        let attempt_no = parts.next()?.parse().ok()?;
+        match (parts.next(), parts.next()) {
+            (None, _) => {}
+            (Some(try_no), None) if try_no.parse::<u32>().is_ok() => {}
+            _ => return None,
+        }
+        Some(Claim {
+            client_id,
+            attempt_no,
+        })
+    }
+
     /// Deterministic ARI `channelId`: a retried originate for the same
     /// attempt answers 409 instead of dialling twice, and reconciliation
     /// after a restart can find the call.
@@ -93,6 +112,48 @@ pub struct CallRecord {
     pub ring_seconds: Option<u32>,
     pub billable_seconds: Option<u32>,
     pub detail: Option<String>,
+    /// The callee heard the reminder (`campaign::outcome::is_delivered`):
+    /// sets `outbound_call_is_sent`.
+    pub delivered: bool,
+    /// Seconds of the prompt the callee heard before hanging up early.
+    pub heard_seconds: Option<u32>,
+}
+
+impl CallRecord {
+    /// An attempt Asterisk never placed (refused by every trunk, the
+    /// pass ended first, an invalid number): no attempt is spent.
+    pub fn not_dialled(outcome: Outcome, at: NaiveDateTime, detail: String) -> CallRecord {
+        CallRecord {
+            outcome,
+            dialled: false,
+            hangup_cause: None,
+            trunk: None,
+            channel_id: None,
+            phone_e164: None,
+            answered_at: None,
+            ended_at: at,
+            ring_seconds: None,
+            billable_seconds: None,
+            detail: Some(detail),
+            delivered: false,
+            heard_seconds: None,
+        }
+    }
+
+    /// An attempt closed without knowing what the callee heard (an orphan
+    /// after a crash, a call that panicked): counted, never delivered.
+    pub fn closed(
+        outcome: Outcome,
+        channel_id: Option<String>,
+        at: NaiveDateTime,
+        detail: String,
+    ) -> CallRecord {
+        CallRecord {
+            dialled: true,
+            channel_id,
+            ..CallRecord::not_dialled(outcome, at, detail)
+        }
+    }
 }
 
 /// The billing database, behind a connection pool.
@@ -175,6 +236,8 @@ impl Billing {
             Value::from(days_in_month(now.date())),
             Value::from(now.day() + 1),
             Value::from(policy.max_attempts),
+            // An early hang-up waits for the next calling day (Ley 2300).
+            Value::from(now.date().and_time(chrono::NaiveTime::MIN)),
             before(Outcome::Busy),
             before(Outcome::NoAnswer),
             before(Outcome::Rejected),
@@ -317,16 +380,32 @@ impl Billing {
             return Ok(None);
         }
         let attempt_no = last.map_or(1, |(n, _)| n + 1);
+        let claim = Claim {
+            client_id,
+            attempt_no,
+        };
+        // The channel id goes in with the claim, before any originate: after
+        // a crash, reconciliation asks Asterisk for exactly this channel.
         tx.exec_drop(
-            "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, phone_raw) VALUES (?, ?, ?, ?, ?)",
-            (client_id, attempt_no, now, claimed_by, phone_raw),
+            "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, phone_raw, channel_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (client_id, attempt_no, now, claimed_by, phone_raw, claim.channel_id()),
         )
         .await?;
         tx.commit().await?;
-        Ok(Some(Claim {
-            client_id,
-            attempt_no,
-        }))
+        Ok(Some(claim))
+    }
+
+    /// Records the channel id of a retry on another trunk before its
+    /// originate (the first try's id is written with the claim).
+    pub async fn set_channel(&self, claim: &Claim, channel_id: &str) -> Result<(), BillingError> {
+        self.conn()
+            .await?
+            .exec_drop(
+                "UPDATE overdue_call_log SET channel_id = ? WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
+                (channel_id, claim.client_id, claim.attempt_no),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Writes the outcome of a claimed attempt and updates the client's
@@ -342,7 +421,7 @@ impl Billing {
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
         tx.exec_drop(
             "UPDATE overdue_call_log SET outcome = ?, hangup_cause = ?, trunk = ?, channel_id = ?, phone_e164 = ?,
-               answered_at = ?, ended_at = ?, ring_seconds = ?, billable_seconds = ?, detail = ?
+               answered_at = ?, ended_at = ?, ring_seconds = ?, billable_seconds = ?, detail = ?, delivered = ?, heard_seconds = ?
              WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
             Params::Positional(vec![
                 r.outcome.as_str().into(),
@@ -355,6 +434,8 @@ impl Billing {
                 r.ring_seconds.into(),
                 r.billable_seconds.into(),
                 r.detail.as_deref().map(|d| truncate(d, 255)).into(),
+                r.delivered.into(),
+                r.heard_seconds.into(),
                 claim.client_id.into(),
                 claim.attempt_no.into(),
             ]),
@@ -365,7 +446,7 @@ impl Billing {
             return Ok(false);
         }
         let counted = u32::from(r.dialled);
-        if r.outcome.is_delivered() {
+        if r.delivered {
             tx.exec_drop(
                 "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + ?,
                    outbound_call_is_sent = 1, outbound_call_completed_at = ? WHERE id = ?",
@@ -397,6 +478,34 @@ pub struct Orphan {
 }
 
 impl Billing {
+    /// One flagged client's facts, for a call adopted after a restart
+    /// (its prompt may speak the balance). `None` when not flagged.
+    pub async fn client_facts(&self, client_id: i64) -> Result<Option<ClientFacts>, BillingError> {
+        let row: Option<Row> = self
+            .conn()
+            .await?
+            .exec_first(format!("{FACTS_SELECT} AND a.id = ?"), (client_id,))
+            .await?;
+        Ok(row.and_then(facts_from_row))
+    }
+
+    /// The attempt's claim when it is still open (claimed, no outcome).
+    pub async fn open_claim(&self, claim: &Claim) -> Result<Option<Orphan>, BillingError> {
+        let row: Option<(Option<String>, NaiveDateTime)> = self
+            .conn()
+            .await?
+            .exec_first(
+                "SELECT channel_id, claimed_at FROM overdue_call_log WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
+                (claim.client_id, claim.attempt_no),
+            )
+            .await?;
+        Ok(row.map(|(channel_id, claimed_at)| Orphan {
+            claim: claim.clone(),
+            channel_id,
+            claimed_at,
+        }))
+    }
+
     /// Attempts claimed by `host` (or by anyone before `stale_before`)
     /// that never got an outcome.
     pub async fn orphans(
@@ -495,4 +604,33 @@ fn facts_from_row(row: Row) -> Option<ClientFacts> {
         last_attempt,
         last_contact,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_ids_map_back_to_their_attempt() {
+        let claim = Claim {
+            client_id: 42,
+            attempt_no: 3,
+        };
+        assert_eq!(
+            Claim::from_channel_id(&claim.channel_id()),
+            Some(claim.clone())
+        );
+        assert_eq!(Claim::from_channel_id("overdue-42-3-2"), Some(claim));
+        for other in [
+            "overdue-42",
+            "overdue-x-3",
+            "overdue-42-3-2-1",
+            "overdue-42-3-a",
+            "1795264373.12",
+            "overdue-42-3;2",
+            "",
+        ] {
+            assert_eq!(Claim::from_channel_id(other), None, "{other}");
+        }
+    }
 }

@@ -25,6 +25,11 @@ pub struct CallPlan {
     pub call_timeout: Duration,
     pub media: Vec<String>,
     pub lang: String,
+    /// Asterisk's `startup_time` when the call began: a channel lost while
+    /// the event socket was down was torn down by a restart if it changed.
+    pub asterisk_started: Option<String>,
+    /// Test hook: the call task panics when the call is answered.
+    pub panic_on_answer: bool,
 }
 
 /// How a call attempt ended.
@@ -49,6 +54,8 @@ pub struct Ended {
     pub answered_after: Option<Duration>,
     pub lasted: Duration,
     pub detail: Option<String>,
+    /// How much of the prompt the callee heard (answered calls).
+    pub heard: Option<Duration>,
 }
 
 impl Ended {
@@ -73,6 +80,11 @@ impl Ended {
     pub fn ended_at(&self, originated: NaiveDateTime) -> NaiveDateTime {
         originated + chrono::Duration::from_std(self.lasted).unwrap_or_default()
     }
+
+    /// Whole seconds of the prompt heard.
+    pub fn heard_seconds(&self) -> Option<u32> {
+        self.heard.map(|h| h.as_secs() as u32)
+    }
 }
 
 /// After our channel is gone, how long to wait for the `;2` half's cause.
@@ -81,6 +93,18 @@ const OTHER_HALF_GRACE: Duration = Duration::from_millis(500);
 const MISSING_SOUND_GRACE: Duration = Duration::from_millis(300);
 /// After we hang up, how long before we stop waiting for Asterisk's word.
 const HANGUP_GRACE: Duration = Duration::from_secs(5);
+/// An originate with no HTTP answer may still have been placed: this long
+/// without an event and without the channel existing means it was not.
+const PLACEMENT_GRACE: Duration = Duration::from_secs(5);
+const PLACEMENT_POLL: Duration = Duration::from_millis(500);
+
+/// `now + d`, or a year from now when that would overflow (`d` comes from
+/// configuration, which bounds it; this keeps a slip from panicking).
+pub fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(now)
+}
 
 /// Places the call and follows it to the end. `abort` turning true hangs
 /// the call up and ends it as `aborted`.
@@ -92,7 +116,7 @@ pub async fn place(
     ari_state: watch::Receiver<ConnState>,
 ) -> CallEnd {
     // Register first: Asterisk may send events before it answers the originate.
-    let inbox = router.register(&plan.channel_id);
+    let mut inbox = router.register(&plan.channel_id);
     let started = Instant::now();
     let request = Originate {
         endpoint: plan.endpoint.clone(),
@@ -115,18 +139,52 @@ pub async fn place(
                 message,
             };
         }
+        Err(e) if e.never_reached_asterisk() => {
+            router.unregister(&plan.channel_id);
+            return CallEnd::NotPlaced {
+                reason: e.to_string(),
+            };
+        }
+        // No answer (timeout, connection lost mid-request): Asterisk may
+        // have placed the call all the same. It was, if its events come or
+        // the channel exists; it was not, if neither within a few seconds.
         Err(e) => {
-            // Did it reach Asterisk before the connection failed?
-            if ari.channel(&plan.channel_id).await.is_err() {
+            tracing::warn!(channel = %plan.channel_id, error = %e, "originate unanswered; checking whether Asterisk placed the call");
+            if !placed(ari, &plan.channel_id, &mut inbox).await {
                 router.unregister(&plan.channel_id);
                 return CallEnd::NotPlaced {
-                    reason: e.to_string(),
+                    reason: format!("{e}; no such channel and no event after {PLACEMENT_GRACE:?}"),
                 };
             }
+            tracing::info!(channel = %plan.channel_id, "the unanswered originate was placed: following the call");
         }
     }
 
     CallEnd::Ended(follow(ari, router, plan, inbox, started, abort, ari_state).await)
+}
+
+/// Whether an originate whose answer never came was placed: an event of
+/// the call arrives (it is kept for `follow`), or `GET` finds the channel.
+async fn placed(ari: &AriClient, channel_id: &str, inbox: &mut super::router::Inbox) -> bool {
+    let give_up = Instant::now() + PLACEMENT_GRACE;
+    loop {
+        tokio::select! {
+            env = inbox.recv() => {
+                if let Some(env) = env {
+                    inbox.unread(env);
+                    return true;
+                }
+                return false;
+            }
+            _ = tokio::time::sleep(PLACEMENT_POLL) => {
+                match ari.channel(channel_id).await {
+                    Ok(_) => return true,
+                    Err(_) if Instant::now() >= give_up => return false,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Follows a placed call to its end. Also used for calls found alive after
@@ -151,8 +209,10 @@ pub async fn follow(
     let mut detail = None;
     let mut hung_up_at: Option<Instant> = None;
     let mut finish_at: Option<Instant> = None;
-    let never = started + Duration::from_secs(86_400 * 365);
-    let timeout_at = started + plan.call_timeout;
+    let mut prompt_started: Option<Instant> = None;
+    let mut prompt_cut: Option<Instant> = None;
+    let never = after(started, Duration::from_secs(86_400 * 365));
+    let timeout_at = after(started, plan.call_timeout);
     if aborted {
         hangup(ari, &plan.channel_id, &mut hung_up_at).await;
     }
@@ -163,8 +223,25 @@ pub async fn follow(
             env = inbox.recv() => {
                 let Some(env) = env else { break };
                 ev.observe(&env.event);
+                // How much of the prompt was heard: from its start to its end,
+                // or to the call's end if that comes first (all within ms
+                // of each other when the callee hangs up).
+                match &env.event {
+                    Event::PlaybackStarted { .. } if ev.prompt == Prompt::Playing => {
+                        prompt_started.get_or_insert_with(Instant::now);
+                    }
+                    Event::PlaybackFinished { .. } | Event::StasisEnd { .. } | Event::ChannelDestroyed { .. }
+                        if prompt_started.is_some() =>
+                    {
+                        prompt_cut.get_or_insert_with(Instant::now);
+                    }
+                    _ => {}
+                }
                 match &env.event {
                     Event::StasisStart { channel, .. } if channel.id == plan.channel_id => {
+                        if plan.panic_on_answer {
+                            panic!("test hook: call task panicked on answer of {}", plan.channel_id);
+                        }
                         answered_after.get_or_insert(started.elapsed());
                         if hung_up_at.is_none() {
                             if let Err(e) = ari.play(&plan.channel_id, &plan.media, Some(&plan.lang), None).await {
@@ -251,9 +328,25 @@ pub async fn follow(
         detail = None;
     }
 
+    // A channel that vanished while the socket was down: if Asterisk
+    // restarted meanwhile, the restart tore it down (never the callee).
+    let restarted = if lost && !ev.own_destroyed {
+        match (&plan.asterisk_started, ari.asterisk_info().await) {
+            (Some(before), Ok(now)) => now.status.startup_time != *before,
+            _ => false,
+        }
+    } else {
+        false
+    };
     let outcome = if lost && !ev.own_destroyed {
         if ev.answered && ev.prompt == Prompt::Done {
             Outcome::Completed
+        } else if restarted {
+            detail = Some(
+                "Asterisk restarted while the ARI event socket was down: the call was cut by the restart"
+                    .into(),
+            );
+            Outcome::Aborted
         } else {
             detail =
                 Some("the call ended while the ARI event socket was down: outcome unknown".into());
@@ -268,11 +361,23 @@ pub async fn follow(
     } else {
         classify(&ev)
     };
+    if outcome == Outcome::Aborted && detail.is_none() && ev.torn_down_by_asterisk {
+        detail = Some("Asterisk hung the call up itself (shutdown or restart)".into());
+    }
     if outcome == Outcome::Failed && detail.is_none() {
         detail = Some(format!(
             "dialstatus {:?}, causes {:?}/{:?}",
             ev.last_dialstatus, ev.own_cause, ev.other_cause
         ));
+    }
+    let heard = prompt_started.map(|from| {
+        prompt_cut
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(from)
+    });
+    if outcome == Outcome::HungUpEarly {
+        let secs = heard.map_or(0, |h| h.as_secs());
+        detail = Some(format!("heard {secs} s of the prompt"));
     }
     Ended {
         outcome,
@@ -282,6 +387,7 @@ pub async fn follow(
         answered_after,
         lasted: started.elapsed(),
         detail,
+        heard,
     }
 }
 

@@ -42,6 +42,10 @@ pub struct Evidence {
     pub own_destroyed: bool,
     pub other_destroyed: bool,
     pub in_stasis: bool,
+    /// Asterisk hung our channel up itself: a soft hang-up request with
+    /// the shutdown flag (cause 4) on either half, as `core stop now` and
+    /// a restart do (recording `shutdown-mid-prompt`). Not the callee.
+    pub torn_down_by_asterisk: bool,
 }
 
 impl Evidence {
@@ -93,6 +97,15 @@ impl Evidence {
                 self.in_stasis = true;
             }
             Event::StasisEnd { channel } if self.is_own(&channel.id) => self.in_stasis = false,
+            Event::ChannelHangupRequest {
+                channel,
+                soft: Some(true),
+                cause,
+            } if *cause == AST_SOFTHANGUP_SHUTDOWN
+                && (self.is_own(&channel.id) || self.is_other(&channel.id)) =>
+            {
+                self.torn_down_by_asterisk = true;
+            }
             Event::ChannelHangupRequest { channel, soft, .. }
                 if soft != &Some(true)
                     && (self.is_own(&channel.id) || self.is_other(&channel.id)) =>
@@ -137,6 +150,10 @@ impl Evidence {
     }
 }
 
+/// The flag Asterisk puts in a soft hang-up's `cause` when it shuts down
+/// (`AST_SOFTHANGUP_SHUTDOWN`; our DELETE shows 32, `..._EXPLICIT`).
+const AST_SOFTHANGUP_SHUTDOWN: i64 = 4;
+
 /// What a Q.850 cause says about an unanswered call; `None` for causes
 /// that carry no information here (0, 16).
 pub fn cause_outcome(cause: i64) -> Option<Outcome> {
@@ -154,6 +171,10 @@ pub fn cause_outcome(cause: i64) -> Option<Outcome> {
 /// The outcome of a call that ended on its own (our timeouts and aborts
 /// are decided by the caller, who knows it hung up).
 pub fn classify(e: &Evidence) -> Outcome {
+    if e.torn_down_by_asterisk && !(e.answered && e.prompt == Prompt::Done) {
+        // Shutdown or restart: whatever the causes say (0), nobody hung up.
+        return Outcome::Aborted;
+    }
     if e.answered {
         return match e.prompt {
             Prompt::Done => Outcome::Completed,
@@ -266,6 +287,11 @@ mod tests {
             ("short", 0, Outcome::HungUpEarly),
             ("fv-short", 0, Outcome::HungUpEarly),
             ("channelid", 0, Outcome::Busy),
+            // `core stop now` 2 s into the prompt: cause 0 on both halves
+            // and a failed playback, but nobody hung up.
+            ("shutdown-mid-prompt", 0, Outcome::Aborted),
+            // `core stop gracefully` lets the call finish.
+            ("shutdown-graceful-mid-prompt", 0, Outcome::Completed),
         ];
         for (scenario, nth, want) in cases {
             let ev = replay(scenario, nth);

@@ -20,7 +20,8 @@ pub enum Outcome {
     Failed,
     /// Our per-call timeout fired.
     Timeout,
-    /// Shutdown or the global pass timeout.
+    /// Our shutdown, the global pass timeout, an orphan closed after a
+    /// crash, or a channel Asterisk itself tore down (shutdown, restart).
     Aborted,
 }
 
@@ -55,15 +56,26 @@ impl Outcome {
         }
     }
 
-    /// The reminder reached the client: sets `outbound_call_is_sent`.
-    pub fn is_delivered(self) -> bool {
-        matches!(self, Outcome::Completed | Outcome::HungUpEarly)
-    }
-
-    /// Retried after a delay (SPEC §6). Delivered reminders are never
-    /// retried, and invalid numbers wait for staff to fix the number.
+    /// Retried after a per-outcome delay (README "Retries"). A completed
+    /// reminder is never retried, invalid numbers wait for staff to fix the
+    /// number, and an early hang-up waits for the next calling day instead.
     pub fn is_retryable(self) -> bool {
-        !self.is_delivered() && self != Outcome::InvalidNumber
+        !matches!(
+            self,
+            Outcome::Completed | Outcome::HungUpEarly | Outcome::InvalidNumber
+        )
+    }
+}
+
+/// Delivered means heard: the whole prompt (`completed`), or an early
+/// hang-up after at least `min_heard_secs` of it. Only a delivered
+/// reminder sets `outbound_call_is_sent`. Anything Asterisk or the daemon
+/// cut (`aborted`, `timeout`) is not, whatever was heard.
+pub fn is_delivered(outcome: Outcome, heard_secs: Option<u32>, min_heard_secs: u64) -> bool {
+    match outcome {
+        Outcome::Completed => true,
+        Outcome::HungUpEarly => heard_secs.is_some_and(|h| u64::from(h) >= min_heard_secs),
+        _ => false,
     }
 }
 
@@ -93,12 +105,28 @@ mod tests {
             assert_eq!(o.as_str().parse::<Outcome>(), Ok(o));
         }
         assert!("answered".parse::<Outcome>().is_err());
-        let delivered: Vec<_> = Outcome::ALL
-            .into_iter()
-            .filter(|o| o.is_delivered())
-            .collect();
-        assert_eq!(delivered, [Outcome::Completed, Outcome::HungUpEarly]);
         assert!(!Outcome::InvalidNumber.is_retryable());
+        assert!(!Outcome::HungUpEarly.is_retryable());
         assert!(Outcome::Busy.is_retryable());
+        assert!(Outcome::Aborted.is_retryable());
+    }
+
+    #[test]
+    fn delivered_means_heard() {
+        let heard_by_everyone: Vec<_> = Outcome::ALL
+            .into_iter()
+            .filter(|o| is_delivered(*o, Some(600), 5))
+            .collect();
+        assert_eq!(
+            heard_by_everyone,
+            [Outcome::Completed, Outcome::HungUpEarly]
+        );
+        assert!(is_delivered(Outcome::Completed, None, 5));
+        assert!(!is_delivered(Outcome::HungUpEarly, Some(1), 5));
+        assert!(!is_delivered(Outcome::HungUpEarly, Some(4), 5));
+        assert!(is_delivered(Outcome::HungUpEarly, Some(5), 5));
+        assert!(!is_delivered(Outcome::HungUpEarly, None, 5));
+        assert!(is_delivered(Outcome::HungUpEarly, Some(0), 0));
+        assert!(!is_delivered(Outcome::Aborted, Some(20), 5));
     }
 }

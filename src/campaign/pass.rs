@@ -10,12 +10,12 @@ use chrono::NaiveDateTime;
 use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::time::Instant;
 
-use super::call::{place, CallEnd, CallPlan, Ended};
-use super::outcome::Outcome;
+use super::call::{after, place, CallEnd, CallPlan, Ended};
+use super::outcome::{is_delivered, Outcome};
 use super::router::Router;
 use super::selection::{decide, ClientFacts, Decision, Policy, SkipReason};
 use super::trunks::dial_string;
-use super::trunks::pool::{TrunkPool, TrunkStats, Use};
+use super::trunks::pool::{Refusal, TrunkPool, TrunkStats, Use};
 use crate::ari::{AriClient, ConnState};
 use crate::billing::phone::{mask, normalize, Mobile};
 use crate::billing::{Billing, BillingError, CallRecord, Claim};
@@ -34,6 +34,41 @@ pub struct Campaign {
     /// Written into each claim: which daemon dialled.
     pub host: String,
     pub clock: Arc<dyn Clock>,
+    /// Asterisk's `startup_time` as last seen (`None` until known).
+    pub asterisk_started: watch::Receiver<Option<String>>,
+    #[doc(hidden)]
+    pub hooks: Hooks,
+    /// Calls adopted after a restart still being followed.
+    pub(crate) adopted: std::sync::atomic::AtomicUsize,
+    pub(crate) adopted_done: tokio::sync::Notify,
+    /// Raised at shutdown: adopted calls are hung up.
+    pub(crate) adopt_abort: watch::Sender<bool>,
+}
+
+/// Faults tests inject into a running campaign. Empty in production.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct Hooks {
+    /// Clients whose call task panics when their call is answered.
+    pub panic_on_answer: std::sync::Mutex<std::collections::HashSet<i64>>,
+}
+
+impl Hooks {
+    fn panics_on_answer(&self, client_id: i64) -> bool {
+        self.panic_on_answer
+            .lock()
+            .is_ok_and(|set| set.contains(&client_id))
+    }
+}
+
+/// What a call task has done so far, kept outside the task so that, should
+/// it panic, the pass can still hang its channel up, give its trunk back
+/// and record its attempt.
+#[derive(Default)]
+struct Progress {
+    claim: Option<Claim>,
+    channel: Option<String>,
+    trunk: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -172,10 +207,12 @@ async fn global_timeout(
 pub enum PassError {
     #[error("cannot select clients: {0}")]
     Select(BillingError),
+    #[error("cannot check the attempts an earlier run left open: {0}")]
+    Orphans(BillingError),
 }
 
 /// The media list with `{saldo}` and `{corte}` filled in for this client.
-fn media_for(config: &Config, client: &ClientFacts) -> Vec<String> {
+pub(crate) fn media_for(config: &Config, client: &ClientFacts) -> Vec<String> {
     let saldo = client
         .open_balance
         .as_deref()
@@ -224,9 +261,42 @@ impl Campaign {
         }
     }
 
+    /// What every pass goes through: attempts left open by an earlier run
+    /// are closed or adopted, adopted calls are waited for (they hold
+    /// channels too), then the pass runs.
+    pub async fn pass(
+        self: &Arc<Self>,
+        opts: PassOptions,
+        abort: watch::Receiver<bool>,
+    ) -> Result<PassSummary, PassError> {
+        super::reconcile::orphans(self)
+            .await
+            .map_err(PassError::Orphans)?;
+        self.wait_adopted(Some(abort.clone())).await;
+        self.run_pass(opts, abort).await
+    }
+
+    /// Until no adopted call is left (or `abort` is raised).
+    pub(crate) async fn wait_adopted(&self, abort: Option<watch::Receiver<bool>>) {
+        use std::sync::atomic::Ordering;
+        let mut abort = abort.unwrap_or_else(|| watch::channel(false).1);
+        loop {
+            let done = self.adopted_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.adopted.load(Ordering::SeqCst) == 0 || *abort.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = done => {}
+                _ = abort.wait_for(|a| *a) => return,
+            }
+        }
+    }
+
     /// Runs one pass. `abort` (shutdown) stops new calls and hangs up those
     /// in flight; the global timeout does the same by itself.
-    pub async fn run_pass(
+    async fn run_pass(
         self: &Arc<Self>,
         opts: PassOptions,
         abort: watch::Receiver<bool>,
@@ -249,13 +319,15 @@ impl Campaign {
 
         // Global timeout: the seed script's rule, base + per selected
         // client; it grows as pages of clients arrive.
-        let (deadline_tx, deadline_rx) = watch::channel(
-            Instant::now()
-                + Duration::from_secs(
-                    c.run_timeout_base_secs
-                        + c.run_timeout_per_client_secs * hopper.queue.len() as u64,
+        let (deadline_tx, deadline_rx) = watch::channel(after(
+            Instant::now(),
+            Duration::from_secs(
+                c.run_timeout_base_secs.saturating_add(
+                    c.run_timeout_per_client_secs
+                        .saturating_mul(hopper.queue.len() as u64),
                 ),
-        );
+            ),
+        ));
         let (abort_tx, abort_rx) = watch::channel(false);
         let watcher = tokio::spawn(global_timeout(deadline_rx, abort.clone(), abort_tx.clone()));
         if *abort.borrow() {
@@ -289,9 +361,10 @@ impl Campaign {
                 {
                     Ok(()) => {
                         let more = Duration::from_secs(
-                            c.run_timeout_per_client_secs * hopper.queue.len() as u64,
+                            c.run_timeout_per_client_secs
+                                .saturating_mul(hopper.queue.len() as u64),
                         );
-                        deadline_tx.send_modify(|d| *d += more);
+                        deadline_tx.send_modify(|d| *d = after(*d, more));
                     }
                     Err(e) => {
                         // The clients not yet read wait for the next pass;
@@ -320,7 +393,7 @@ impl Campaign {
             }
             let shared = shared.clone();
             tasks.spawn(async move {
-                shared.call_client(client, mobile).await;
+                shared.call_client_guarded(client, mobile).await;
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}
@@ -395,19 +468,11 @@ impl Campaign {
             .await
         {
             Ok(Some(claim)) => {
-                let record = CallRecord {
-                    outcome: Outcome::InvalidNumber,
-                    dialled: false,
-                    hangup_cause: None,
-                    trunk: None,
-                    channel_id: None,
-                    phone_e164: None,
-                    answered_at: None,
-                    ended_at: now,
-                    ring_seconds: None,
-                    billable_seconds: None,
-                    detail: Some(format!("invalid phone: {why}")),
-                };
+                let record = CallRecord::not_dialled(
+                    Outcome::InvalidNumber,
+                    now,
+                    format!("invalid phone: {why}"),
+                );
                 if self.write(&claim, &record).await {
                     *summary.outcomes.entry(Outcome::InvalidNumber).or_insert(0) += 1;
                     summary.calls.push(CallLine {
@@ -491,26 +556,90 @@ impl PassSummary {
 }
 
 impl Shared {
-    async fn call_client(&self, client: ClientFacts, mobile: Mobile) {
+    /// `call_client`, with what a panic would leave behind cleaned up: the
+    /// channel is hung up, the trunk given back and the attempt recorded
+    /// `failed` with the panic's message; the pass goes on.
+    async fn call_client_guarded(&self, client: ClientFacts, mobile: Mobile) {
+        use futures_util::FutureExt;
+        let progress = std::sync::Mutex::new(Progress::default());
+        let client_id = client.id;
+        let phone = mobile.masked();
+        let run = std::panic::AssertUnwindSafe(self.call_client(client, mobile, &progress));
+        let Err(panic) = run.catch_unwind().await else {
+            return;
+        };
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
+        let camp = &self.campaign;
+        tracing::error!(client_id, phone = %phone, panic = %message, "CALL TASK PANICKED: hanging up its channel and recording the attempt as failed");
+        if let Some(index) = progress.trunk {
+            camp.trunks.release(index, Use::Neutral);
+        }
+        if let Some(channel) = &progress.channel {
+            camp.router.unregister(channel);
+            if let Err(e) = camp.ari.hangup(channel, "normal").await {
+                if !e.is_not_found() {
+                    tracing::error!(client_id, %channel, error = %e, "cannot hang up the channel of a panicked call");
+                }
+            }
+        }
+        let Some(claim) = progress.claim else {
+            return self.skip("internal error").await;
+        };
+        let record = CallRecord::closed(
+            Outcome::Failed,
+            progress.channel.clone(),
+            camp.now(),
+            format!("internal error (call task panicked): {message}"),
+        );
+        let record = CallRecord {
+            dialled: progress.channel.is_some(),
+            ..record
+        };
+        let written = camp.write(&claim, &record).await;
+        let mut s = self.summary.lock().await;
+        if !written {
+            s.unwritten += 1;
+        }
+        *s.outcomes.entry(Outcome::Failed).or_insert(0) += 1;
+        s.calls.push(CallLine {
+            client_id,
+            phone,
+            trunk: None,
+            outcome: Outcome::Failed,
+            cause: None,
+            ring_seconds: 0,
+            talk_seconds: 0,
+            detail: record.detail.clone(),
+        });
+    }
+
+    fn note(progress: &std::sync::Mutex<Progress>, f: impl FnOnce(&mut Progress)) {
+        f(&mut progress.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    async fn call_client(
+        &self,
+        client: ClientFacts,
+        mobile: Mobile,
+        progress: &std::sync::Mutex<Progress>,
+    ) {
         let camp = &self.campaign;
         let cfg = &camp.config.campaign;
         // Pacing: calls_per_second originates at most.
         {
             let mut next = self.pacing.lock().await;
             let slot = (*next).max(Instant::now());
-            *next = slot + Duration::from_secs_f64(1.0 / cfg.calls_per_second);
+            *next = after(slot, Duration::from_secs_f64(1.0 / cfg.calls_per_second));
             drop(next);
             tokio::time::sleep_until(slot).await;
         }
         // Never originate while the event socket is down: Asterisk would hang up the answered call.
-        let mut state = camp.ari_state.clone();
-        let mut abort = self.abort.clone();
-        let ready = tokio::select! {
-            r = state.wait_for(ConnState::is_connected) => r.is_ok(),
-            _ = abort.wait_for(|a| *a) => false,
-        };
-        let aborted = *abort.borrow();
-        if !ready || aborted {
+        if !self.connected().await {
             return self.skip("pass ended first").await;
         }
         if self.opts.draining() {
@@ -541,6 +670,7 @@ impl Shared {
                 return self.skip("claim failed").await;
             }
         };
+        Self::note(progress, |p| p.claim = Some(claim.clone()));
         let media = media_for(&camp.config, &client);
         // Trunks that refused this attempt (cooled at once), and trunks on
         // which it congested before ringing (cooled only if another trunk
@@ -548,8 +678,11 @@ impl Shared {
         let mut refused: Vec<usize> = Vec::new();
         let mut congested: Vec<usize> = Vec::new();
         let max_tries = camp.trunks.len() * 3;
+        let mut tries = 0;
+        let mut try_no = 0;
         let mut last_refusal = None;
-        for try_no in 0..max_tries {
+        let mut abort = self.abort.clone();
+        while tries < max_tries {
             let avoid: Vec<usize> = refused.iter().chain(&congested).copied().collect();
             let acquired = tokio::select! {
                 t = camp.trunks.acquire(&avoid) => Some(t),
@@ -558,11 +691,28 @@ impl Shared {
             let Some((index, trunk)) = acquired else {
                 break;
             };
+            Self::note(progress, |p| p.trunk = Some(index));
+            // The socket may have dropped while we waited for a trunk.
+            if !camp.ari_state.borrow().is_connected() {
+                camp.trunks.release(index, Use::Neutral);
+                Self::note(progress, |p| p.trunk = None);
+                if !self.connected().await {
+                    break;
+                }
+                continue;
+            }
             let channel_id = if try_no == 0 {
                 claim.channel_id()
             } else {
-                format!("{}-{}", claim.channel_id(), try_no + 1)
+                let id = format!("{}-{}", claim.channel_id(), try_no + 1);
+                // Written before the originate, so a crash leaves it findable.
+                if let Err(e) = camp.billing.set_channel(&claim, &id).await {
+                    tracing::warn!(client_id = client.id, error = %e, "cannot record the retry's channel id");
+                }
+                id
             };
+            try_no += 1;
+            Self::note(progress, |p| p.channel = Some(channel_id.clone()));
             let plan = CallPlan {
                 channel_id: channel_id.clone(),
                 endpoint: dial_string(&trunk.endpoint, mobile.national()),
@@ -572,34 +722,56 @@ impl Shared {
                 call_timeout: Duration::from_secs(cfg.call_timeout_secs),
                 media: media.clone(),
                 lang: cfg.lang.clone(),
+                asterisk_started: camp.asterisk_started.borrow().clone(),
+                panic_on_answer: camp.hooks.panics_on_answer(client.id),
             };
             let originated = camp.now();
-            match place(
+            let end = place(
                 &camp.ari,
                 &camp.router,
                 &plan,
                 self.abort.clone(),
                 camp.ari_state.clone(),
             )
-            .await
-            {
+            .await;
+            Self::note(progress, |p| {
+                p.trunk = None;
+                p.channel = None;
+            });
+            match end {
                 CallEnd::Refused { status, message } => {
-                    camp.trunks.release(index, Use::TrunkFailed);
-                    tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "originate refused; trying the next trunk");
                     last_refusal = Some(format!("HTTP {status}: {message}"));
-                    if !refused.contains(&index) {
-                        refused.push(index);
+                    // A refusal while the socket is down says nothing of the trunk.
+                    if !camp.ari_state.borrow().is_connected() {
+                        camp.trunks.release(index, Use::Neutral);
+                        continue;
+                    }
+                    match camp.trunks.refused(index) {
+                        Refusal::Asterisk => {
+                            tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "Asterisk refused the originate on every trunk; no attempt spent, trying again");
+                            refused.clear();
+                            congested.clear();
+                        }
+                        Refusal::Trunk => {
+                            tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "originate refused; trying the next trunk");
+                            tries += 1;
+                            if !refused.contains(&index) {
+                                refused.push(index);
+                            }
+                        }
                     }
                 }
                 CallEnd::NotPlaced { reason } => {
                     camp.trunks.release(index, Use::Neutral);
                     tracing::warn!(client_id = client.id, %reason, "originate did not reach Asterisk");
-                    let record = not_dialled(
+                    let record = CallRecord::not_dialled(
                         Outcome::Aborted,
                         originated,
                         format!("not dialled: {reason}"),
                     );
-                    return self.finish(&client, &mobile, &claim, None, record).await;
+                    return self
+                        .finish(&client, &mobile, &claim, None, record, progress)
+                        .await;
                 }
                 CallEnd::Ended(end)
                     if end.trunk_congested
@@ -608,6 +780,7 @@ impl Shared {
                 {
                     camp.trunks.release(index, Use::Neutral);
                     tracing::warn!(client_id = client.id, trunk = %trunk.name, cause = ?end.cause, "congestion before ringing; trying the next trunk");
+                    tries += 1;
                     congested.push(index);
                 }
                 CallEnd::Ended(end) => {
@@ -619,9 +792,16 @@ impl Shared {
                             camp.trunks.blame(t);
                         }
                     }
-                    let record = dialled(&end, originated, &trunk.name, &channel_id, &mobile);
+                    let record = dialled(
+                        &end,
+                        originated,
+                        &trunk.name,
+                        &channel_id,
+                        &mobile,
+                        cfg.min_heard_secs,
+                    );
                     return self
-                        .finish(&client, &mobile, &claim, Some(&end), record)
+                        .finish(&client, &mobile, &claim, Some(&end), record, progress)
                         .await;
                 }
             }
@@ -636,8 +816,20 @@ impl Shared {
                 "pass ended before a trunk was free".to_owned(),
             ),
         };
-        let record = not_dialled(outcome, camp.now(), detail);
-        self.finish(&client, &mobile, &claim, None, record).await;
+        let record = CallRecord::not_dialled(outcome, camp.now(), detail);
+        self.finish(&client, &mobile, &claim, None, record, progress)
+            .await;
+    }
+
+    /// Waits until the event socket is up; `false` if the pass ends first.
+    async fn connected(&self) -> bool {
+        let mut state = self.campaign.ari_state.clone();
+        let mut abort = self.abort.clone();
+        let ready = tokio::select! {
+            r = state.wait_for(ConnState::is_connected) => r.is_ok(),
+            _ = abort.wait_for(|a| *a) => false,
+        };
+        ready && !*abort.borrow()
     }
 
     async fn skip(&self, reason: &str) {
@@ -651,6 +843,7 @@ impl Shared {
         claim: &Claim,
         end: Option<&Ended>,
         record: CallRecord,
+        progress: &std::sync::Mutex<Progress>,
     ) {
         let camp = &self.campaign;
         let line = CallLine {
@@ -668,6 +861,7 @@ impl Shared {
             phone = %line.phone,
             trunk = line.trunk.as_deref().unwrap_or("-"),
             outcome = %line.outcome,
+            delivered = record.delivered,
             cause = line.cause.map_or_else(|| "-".to_owned(), |c| c.to_string()),
             ring_s = line.ring_seconds,
             talk_s = line.talk_seconds,
@@ -675,6 +869,7 @@ impl Shared {
             "call ended"
         );
         let written = camp.write(claim, &record).await;
+        Self::note(progress, |p| p.claim = None);
         let mut s = self.summary.lock().await;
         if !written {
             s.unwritten += 1;
@@ -684,28 +879,13 @@ impl Shared {
     }
 }
 
-fn not_dialled(outcome: Outcome, at: NaiveDateTime, detail: String) -> CallRecord {
-    CallRecord {
-        outcome,
-        dialled: false,
-        hangup_cause: None,
-        trunk: None,
-        channel_id: None,
-        phone_e164: None,
-        answered_at: None,
-        ended_at: at,
-        ring_seconds: None,
-        billable_seconds: None,
-        detail: Some(detail),
-    }
-}
-
 fn dialled(
     end: &Ended,
     originated: NaiveDateTime,
     trunk: &str,
     channel_id: &str,
     mobile: &Mobile,
+    min_heard_secs: u64,
 ) -> CallRecord {
     CallRecord {
         outcome: end.outcome,
@@ -719,6 +899,8 @@ fn dialled(
         ring_seconds: Some(end.ring_seconds()),
         billable_seconds: Some(end.talk_seconds()),
         detail: end.detail.clone(),
+        delivered: is_delivered(end.outcome, end.heard_seconds(), min_heard_secs),
+        heard_seconds: end.heard_seconds(),
     }
 }
 

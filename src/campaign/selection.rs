@@ -30,7 +30,7 @@ pub struct ClientFacts {
     /// Sum of open balances, as MySQL printed it (for display and spoken details).
     pub open_balance: Option<String>,
     pub last_attempt: Option<LastAttempt>,
-    /// End of the latest delivered reminder (`completed` / `hung_up_early`).
+    /// End of the latest delivered reminder (`overdue_call_log.delivered`).
     pub last_contact: Option<NaiveDateTime>,
 }
 
@@ -172,6 +172,11 @@ pub fn check_client(c: &ClientFacts, now: NaiveDateTime, p: &Policy) -> Result<(
         }
         if let (Some(outcome), Some(ended)) = (last.outcome, last.ended_at) {
             if outcome.is_retryable() && ended > now - p.retry_delay(outcome) {
+                return Err(SkipReason::RetryNotDue);
+            }
+            // Contact was made: not twice the same day (Ley 2300), even
+            // when too little was heard for the reminder to count.
+            if outcome == Outcome::HungUpEarly && ended.date() >= now.date() {
                 return Err(SkipReason::RetryNotDue);
             }
         }
@@ -382,6 +387,26 @@ mod tests {
             }),
             Ok(())
         );
+    }
+
+    /// A short listen is contact made but no reminder delivered: the
+    /// client is called again, but not before the next calling day.
+    #[test]
+    fn an_early_hang_up_waits_for_the_next_day() {
+        let hung_up = |when: &str| ClientFacts {
+            attempts: 1,
+            last_attempt: last(Some(Outcome::HungUpEarly), when),
+            ..client()
+        };
+        assert_eq!(
+            check(&hung_up("2026-11-20 07:01")),
+            Err(SkipReason::RetryNotDue)
+        );
+        assert_eq!(
+            check(&hung_up("2026-11-20 09:59")),
+            Err(SkipReason::RetryNotDue)
+        );
+        assert_eq!(check(&hung_up("2026-11-19 18:59")), Ok(()));
     }
 
     #[test]

@@ -96,12 +96,69 @@ pub mod pool {
         cool_until: Option<Instant>,
         failures: u32,
         stats: TrunkStats,
+        /// The latest refusal, with the cool-down state it replaced (so a
+        /// refusal found to be Asterisk's, not the trunk's, can be undone).
+        refusal: Option<Refused>,
+    }
+
+    #[derive(Clone, Copy)]
+    struct Refused {
+        at: Instant,
+        failures_before: u32,
+        cool_until_before: Option<Instant>,
+    }
+
+    struct State {
+        slots: Vec<Slot>,
+        /// When Asterisk last placed a call on any trunk.
+        last_placed: Option<Instant>,
+        /// While Asterisk itself refuses originates, nobody dials until then.
+        hold_until: Option<Instant>,
+        hold_step: Duration,
     }
 
     pub struct TrunkPool {
-        slots: Mutex<Vec<Slot>>,
+        state: Mutex<State>,
         freed: Notify,
         cooldown: Duration,
+    }
+
+    /// Whose fault a refused originate was.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Refusal {
+        /// This trunk's: it cools down, the attempt moves to the next trunk.
+        Trunk,
+        /// Asterisk's: every trunk refused within `REFUSAL_WINDOW` and none
+        /// placed a call since, as while `core stop gracefully` waits
+        /// (every originate answers 500 `Allocation failed`, the same as a
+        /// broken endpoint). No cool-down, no attempt spent: the pool holds
+        /// every originate for a while and the attempt is tried again.
+        Asterisk,
+    }
+
+    /// "Within the same few seconds": refusals of every trunk this close
+    /// together are one cause, not several broken trunks.
+    pub const REFUSAL_WINDOW: Duration = Duration::from_secs(5);
+    const FIRST_HOLD: Duration = Duration::from_secs(1);
+    const MAX_HOLD: Duration = Duration::from_secs(30);
+
+    /// The rule behind `Refusal::Asterisk`: every trunk's latest refusal
+    /// is within `window` of `now` and no call was placed after the oldest.
+    pub fn asterisk_refusing(
+        refusals: &[Option<Instant>],
+        last_placed: Option<Instant>,
+        now: Instant,
+        window: Duration,
+    ) -> bool {
+        let Some(oldest) = refusals
+            .iter()
+            .map(|r| r.filter(|at| now.saturating_duration_since(*at) <= window))
+            .collect::<Option<Vec<Instant>>>()
+            .and_then(|v| v.into_iter().min())
+        else {
+            return false;
+        };
+        last_placed.is_none_or(|p| p < oldest)
     }
 
     /// How a use of a trunk went.
@@ -129,17 +186,23 @@ pub mod pool {
                     cool_until: None,
                     failures: 0,
                     stats: TrunkStats::default(),
+                    refusal: None,
                 })
                 .collect();
             TrunkPool {
-                slots: Mutex::new(slots),
+                state: Mutex::new(State {
+                    slots,
+                    last_placed: None,
+                    hold_until: None,
+                    hold_step: FIRST_HOLD,
+                }),
                 freed: Notify::new(),
                 cooldown,
             }
         }
 
-        fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
-            self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
         }
 
         /// Takes a channel on the best trunk, preferring those not in
@@ -150,25 +213,32 @@ pub mod pool {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let wake_at = {
-                    let mut slots = self.slots();
+                    let mut state = self.state();
                     let now = Instant::now();
-                    let usable = |s: &Slot| {
-                        s.in_use < s.cfg.max_channels && s.cool_until.is_none_or(|t| t <= now)
-                    };
-                    let pick = (0..slots.len())
-                        .find(|&i| usable(&slots[i]) && !avoid.contains(&i))
-                        .or_else(|| (0..slots.len()).find(|&i| usable(&slots[i])));
-                    if let Some(i) = pick {
-                        let s = &mut slots[i];
-                        s.in_use += 1;
-                        s.stats.attempts += 1;
-                        return (i, s.cfg.clone());
+                    match state.hold_until {
+                        Some(t) if t > now => Some(t),
+                        _ => {
+                            let slots = &mut state.slots;
+                            let usable = |s: &Slot| {
+                                s.in_use < s.cfg.max_channels
+                                    && s.cool_until.is_none_or(|t| t <= now)
+                            };
+                            let pick = (0..slots.len())
+                                .find(|&i| usable(&slots[i]) && !avoid.contains(&i))
+                                .or_else(|| (0..slots.len()).find(|&i| usable(&slots[i])));
+                            if let Some(i) = pick {
+                                let s = &mut slots[i];
+                                s.in_use += 1;
+                                s.stats.attempts += 1;
+                                return (i, s.cfg.clone());
+                            }
+                            slots
+                                .iter()
+                                .filter_map(|s| s.cool_until)
+                                .filter(|t| *t > now)
+                                .min()
+                        }
                     }
-                    slots
-                        .iter()
-                        .filter_map(|s| s.cool_until)
-                        .filter(|t| *t > now)
-                        .min()
                 };
                 match wake_at {
                     Some(t) => {
@@ -184,8 +254,13 @@ pub mod pool {
 
         /// Gives the channel back and books how it went.
         pub fn release(&self, index: usize, how: Use) {
-            let mut slots = self.slots();
-            if let Some(s) = slots.get_mut(index) {
+            let mut state = self.state();
+            if matches!(how, Use::Placed { .. }) {
+                state.last_placed = Some(Instant::now());
+                state.hold_until = None;
+                state.hold_step = FIRST_HOLD;
+            }
+            if let Some(s) = state.slots.get_mut(index) {
                 s.in_use = s.in_use.saturating_sub(1);
                 match how {
                     Use::Placed { answered } => {
@@ -201,17 +276,88 @@ pub mod pool {
                     Use::Neutral => {}
                 }
             }
-            drop(slots);
+            drop(state);
+            self.freed.notify_waiters();
+        }
+
+        /// Gives back the channel of an originate Asterisk refused, and
+        /// decides whose fault it was (see `Refusal`).
+        pub fn refused(&self, index: usize) -> Refusal {
+            let mut state = self.state();
+            let now = Instant::now();
+            let Some(s) = state.slots.get_mut(index) else {
+                return Refusal::Trunk;
+            };
+            s.in_use = s.in_use.saturating_sub(1);
+            s.refusal = Some(Refused {
+                at: now,
+                failures_before: s.failures,
+                cool_until_before: s.cool_until,
+            });
+            s.stats.failed += 1;
+            Self::cool(s, self.cooldown);
+            let refusals: Vec<Option<Instant>> = state
+                .slots
+                .iter()
+                .map(|s| s.refusal.map(|r| r.at))
+                .collect();
+            let verdict = if asterisk_refusing(&refusals, state.last_placed, now, REFUSAL_WINDOW) {
+                // Undo the cool-downs these refusals caused: no trunk was at fault.
+                for s in &mut state.slots {
+                    if let Some(r) = s.refusal.take() {
+                        s.failures = r.failures_before;
+                        s.cool_until = r.cool_until_before;
+                        s.stats.failed = s.stats.failed.saturating_sub(1);
+                    }
+                }
+                let step = state.hold_step;
+                state.hold_until = Some(now + step);
+                state.hold_step = (step * 2).min(MAX_HOLD);
+                tracing::warn!(
+                    hold_s = step.as_secs_f64(),
+                    "every trunk refused the originate: Asterisk is refusing calls (stopping?); no trunk cooled down, trying again"
+                );
+                Refusal::Asterisk
+            } else {
+                Refusal::Trunk
+            };
+            drop(state);
+            self.freed.notify_waiters();
+            verdict
+        }
+
+        /// Asterisk restarted: its earlier refusals said nothing about the
+        /// trunks, so every cool-down and hold ends now.
+        pub fn clear_cooldowns(&self) {
+            let mut state = self.state();
+            state.hold_until = None;
+            state.hold_step = FIRST_HOLD;
+            for s in &mut state.slots {
+                s.cool_until = None;
+                s.failures = 0;
+                s.refusal = None;
+            }
+            drop(state);
             self.freed.notify_waiters();
         }
 
         /// Blames a trunk after the fact (its congestion turned out to be its
         /// own: another trunk reached the callee): cool it down.
         pub fn blame(&self, index: usize) {
-            if let Some(s) = self.slots().get_mut(index) {
+            if let Some(s) = self.state().slots.get_mut(index) {
                 s.stats.failed += 1;
                 Self::cool(s, self.cooldown);
             }
+        }
+
+        /// Whether trunk `index` is cooling down now.
+        pub fn is_cooling(&self, index: usize) -> bool {
+            let now = Instant::now();
+            self.state()
+                .slots
+                .get(index)
+                .and_then(|s| s.cool_until)
+                .is_some_and(|t| t > now)
         }
 
         fn cool(s: &mut Slot, base: Duration) {
@@ -225,7 +371,7 @@ pub mod pool {
         }
 
         pub fn len(&self) -> usize {
-            self.slots().len()
+            self.state().slots.len()
         }
 
         pub fn is_empty(&self) -> bool {
@@ -234,7 +380,8 @@ pub mod pool {
 
         /// (name, counts) per trunk, in priority order.
         pub fn stats(&self) -> Vec<(String, TrunkStats)> {
-            self.slots()
+            self.state()
+                .slots
                 .iter()
                 .map(|s| (s.cfg.name.clone(), s.stats.clone()))
                 .collect()
