@@ -16,7 +16,7 @@ use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
 use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
 use overdue_dialer::config::{Config, MysqlConfig, Secret, TrunkConfig};
 use overdue_dialer::dialer::Dialer;
-use overdue_dialer::sim::{SimConfig, Simulator, SoundSpec};
+use overdue_dialer::sim::{Callee, SimConfig, Simulator, SoundSpec};
 
 /// `n` due clients; the last digit of each number cycles through the
 /// simulator's callees (answer, busy, no answer, congestion …).
@@ -297,87 +297,383 @@ async fn two_daemons_share_300_clients_and_dial_each_once() {
     assert_no_channel_left(&sim).await;
 }
 
+/// `overdue-dialer run` as systemd starts it, on a calling window open all
+/// week, with a 1 s poll so passes follow each other quickly.
+fn spawn_run(db: &TestDb, sim: &Simulator, extra_env: &[(&str, &str)]) -> std::process::Child {
+    let opts = &db.opts;
+    let open_all_week = r#"{weekdays={start="00:00",end="23:59:59"},saturday={start="00:00",end="23:59:59"},sunday={start="00:00",end="23:59:59"},colombian_holidays=false}"#;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_overdue-dialer"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MYSQL_SERVER", opts.ip_or_hostname())
+        .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
+        .env("MYSQL_USER", opts.user().unwrap_or("root"))
+        .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
+        .env("MYSQL_DATABASE", &db.name)
+        .env("OVERDUE_ARI__URL", sim.url())
+        .env("ASTERISK_PASSWORD", "asterisk")
+        .env("OVERDUE_WINDOW", open_all_week)
+        .env("OVERDUE_CAMPAIGN__POLL_INTERVAL_SECS", "1")
+        .env("OVERDUE_CAMPAIGN__MAX_CONCURRENT_CALLS", "10")
+        .env("OVERDUE_CAMPAIGN__CALLS_PER_SECOND", "100")
+        .env("OVERDUE_CAMPAIGN__SHUTDOWN_GRACE_SECS", "5")
+        .env(
+            "OVERDUE_TRUNKS",
+            r#"[{name="t1",endpoint="Local/{number}@from-voip",max_channels=10,priority=1}]"#,
+        );
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// (client, attempt, outcome, channel id, detail) of every call-log row.
+type Row = (i64, u32, Option<String>, Option<String>, Option<String>);
+
+async fn rows(db: &TestDb) -> Vec<Row> {
+    db.conn()
+        .await
+        .query("SELECT client_id, attempt_no, outcome, channel_id, detail FROM overdue_call_log ORDER BY client_id, attempt_no")
+        .await
+        .unwrap()
+}
+
+/// Panics with the daemon's own words if it has exited.
+fn still_running(child: &mut std::process::Child) {
+    if let Ok(Some(status)) = child.try_wait() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        panic!("the daemon exited ({status}): {err}");
+    }
+}
+
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let give_up = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < give_up {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+/// SIGKILL (an OOM kill, a power cut) while calls are up, then systemd's
+/// `Restart=on-failure`: every attempt gets an outcome within the call
+/// timeout, answered calls are hung up and recorded `aborted` (not
+/// delivered), ringing ones are adopted and end normally, each counted
+/// once, and every client is reached again on a later pass.
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_mid_pass_then_restart_closes_every_attempt() {
-    let db = TestDb::with_data(&clients(40)).await;
-    // Calls long enough that SIGKILL finds some up (digit 8 stays 6 s).
+async fn run_sigkilled_with_calls_up_then_restarted() {
+    // Clients 1–5 answer and stay on (last digit 8); 6–8 never answer (5).
+    let mut data = clients(8);
+    for c in &mut data.clients {
+        let digit = if c.id <= 5 { 8 } else { 5 };
+        c.telefono = Some(format!("3100000{:02}{digit}", c.id));
+    }
+    let db = TestDb::with_data(&data).await;
+    // A tenth of real time: the ring timeout (30 s) is 3 s, the prompt 60 s.
     let sim = Simulator::start(
         SimConfig {
-            time_scale: 0.02,
+            time_scale: 0.1,
             ..SimConfig::default()
         },
         0,
     )
     .await
     .unwrap();
-    let once = || {
-        let opts = &db.opts;
-        Command::new(env!("CARGO_BIN_EXE_overdue-dialer"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("MYSQL_SERVER", opts.ip_or_hostname())
-            .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
-            .env("MYSQL_USER", opts.user().unwrap_or("root"))
-            .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
-            .env("MYSQL_DATABASE", &db.name)
-            .env("OVERDUE_ARI__URL", sim.url())
-            .env("ASTERISK_PASSWORD", "asterisk")
-            .env("OVERDUE_CAMPAIGN__MAX_CONCURRENT_CALLS", "10")
-            .env("OVERDUE_CAMPAIGN__CALLS_PER_SECOND", "100")
-            .env(
-                "OVERDUE_TRUNKS",
-                r#"[{name="t1",endpoint="Local/{number}@from-voip",max_channels=10,priority=1}]"#,
-            )
-            .args(["once", "--ignore-window"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = once();
-    for _ in 0..500 {
-        if sim.live_calls() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if sim.live_calls() < 5 {
-        first.kill().unwrap();
-        let out = first.wait_with_output().unwrap();
-        panic!(
-            "calls never came up (originates {}, peak {}): {}",
-            sim.originate_count(),
-            sim.peak_calls(),
-            String::from_utf8_lossy(&out.stderr)
+    sim.configure(|c| {
+        c.sounds.insert(
+            "morosos_natalia".into(),
+            SoundSpec {
+                languages: vec!["es_MX".into()],
+                duration: Duration::from_secs(600),
+            },
         );
-    }
+    });
+    let env = [
+        ("OVERDUE_CAMPAIGN__CALL_TIMEOUT_SECS", "40"),
+        ("OVERDUE_RETRY_MINUTES__NO_ANSWER", "0"),
+    ];
+    let mut first = spawn_run(&db, &sim, &env);
+    until(
+        "5 answered and 3 ringing calls",
+        Duration::from_secs(20),
+        || async { sim.live_calls() == 8 && sim.stasis_starts().len() == 5 },
+    )
+    .await;
+    still_running(&mut first);
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
+    let open: Vec<Row> = rows(&db).await;
+    assert_eq!(open.len(), 8);
+    for (client, _, outcome, channel, _) in &open {
+        assert_eq!(*outcome, None, "client {client}: killed mid-call");
+        assert_eq!(
+            channel.as_deref(),
+            Some(format!("overdue-{client}-1").as_str()),
+            "the channel id is written with the claim"
+        );
+    }
+    assert_eq!(sim.live_calls(), 8, "Asterisk keeps a dead client's calls");
+
+    // The next passes may be quick: the prompt is 1 s now.
+    sim.configure(|c| {
+        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
+            s.duration = Duration::from_secs(10);
+        }
+    });
+    let restarted = std::time::Instant::now();
+    let mut second = spawn_run(&db, &sim, &env);
+    until(
+        "every first attempt has an outcome",
+        Duration::from_secs(20),
+        || async {
+            rows(&db)
+                .await
+                .iter()
+                .filter(|r| r.1 == 1)
+                .all(|r| r.2.is_some())
+        },
+    )
+    .await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(20),
+        "within call_timeout_secs"
+    );
+    until(
+        "every client reached again",
+        Duration::from_secs(30),
+        || async {
+            let rows = rows(&db).await;
+            (1..=8).all(|id| rows.iter().any(|r| r.0 == id && r.1 == 2 && r.2.is_some()))
+        },
+    )
+    .await;
+    sigterm(&second);
+    let out = tokio::task::spawn_blocking(move || {
+        let status = second.wait();
+        let mut err = String::new();
+        if let Some(mut e) = second.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, err)
+    })
+    .await
+    .unwrap();
+    assert!(out.0.unwrap().success(), "{}", out.1);
+
+    let rows = rows(&db).await;
+    for (client, attempt, outcome, channel, detail) in rows.iter().filter(|r| r.1 == 1) {
+        let outcome = outcome.as_deref().unwrap_or("");
+        if *client <= 5 {
+            assert_eq!(
+                outcome, "aborted",
+                "client {client} attempt {attempt}: {detail:?}"
+            );
+            assert!(
+                detail
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("answered before the daemon restarted"),
+                "{detail:?}"
+            );
+        } else {
+            assert_eq!(
+                outcome, "no_answer",
+                "client {client}: adopted and followed: {detail:?}"
+            );
+            assert!(
+                detail.as_deref().unwrap_or("").contains("adopted"),
+                "{detail:?}"
+            );
+        }
+        assert_eq!(
+            channel.as_deref(),
+            Some(format!("overdue-{client}-1").as_str())
+        );
+    }
     let mut conn = db.conn().await;
-    let open: Vec<i64> = conn
-        .query("SELECT client_id FROM overdue_call_log WHERE outcome IS NULL")
+    let counters: Vec<(i64, i64, i64)> = conn
+        .query("SELECT a.id, a.outbound_call_attempts, (SELECT COUNT(*) FROM overdue_call_log l WHERE l.client_id = a.id AND l.outcome IS NOT NULL) FROM afiliados a ORDER BY a.id")
         .await
         .unwrap();
-    assert!(!open.is_empty(), "the kill left attempts open");
-    let second = once();
-    let out = tokio::task::spawn_blocking(move || second.wait_with_output())
+    for (id, attempts, logged) in counters {
+        assert_eq!(
+            attempts, logged,
+            "client {id}: each attempt counted exactly once"
+        );
+    }
+    let sent: Vec<(i64, i64)> = conn
+        .query("SELECT id, outbound_call_is_sent FROM afiliados WHERE id <= 5 ORDER BY id")
         .await
-        .unwrap()
         .unwrap();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        sent.iter().all(|(_, s)| *s == 1),
+        "reached and heard on a later pass: {sent:?}"
     );
-    let attempts = assert_nothing_lost(&db).await;
-    // The open attempts were closed as aborted, not dialled again under the same attempt.
-    let aborted: Vec<i64> = conn.query("SELECT client_id FROM overdue_call_log WHERE outcome = 'aborted' AND detail LIKE 'daemon%'").await.unwrap();
-    let mut a = aborted.clone();
-    a.sort();
-    let mut o = open.clone();
-    o.sort();
-    assert_eq!(a, o);
-    assert_eq!(attempts.len(), 40);
     assert_no_attempt_dialled_twice(&sim);
+    assert_no_channel_left(&sim).await;
+}
+
+fn sigterm(child: &std::process::Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Delivered means heard: a callee who hangs up 1 s into the prompt was
+/// reached (`hung_up_early`, with the seconds heard) but not delivered, and
+/// is called again the next calling day, not the same day; one who hangs
+/// up after 6 s (over `campaign.min_heard_secs` = 5) was delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_hang_up_is_delivered_only_when_heard_long_enough() {
+    let mut data = clients(2);
+    data.clients[0].telefono = Some("3001110001".into());
+    data.clients[1].telefono = Some("3001110002".into());
+    let db = TestDb::with_data(&data).await;
+    // Real time: the seconds heard are measured on the daemon's clock.
+    let sim = Simulator::start(SimConfig::default(), 0).await.unwrap();
+    sim.configure(|c| {
+        c.sounds.insert(
+            "morosos_natalia".into(),
+            SoundSpec {
+                languages: vec!["es_MX".into()],
+                duration: Duration::from_secs(20),
+            },
+        );
+        for (number, secs) in [("3001110001", 1), ("3001110002", 6)] {
+            c.callees.insert(
+                number.into(),
+                Callee::Answers {
+                    hangs_up_after: Duration::from_millis(secs * 1000 + 200),
+                },
+            );
+        }
+    });
+    let dialer = Dialer::connect(config(&db, &sim), "host-a".into())
+        .await
+        .unwrap();
+    let summary = pass(&dialer).await;
+    dialer.shutdown().await;
+    assert_eq!(
+        summary
+            .outcomes
+            .get(&overdue_dialer::campaign::outcome::Outcome::HungUpEarly),
+        Some(&2)
+    );
+    let mut conn = db.conn().await;
+    let got: Vec<(i64, String, i64, Option<u32>, i64)> = conn
+        .query("SELECT l.client_id, l.outcome, l.delivered, l.heard_seconds, a.outbound_call_is_sent FROM overdue_call_log l JOIN afiliados a ON a.id = l.client_id ORDER BY l.client_id")
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            (1, "hung_up_early".into(), 0, Some(1), 0),
+            (2, "hung_up_early".into(), 1, Some(6), 1),
+        ]
+    );
+    // Not twice the same day; the next calling day, yes.
+    let billing = overdue_dialer::billing::Billing::new(db.opts.clone());
+    let policy = overdue_dialer::campaign::selection::Policy::from_config(&config(&db, &sim));
+    let today = overdue_dialer::compliance::local_now(chrono_tz::America::Bogota);
+    let ids = |v: Vec<overdue_dialer::campaign::selection::ClientFacts>| {
+        v.into_iter().map(|c| c.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(billing.eligible_clients(today, &policy).await.unwrap()),
+        Vec::<i64>::new()
+    );
+    let tomorrow = today + chrono::Duration::days(1);
+    assert_eq!(
+        ids(billing.eligible_clients(tomorrow, &policy).await.unwrap()),
+        vec![1]
+    );
+    billing.close().await.unwrap();
+}
+
+/// Another host's open claim is closed once older than
+/// `campaign.orphan_after_mins` (30), not before: that host may still be
+/// on the call.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_hosts_claim_is_closed_only_when_stale() {
+    let db = TestDb::with_data(&clients(2)).await;
+    let sim = slow_sim().await;
+    let cfg = config(&db, &sim);
+    let now = overdue_dialer::compliance::local_now(cfg.timezone);
+    let mut conn = db.conn().await;
+    for (client, minutes) in [(1, 31), (2, 29)] {
+        conn.exec_drop(
+            "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, channel_id) VALUES (?, 1, ?, 'pbx-b', ?)",
+            (client, now - chrono::Duration::minutes(minutes), format!("overdue-{client}-1")),
+        )
+        .await
+        .unwrap();
+    }
+    let dialer = Dialer::connect(cfg, "pbx-a".into()).await.unwrap();
+    dialer.shutdown().await;
+    let got: Vec<(i64, Option<String>)> = conn
+        .query("SELECT client_id, outcome FROM overdue_call_log ORDER BY client_id")
+        .await
+        .unwrap();
+    assert_eq!(got, vec![(1, Some("aborted".into())), (2, None)]);
+    let attempts: Vec<i64> = conn
+        .query("SELECT outbound_call_attempts FROM afiliados ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(attempts, vec![1, 0], "the closed orphan counts once");
+}
+
+/// A call task that panics (made to, by a test hook) leaves no open claim
+/// and no live channel: its channel is hung up, its attempt recorded
+/// `failed` with the panic's message, and the other calls go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_call_task_leaves_nothing_behind() {
+    let mut data = clients(3);
+    for c in &mut data.clients {
+        c.telefono = Some(format!("30022200{}8", c.id)); // answers, stays on
+    }
+    let db = TestDb::with_data(&data).await;
+    let sim = slow_sim().await;
+    let dialer = Dialer::connect(config(&db, &sim), "host-a".into())
+        .await
+        .unwrap();
+    if let Ok(mut set) = dialer.campaign.hooks.panic_on_answer.lock() {
+        set.insert(2);
+    }
+    let summary = pass(&dialer).await;
+    dialer.shutdown().await;
+    assert_eq!(summary.unwritten, 0);
+    let got = rows(&db).await;
+    let outcome = |id: i64| got.iter().find(|r| r.0 == id).and_then(|r| r.2.clone());
+    assert_eq!(outcome(2).as_deref(), Some("failed"));
+    let detail = got
+        .iter()
+        .find(|r| r.0 == 2)
+        .and_then(|r| r.4.clone())
+        .unwrap_or_default();
+    assert!(
+        detail.contains("panicked") && detail.contains("test hook"),
+        "{detail}"
+    );
+    assert_eq!(outcome(1).as_deref(), Some("completed"));
+    assert_eq!(outcome(3).as_deref(), Some("completed"));
+    assert_nothing_lost(&db).await;
     assert_no_channel_left(&sim).await;
 }

@@ -369,17 +369,25 @@ impl Billing {
             tx.rollback().await?;
             return Ok(None);
         }
-        let last: Option<(u32, Option<String>)> = tx
+        let last: Option<(u32, Option<String>, String, NaiveDateTime)> = tx
             .exec_first(
-                "SELECT attempt_no, outcome FROM overdue_call_log WHERE client_id = ? ORDER BY attempt_no DESC LIMIT 1",
+                "SELECT attempt_no, outcome, claimed_by, claimed_at FROM overdue_call_log WHERE client_id = ? ORDER BY attempt_no DESC LIMIT 1",
                 (client_id,),
             )
             .await?;
-        if matches!(last, Some((_, None))) {
+        if let Some((attempt_no, None, by, at)) = &last {
             tx.rollback().await?;
+            // Our own claim of this very call, whose COMMIT answer was lost
+            // (and the check for it failed too): it is ours to dial.
+            if by == claimed_by && *at == now {
+                return Ok(Some(Claim {
+                    client_id,
+                    attempt_no: *attempt_no,
+                }));
+            }
             return Ok(None);
         }
-        let attempt_no = last.map_or(1, |(n, _)| n + 1);
+        let attempt_no = last.map_or(1, |(n, ..)| n + 1);
         let claim = Claim {
             client_id,
             attempt_no,
