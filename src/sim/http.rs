@@ -80,6 +80,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ari/applications/{name}", get(application))
         .route("/ari/sounds/{id}", get(sound))
         .route("/ari/asterisk/ping", get(ping))
+        .route("/ari/asterisk/info", get(info))
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
 }
@@ -701,7 +702,7 @@ async fn destroy_bridge(State(sim): Sim, Path(id): Path<String>) -> Response {
     }
 }
 
-// ---- applications, sounds, ping ----
+// ---- applications, sounds, ping, info ----
 
 fn app_json(inner: &super::state::Inner, name: &str) -> Value {
     let mut ids: Vec<&String> = inner
@@ -749,6 +750,51 @@ async fn sound(State(sim): Sim, Path(id): Path<String>) -> Response {
 async fn ping(State(sim): Sim, _headers: HeaderMap) -> Response {
     Json(json!({ "asterisk_id": sim.asterisk_id, "ping": "pong", "timestamp": now_stamp() }))
         .into_response()
+}
+
+/// `GET /ari/asterisk/info` in real Asterisk's shape. `status.startup_time`
+/// is new after every restart: the only way a client can tell that
+/// Asterisk itself restarted rather than the network blinking.
+async fn info(State(sim): Sim, Query(q): Params) -> Response {
+    let startup = sim.startup_stamp();
+    let mut all = serde_json::Map::new();
+    all.insert(
+        "build".into(),
+        json!({
+            "os": "Linux",
+            "kernel": "6.8.0-57-generic",
+            "options": "BUILD_NATIVE, OPTIONAL_API",
+            "machine": "x86_64",
+            "date": "2026-01-05 14:03:11 UTC",
+            "user": "root",
+        }),
+    );
+    all.insert(
+        "system".into(),
+        json!({ "version": "22.10.1", "entity_id": sim.asterisk_id }),
+    );
+    all.insert(
+        "config".into(),
+        json!({
+            "name": "",
+            "default_language": "en",
+            "setid": { "user": "", "group": "" },
+        }),
+    );
+    all.insert(
+        "status".into(),
+        json!({ "startup_time": startup, "last_reload_time": startup }),
+    );
+    // `?only=status,system` as Asterisk allows.
+    let only: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "only")
+        .flat_map(|(_, v)| v.split(','))
+        .collect();
+    if !only.is_empty() {
+        all.retain(|k, _| only.contains(&k.as_str()));
+    }
+    Json(Value::Object(all)).into_response()
 }
 
 /// A caller dialling the inbound number over a SIP trunk: answered in

@@ -5,7 +5,8 @@
 //! the recorded event sequences (`call`).
 //!
 //! Test hooks on `Simulator`: drop every WebSocket; restart (refuse
-//! connections for a while and lose every channel); refuse originates for
+//! connections for a while and lose every channel); `startup_time`, new
+//! after every restart, as `GET /ari/asterisk/info` shows it; refuse originates for
 //! a technology with 500 `Allocation failed`; delay responses; per-number
 //! callee behaviour; and counters of live channels, bridges and requests.
 //! A time scale shrinks every simulated duration so tests run fast.
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 pub use dialplan::Callee;
@@ -87,6 +89,8 @@ pub(crate) struct Shared {
     cfg: Mutex<SimConfig>,
     inner: Mutex<Inner>,
     asterisk_id: String,
+    /// `status.startup_time` of `GET /asterisk/info`.
+    startup: Mutex<DateTime<Utc>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +119,19 @@ impl Shared {
 
     fn scaled(&self, d: Duration) -> Duration {
         d.mul_f64(self.cfg().time_scale.max(0.0))
+    }
+
+    fn startup_stamp(&self) -> String {
+        lock(&self.startup)
+            .format("%Y-%m-%dT%H:%M:%S%.3f%z")
+            .to_string()
+    }
+
+    /// A new Asterisk process: a later startup time, even within the same
+    /// millisecond, so a client comparing them always sees the change.
+    fn restarted(&self) {
+        let mut startup = lock(&self.startup);
+        *startup = Utc::now().max(*startup + chrono::Duration::milliseconds(1));
     }
 
     fn answer_delay(&self) -> Duration {
@@ -173,6 +190,7 @@ impl Simulator {
             cfg: Mutex::new(config),
             inner: Mutex::new(Inner::default()),
             asterisk_id: "02:fc:00:00:00:01".into(),
+            startup: Mutex::new(Utc::now()),
         });
         let listener = http::bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
         let addr = listener.local_addr()?;
@@ -210,7 +228,8 @@ impl Simulator {
     }
 
     /// An Asterisk restart: every connection is cut, every live channel is
-    /// lost without events, and connections are refused for `down`.
+    /// lost without events, and connections are refused for `down`; it
+    /// comes back with a new `startup_time`.
     pub async fn restart(&self, down: Duration) -> std::io::Result<()> {
         let server = lock(&self.server).take();
         if let Some(server) = server {
@@ -229,8 +248,15 @@ impl Simulator {
         }
         tokio::time::sleep(down).await;
         let listener = http::bind(self.addr)?;
+        self.shared.restarted();
         *lock(&self.server) = Some(tokio::spawn(http::serve(listener, self.shared.clone())));
         Ok(())
+    }
+
+    /// `status.startup_time` of `GET /ari/asterisk/info`, as Asterisk
+    /// formats it (`2026-01-10T11:41:58.123+0000`).
+    pub fn startup_time(&self) -> String {
+        self.shared.startup_stamp()
     }
 
     /// Live channels (each Local call is two).
