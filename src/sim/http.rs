@@ -231,14 +231,33 @@ fn allocation_failed() -> Response {
 }
 
 async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response {
+    let endpoint = param(&q, "endpoint").unwrap_or("");
+    let r = route(endpoint);
+    let number = match &r {
+        Route::LocalPstn { number }
+        | Route::LocalFromVoip { number }
+        | Route::LocalUnknownContext { number, .. }
+        | Route::Direct { number, .. } => number.clone(),
+        Route::LocalAgent => super::dialplan::AGENT_NUMBER.to_owned(),
+        Route::Unavailable => String::new(),
+    };
+    let (lost, late) = {
+        let cfg = sim.cfg();
+        (
+            cfg.lost_originates.contains(&number),
+            cfg.late_originate_answers.get(&number).copied(),
+        )
+    };
+    if lost {
+        // Never reached Asterisk: the client can only give up by its own timeout.
+        return std::future::pending().await;
+    }
     let Some(app) = param(&q, "app").filter(|a| !a.is_empty()) else {
         return message(
             StatusCode::BAD_REQUEST,
             "Application or extension must be specified",
         );
     };
-    let endpoint = param(&q, "endpoint").unwrap_or("");
-    let r = route(endpoint);
     let tech = endpoint.split('/').next().unwrap_or("");
     if r == Route::Unavailable || sim.cfg().failing_technologies.contains(tech) {
         return allocation_failed();
@@ -252,14 +271,6 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
         sim.scaled(std::time::Duration::from_secs(ring_secs as u64))
     };
     let caller = caller_from(param(&q, "callerId"));
-    let number = match &r {
-        Route::LocalPstn { number }
-        | Route::LocalFromVoip { number }
-        | Route::LocalUnknownContext { number, .. }
-        | Route::Direct { number, .. } => number.clone(),
-        Route::LocalAgent => super::dialplan::AGENT_NUMBER.to_owned(),
-        Route::Unavailable => String::new(),
-    };
     let callee = {
         let cfg = sim.cfg();
         cfg.callees
@@ -367,6 +378,9 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
     // events may reach the client before this response does.
     tokio::spawn(call::run(sim.clone(), call));
     tokio::task::yield_now().await;
+    if let Some(late) = late {
+        tokio::time::sleep(late).await;
+    }
     (StatusCode::OK, Json(a_json)).into_response()
 }
 

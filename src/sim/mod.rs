@@ -11,9 +11,11 @@
 //! originates refused until the calls end, then close frame 1000), both
 //! coming back empty after a while; `startup_time`, new after every
 //! restart, as `GET /ari/asterisk/info` shows it; refuse originates for a
-//! technology with 500 `Allocation failed`; delay responses; per-number
-//! callee behaviour; and counters of live channels, bridges and requests.
-//! A time scale shrinks every simulated duration so tests run fast.
+//! technology with 500 `Allocation failed`; delay responses; per number,
+//! answer an originate late (`late_originate_answers`) or never
+//! (`lost_originates`), and the callee's behaviour; and counters of live
+//! channels, bridges and requests. A time scale shrinks every simulated
+//! duration so tests run fast.
 
 mod call;
 pub mod dialplan;
@@ -60,6 +62,13 @@ pub struct SimConfig {
     /// Added before every REST answer.
     pub response_delay: Duration,
     pub inbound_app: String,
+    /// Per number: the call is placed at once, but the answer to its
+    /// originate comes only after this long (real time, not scaled): an
+    /// originate answered after the client's timeout still rings.
+    pub late_originate_answers: HashMap<String, Duration>,
+    /// Numbers whose originates never reach Asterisk: the request is
+    /// recorded, nothing is placed, and no answer ever comes.
+    pub lost_originates: HashSet<String>,
 }
 
 impl Default for SimConfig {
@@ -84,6 +93,8 @@ impl Default for SimConfig {
             failing_technologies: HashSet::new(),
             response_delay: Duration::ZERO,
             inbound_app: "openai-app".into(),
+            late_originate_answers: HashMap::new(),
+            lost_originates: HashSet::new(),
         }
     }
 }
