@@ -1,9 +1,12 @@
 //! Simulator behaviour the recordings do not cover but SPEC §5 relies on:
-//! direct trunk endpoints, ring delays, prompts, unregistered apps.
+//! direct trunk endpoints, ring delays, prompts, unregistered apps, and
+//! the faults around Asterisk stopping and originates going astray.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use overdue_dialer::ari::{AriClient, Backoff, Event, EventConnection, Originate};
+use overdue_dialer::ari::{
+    AriClient, AriError, Backoff, ConnState, Event, EventConnection, Originate,
+};
 use overdue_dialer::config::Secret;
 use overdue_dialer::sim::{Callee, SimConfig, Simulator};
 
@@ -286,5 +289,321 @@ async fn external_media_and_bridges() {
             .status()
             .map(|s| s.as_u16()),
         Some(404)
+    );
+}
+
+fn originate(endpoint: &str) -> Originate {
+    Originate {
+        endpoint: endpoint.into(),
+        app: "overdue-app".into(),
+        timeout_secs: Some(30),
+        ..Originate::default()
+    }
+}
+
+/// `GET /ari/asterisk/info`, which the ARI client has no call for.
+async fn asterisk_info(sim: &Simulator, query: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/ari/asterisk/info{query}", sim.url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+fn parse_stamp(s: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.3f%z")
+        .unwrap_or_else(|e| panic!("{s:?} is not Asterisk's timestamp format: {e}"))
+}
+
+fn epoch(events: &EventConnection) -> u64 {
+    match *events.state.borrow() {
+        ConnState::Connected { epoch } => epoch,
+        _ => 0,
+    }
+}
+
+/// Waits until the event connection is back after a restart.
+async fn reconnected(events: &mut EventConnection, before: u64) {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        events
+            .state
+            .wait_for(|s| matches!(s, ConnState::Connected { epoch } if *epoch > before)),
+    )
+    .await
+    .expect("never reconnected")
+    .unwrap();
+}
+
+/// Events until none has come for `quiet`.
+async fn drain(events: &mut EventConnection, quiet: Duration) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(Some(env)) = tokio::time::timeout(quiet, events.events.recv()).await {
+        out.push(env.event);
+    }
+    out
+}
+
+async fn until_stasis(events: &mut EventConnection, id: &str) {
+    loop {
+        let env = tokio::time::timeout(Duration::from_secs(5), events.events.recv())
+            .await
+            .expect("never entered Stasis")
+            .unwrap();
+        if matches!(&env.event, Event::StasisStart { channel, .. } if channel.id == id) {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn startup_time_changes_with_every_restart() {
+    let r = rig(fast()).await;
+    let (status, info) = asterisk_info(&r.sim, "").await;
+    assert_eq!(status, 200);
+    let first = r.sim.startup_time();
+    assert_eq!(info["status"]["startup_time"], first.as_str());
+    assert_eq!(info["system"]["version"], "22.10.1");
+    assert!(info["system"]["entity_id"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    assert!(info["build"].is_object() && info["config"].is_object());
+    let (_, only) = asterisk_info(&r.sim, "?only=status").await;
+    assert_eq!(
+        only.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["status".to_owned()])
+    );
+
+    r.sim.restart(Duration::from_millis(20)).await.unwrap();
+    let second = r.sim.startup_time();
+    assert!(
+        parse_stamp(&second) > parse_stamp(&first),
+        "{first} → {second}"
+    );
+    assert_eq!(
+        asterisk_info(&r.sim, "").await.1["status"]["startup_time"],
+        second.as_str()
+    );
+
+    r.sim.stop_now(Duration::from_millis(20)).await.unwrap();
+    let third = r.sim.startup_time();
+    assert!(
+        parse_stamp(&third) > parse_stamp(&second),
+        "{second} → {third}"
+    );
+    assert_eq!(
+        asterisk_info(&r.sim, "").await.1["status"]["startup_time"],
+        third.as_str()
+    );
+}
+
+#[tokio::test]
+async fn stopping_gracefully_refuses_originates_until_the_calls_end() {
+    let mut r = rig(fast()).await;
+    let first = r.sim.startup_time();
+    let ch = r
+        .ari
+        .originate(&originate("Local/3001234568@sim-pstn"))
+        .await
+        .unwrap();
+    until_stasis(&mut r.events, &ch.id).await;
+    let check = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(r.sim.is_stopping());
+        for endpoint in ["Local/3001234560@sim-pstn", "PJSIP/3001234560@voip_issabel"] {
+            let err = r.ari.originate(&originate(endpoint)).await.unwrap_err();
+            assert_eq!(err.status().map(|s| s.as_u16()), Some(500), "{endpoint}");
+            assert_eq!(err.message(), Some("Allocation failed"));
+        }
+        let (status, info) = asterisk_info(&r.sim, "").await;
+        assert_eq!(status, 200);
+        assert_eq!(info["status"]["startup_time"], first.as_str());
+        assert_eq!(r.sim.live_channels(), 2, "the call goes on");
+        r.ari.hangup(&ch.id, "normal").await.unwrap();
+    };
+    let (stopped, ()) = tokio::join!(r.sim.stop_gracefully(Duration::from_millis(20)), check);
+    stopped.unwrap();
+    assert!(!r.sim.is_stopping());
+    assert!(r.sim.startup_time() > first);
+    r.ari.ping().await.unwrap();
+    r.ari
+        .originate(&originate("Local/3001234564@sim-pstn"))
+        .await
+        .expect("originates are taken again");
+}
+
+#[tokio::test]
+async fn stop_now_leaves_nothing_and_asterisk_comes_back() {
+    let mut r = rig(fast()).await;
+    let before = epoch(&r.events);
+    let answered = r
+        .ari
+        .originate(&originate("Local/3001234568@sim-pstn"))
+        .await
+        .unwrap();
+    until_stasis(&mut r.events, &answered.id).await;
+    r.ari
+        .play(
+            &answered.id,
+            &["sound:morosos_natalia".into()],
+            Some("es_MX"),
+            None,
+        )
+        .await
+        .unwrap();
+    let ringing = r
+        .ari
+        .originate(&originate("PJSIP/3001234565@voip_issabel"))
+        .await
+        .unwrap();
+    let through_voip = r
+        .ari
+        .originate(&originate("Local/3001234568@from-voip"))
+        .await
+        .unwrap();
+    until_stasis(&mut r.events, &through_voip.id).await;
+    let agent = r
+        .ari
+        .originate(&originate("Local/3241000752@from-voip"))
+        .await
+        .unwrap();
+    until_stasis(&mut r.events, &agent.id).await;
+    let inbound = r.sim.inbound_call("3001234567").unwrap();
+    until_stasis(&mut r.events, &inbound).await;
+    let em = overdue_dialer::ari::ExternalMedia {
+        app: "openai-app".into(),
+        external_host: "127.0.0.1:40000".into(),
+        format: "ulaw".into(),
+        channel_id: None,
+        data: None,
+    };
+    let rtp = r.ari.external_media(&em).await.unwrap();
+    until_stasis(&mut r.events, &rtp.id).await;
+    let bridge = r.ari.create_bridge("agent").await.unwrap();
+    r.ari.add_to_bridge(&bridge.id, &rtp.id).await.unwrap();
+
+    r.sim.stop_now(Duration::from_millis(50)).await.unwrap();
+    assert_eq!((r.sim.live_channels(), r.sim.live_bridges()), (0, 0));
+    let evs = drain(&mut r.events, Duration::from_millis(100)).await;
+    for id in [
+        &answered.id,
+        &ringing.id,
+        &through_voip.id,
+        &agent.id,
+        &rtp.id,
+    ] {
+        assert_eq!(destroyed_cause(&evs, id), 0, "{id}: cause 0 at shutdown");
+        assert!(
+            evs.iter().any(|e| matches!(e,
+                Event::ChannelHangupRequest { channel, cause: 4, soft: Some(true) } if channel.id == *id)),
+            "{id}: the shutdown's soft hangup"
+        );
+    }
+    assert!(evs.iter().any(|e| matches!(e,
+        Event::PlaybackFinished { playback } if playback.state == "failed")));
+    for id in [&answered.id, &through_voip.id, &agent.id, &rtp.id, &inbound] {
+        assert!(
+            evs.iter()
+                .any(|e| matches!(e, Event::StasisEnd { channel } if channel.id == *id)),
+            "{id} leaves Stasis"
+        );
+    }
+
+    // Back, empty: connections work and the client re-registers.
+    r.ari.ping().await.unwrap();
+    assert!(r.ari.channels().await.unwrap().is_empty());
+    reconnected(&mut r.events, before).await;
+    let again = r
+        .ari
+        .originate(&originate("Local/3001234568@sim-pstn"))
+        .await
+        .unwrap();
+    until_stasis(&mut r.events, &again.id).await;
+    r.ari.hangup(&again.id, "normal").await.unwrap();
+    until_destroyed(&mut r.events, &again.id).await;
+}
+
+#[tokio::test]
+async fn a_late_originate_answer_comes_after_the_calls_events() {
+    let mut r = rig(fast()).await;
+    r.sim.configure(|c| {
+        c.late_originate_answers
+            .insert("3001234568".into(), Duration::from_millis(300));
+    });
+    let o = Originate {
+        channel_id: Some("late-1".into()),
+        ..originate("Local/3001234568@sim-pstn")
+    };
+    let sent = Instant::now();
+    let ((answer, answered_at), stasis_at) = tokio::join!(
+        async { (r.ari.originate(&o).await, Instant::now()) },
+        async {
+            until_stasis(&mut r.events, "late-1").await;
+            Instant::now()
+        }
+    );
+    assert_eq!(answer.unwrap().id, "late-1");
+    assert!(stasis_at < answered_at, "the call was up before its answer");
+    assert!(answered_at - sent >= Duration::from_millis(300));
+
+    // Later than the client waits: the client gives up, the call rings on.
+    let impatient = AriClient::new(
+        &r.sim.url(),
+        "asterisk",
+        Secret::new("asterisk"),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    r.sim.configure(|c| {
+        c.late_originate_answers
+            .insert("3001234568".into(), Duration::from_secs(1));
+    });
+    let o = Originate {
+        channel_id: Some("late-2".into()),
+        ..originate("Local/3001234568@sim-pstn")
+    };
+    let err = impatient.originate(&o).await.unwrap_err();
+    assert!(matches!(err, AriError::Timeout { .. }), "{err}");
+    until_stasis(&mut r.events, "late-2").await;
+    assert_eq!(r.ari.channel("late-2").await.unwrap().state, "Up");
+    for id in ["late-1", "late-2"] {
+        r.ari.hangup(id, "normal").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_lost_originate_places_nothing_and_never_answers() {
+    let mut r = rig(fast()).await;
+    r.sim.configure(|c| {
+        c.lost_originates.insert("3001234560".into());
+    });
+    let impatient = AriClient::new(
+        &r.sim.url(),
+        "asterisk",
+        Secret::new("asterisk"),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let err = impatient
+        .originate(&originate("Local/3001234560@sim-pstn"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AriError::Timeout { .. }), "{err}");
+    assert_eq!((r.sim.live_channels(), r.sim.live_calls()), (0, 0));
+    assert_eq!(r.sim.originate_count(), 1);
+    assert!(r
+        .sim
+        .requests()
+        .iter()
+        .any(|q| q.path == "/ari/channels" && q.query.contains("3001234560")));
+    assert!(
+        drain(&mut r.events, Duration::from_millis(50))
+            .await
+            .is_empty(),
+        "no event for a call never placed"
     );
 }

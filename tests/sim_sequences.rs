@@ -8,15 +8,17 @@
 //! values that are times or ids are not compared.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use futures_util::StreamExt;
 use overdue_dialer::ari::{AriClient, Originate};
 use overdue_dialer::config::Secret;
-use overdue_dialer::sim::{SimConfig, Simulator};
+use overdue_dialer::sim::{SimConfig, Simulator, SoundSpec};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 const EVENTS: &str = include_str!("fixtures/ari/events.jsonl");
 
@@ -164,22 +166,33 @@ fn assert_equivalent(scenario: &str, want: &[(Token, String)], got: &[Token]) {
     }
 }
 
+/// How the lab's event WebSocket ended.
+#[derive(Debug, PartialEq)]
+enum WsEnd {
+    /// A close frame, with its code.
+    Close(Option<u16>),
+    /// The connection ended with no close frame (a client's 1006).
+    NoCloseFrame(String),
+}
+
 struct Lab {
-    sim: Simulator,
+    sim: Arc<Simulator>,
     ari: AriClient,
     events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    ended: tokio::sync::oneshot::Receiver<WsEnd>,
 }
 
 async fn lab() -> Lab {
-    let sim = Simulator::start(
-        SimConfig {
-            time_scale: 0.05,
-            ..SimConfig::default()
-        },
-        0,
-    )
-    .await
-    .unwrap();
+    lab_with(|_| {}).await
+}
+
+async fn lab_with(configure: impl FnOnce(&mut SimConfig)) -> Lab {
+    let mut cfg = SimConfig {
+        time_scale: 0.05,
+        ..SimConfig::default()
+    };
+    configure(&mut cfg);
+    let sim = Arc::new(Simulator::start(cfg, 0).await.unwrap());
     let ari = AriClient::new(
         &sim.url(),
         "asterisk",
@@ -194,17 +207,32 @@ async fn lab() -> Lab {
         .insert("Authorization", format!("Basic {auth}").parse().unwrap());
     let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (end_tx, ended) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (_sink, mut stream) = ws.split();
-        while let Some(Ok(msg)) = stream.next().await {
-            if let Ok(text) = msg.to_text() {
-                if let Ok(v) = serde_json::from_str::<Value>(text) {
-                    let _ = tx.send(v);
+        let end = loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                        let _ = tx.send(v);
+                    }
                 }
+                Some(Ok(Message::Close(frame))) => {
+                    break WsEnd::Close(frame.map(|f| u16::from(f.code)))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break WsEnd::NoCloseFrame(e.to_string()),
+                None => break WsEnd::NoCloseFrame("end of stream".into()),
             }
-        }
+        };
+        let _ = end_tx.send(end);
     });
-    Lab { sim, ari, events }
+    Lab {
+        sim,
+        ari,
+        events,
+        ended,
+    }
 }
 
 fn originate(endpoint: &str, app: &str, timeout: u64) -> Originate {
@@ -528,4 +556,159 @@ async fn externalmedia() {
     }
     assert_equivalent("externalmedia", &want, &got);
     assert_eq!((lab.sim.live_channels(), lab.sim.live_bridges()), (0, 0));
+}
+
+/// The later scenarios' prompt: `morosos_natalia` lasts 20.18 s there.
+fn long_prompt(cfg: &mut SimConfig) {
+    cfg.sounds.insert(
+        "morosos_natalia".into(),
+        SoundSpec {
+            languages: vec!["es_MX".into()],
+            duration: Duration::from_millis(20_180),
+        },
+    );
+}
+
+/// The later scenarios' originate: timeout 15 and our own channel id.
+fn rec_originate(endpoint: &str, channel_id: &str) -> Originate {
+    Originate {
+        channel_id: Some(channel_id.into()),
+        ..originate(endpoint, "overdue-app", 15)
+    }
+}
+
+async fn next_event(lab: &mut Lab, deadline: tokio::time::Instant) -> Option<Value> {
+    tokio::time::timeout_at(deadline, lab.events.recv())
+        .await
+        .expect("scenario did not finish")
+}
+
+/// `GET /ari/asterisk/info`, which the lab's client has no call for.
+async fn asterisk_info(sim: &Simulator) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/ari/asterisk/info", sim.url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// `core stop now` 2 s into the prompt: recorded until the WebSocket ended.
+#[tokio::test]
+async fn shutdown_mid_prompt() {
+    let want = recorded("shutdown-mid-prompt");
+    let mut lab = lab_with(long_prompt).await;
+    let before = lab.sim.startup_time();
+    let down = Duration::from_millis(50);
+    lab.ari
+        .originate(&rec_originate(
+            "Local/3001234568@sim-pstn",
+            "rec-shutdown-mid-prompt-1",
+        ))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut stop = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(ev) = next_event(&mut lab, deadline).await {
+        got.push(token(&ev));
+        match ev["type"].as_str().unwrap_or("") {
+            "StasisStart" => {
+                let id = ev["channel"]["id"].as_str().unwrap().to_owned();
+                lab.ari
+                    .play(&id, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+                    .await
+                    .unwrap();
+            }
+            "PlaybackStarted" => {
+                let sim = lab.sim.clone();
+                let after = sim.scaled(Duration::from_secs(2));
+                stop = Some(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    sim.stop_now(down).await
+                }));
+            }
+            _ => {}
+        }
+    }
+    assert_equivalent("shutdown-mid-prompt", &want, &got);
+    let end = lab.ended.await.unwrap();
+    assert!(
+        matches!(end, WsEnd::NoCloseFrame(_)),
+        "core stop now sends no close frame: {end:?}"
+    );
+    stop.expect("never played").await.unwrap().unwrap();
+    assert_eq!(lab.sim.live_channels(), 0);
+    assert!(lab.sim.startup_time() > before, "a new Asterisk process");
+}
+
+/// `core stop gracefully` during the prompt: nothing happens to the call,
+/// originates are refused; once we hang up, close frame 1000.
+#[tokio::test]
+async fn shutdown_graceful_mid_prompt() {
+    let want = recorded("shutdown-graceful-mid-prompt");
+    let mut lab = lab_with(long_prompt).await;
+    let endpoint = "Local/3001234568@sim-pstn";
+    lab.ari
+        .originate(&rec_originate(
+            endpoint,
+            "rec-shutdown-graceful-mid-prompt-1",
+        ))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut stop = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(ev) = next_event(&mut lab, deadline).await {
+        got.push(token(&ev));
+        let id = ev["channel"]["id"].as_str().unwrap_or("").to_owned();
+        match ev["type"].as_str().unwrap_or("") {
+            "StasisStart" => {
+                lab.ari
+                    .play(&id, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+                    .await
+                    .unwrap();
+            }
+            "PlaybackStarted" => {
+                let sim = lab.sim.clone();
+                stop = Some(tokio::spawn(async move {
+                    sim.stop_gracefully(Duration::from_millis(50)).await
+                }));
+                tokio::time::sleep(lab.sim.scaled(Duration::from_secs(3))).await;
+                assert!(lab.sim.is_stopping());
+                let (status, info) = asterisk_info(&lab.sim).await;
+                assert_eq!(status, 200, "{info}");
+                assert_eq!(info["system"]["version"], "22.10.1");
+                let refused = lab
+                    .ari
+                    .originate(&rec_originate(
+                        endpoint,
+                        "rec-shutdown-graceful-mid-prompt-2",
+                    ))
+                    .await
+                    .unwrap_err();
+                assert_eq!(refused.status().map(|s| s.as_u16()), Some(500));
+                assert_eq!(refused.message(), Some("Allocation failed"));
+            }
+            "PlaybackFinished" => {
+                assert_eq!(ev["playback"]["state"], "done", "the prompt plays on");
+                let target = ev["playback"]["target_uri"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("channel:")
+                    .to_owned();
+                // The lab waited for a stop that never came, then hung up.
+                tokio::time::sleep(lab.sim.scaled(Duration::from_secs(2))).await;
+                lab.ari.hangup(&target, "normal").await.unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert_equivalent("shutdown-graceful-mid-prompt", &want, &got);
+    assert_eq!(lab.ended.await.unwrap(), WsEnd::Close(Some(1000)));
+    stop.expect("never played").await.unwrap().unwrap();
+    assert!(!lab.sim.is_stopping());
+    assert_eq!(lab.sim.live_channels(), 0);
 }

@@ -42,6 +42,8 @@ enum Rang {
     Answered,
     TimedOut,
     Cancelled(i64),
+    /// `core stop now` while ringing.
+    Shutdown,
     Gone,
 }
 
@@ -80,6 +82,7 @@ async fn ring(sim: &Shared, call: &mut Call, answer_after: Option<Duration>) -> 
             cmd = call.ctl.recv() => match cmd {
                 None => return Rang::Gone,
                 Some(Ctl::Hangup { cause, .. }) => return Rang::Cancelled(cause),
+                Some(Ctl::Shutdown) => return Rang::Shutdown,
                 Some(Ctl::Play { ack, .. }) => drop(ack), // not in Stasis: REST answered 412
             }
         }
@@ -130,6 +133,7 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
                     Rang::Cancelled(cause) => {
                         return sim.with(|e| cancel(e, &a, Some(&b), &ds, cause))
                     }
+                    Rang::Shutdown => return sim.with(|e| shutdown_now(e, &a, Some(&b), None)),
                     Rang::Gone => return,
                 }
             }
@@ -192,6 +196,7 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
             match ring(sim, call, None).await {
                 Rang::TimedOut | Rang::Answered => sim.with(|e| pstn_ring_timeout(e, &a, &b)),
                 Rang::Cancelled(cause) => sim.with(|e| cancel(e, &a, Some(&b), &ds, cause)),
+                Rang::Shutdown => sim.with(|e| shutdown_now(e, &a, Some(&b), None)),
                 Rang::Gone => {}
             }
         }
@@ -298,6 +303,7 @@ async fn from_voip(sim: &Shared, call: &mut Call, number: &str) {
                     Rang::Cancelled(cause) => {
                         return sim.with(|e| cancel(e, &a, Some(&b), &ds, cause))
                     }
+                    Rang::Shutdown => return sim.with(|e| shutdown_now(e, &a, Some(&b), None)),
                     Rang::Gone => return,
                 }
             }
@@ -373,6 +379,7 @@ async fn direct(sim: &Shared, call: &mut Call, ds: &str) {
                     // Asterisk's ring timeout: cause 19 and no final Dial event.
                     Rang::TimedOut => return sim.with(|e| e.destroyed(&a, 19)),
                     Rang::Cancelled(cause) => return sim.with(|e| cancel(e, &a, None, ds, cause)),
+                    Rang::Shutdown => return sim.with(|e| shutdown_now(e, &a, None, None)),
                     Rang::Gone => return,
                 }
             }
@@ -431,6 +438,7 @@ async fn agent(sim: &Shared, call: &mut Call) {
             cmd = call.ctl.recv() => match cmd {
                 None => return,
                 Some(Ctl::Play { ack, .. }) => drop(ack),
+                Some(Ctl::Shutdown) => return sim.with(|e| shutdown_now(e, &a, Some(&b), None)),
                 Some(Ctl::Hangup { .. }) => {
                     return sim.with(|e| {
                         let agent_app = e.inner.channels.get(&b).and_then(|c| c.stasis.clone());
@@ -524,6 +532,9 @@ async fn answered(
                 Some(Ctl::Hangup { .. }) => {
                     let billed = answered_at.elapsed();
                     return sim.with(|e| our_hangup(e, style, &a, b.as_deref(), playing.as_ref(), billed));
+                }
+                Some(Ctl::Shutdown) => {
+                    return sim.with(|e| shutdown_now(e, &a, b.as_deref(), playing.as_ref()));
                 }
             }
         }
@@ -661,5 +672,47 @@ fn callee_hangup(
             e.varset(a, "STASISSTATUS", "SUCCESS");
             e.destroyed(a, 16);
         }
+    }
+}
+
+/// `core stop now` (recording `shutdown-mid-prompt`, fact 13): every
+/// channel gets the shutdown soft hangup (cause 4), and every channel dies
+/// with cause 0 whatever the callee did, so the cause tells nothing.
+/// Recorded for an answered `sim-pstn` pair only; other routes and states
+/// follow the same pattern (no final `Dial`, no `;2` dialplan events).
+fn shutdown_now(e: &mut Emit, a: &str, b: Option<&str>, playing: Option<&Playing>) {
+    if let Some(b) = b {
+        e.hangup_request(b, 4, true);
+    }
+    e.hangup_request(a, 4, true);
+    if let Some(b) = b {
+        // chan_local passes each half's hangup on to the other half.
+        e.hangup_request(b, 16, true);
+        e.hangup_request(a, 0, false);
+        // Only a `;2` that entered Stasis from the dialplan (the agent's) is in one.
+        leave_stasis(e, b, true);
+        e.destroyed(b, 0);
+    }
+    playback_interrupted(e, a, playing);
+    leave_stasis(e, a, false);
+    e.destroyed(a, 0);
+}
+
+/// `core stop now` for a channel no call task plays (externalMedia, an
+/// inbound trunk call): the same pattern as `shutdown_now`.
+pub fn shutdown_lone(e: &mut Emit, id: &str) {
+    let via_dialplan = e.inner.channels.get(id).is_some_and(|c| c.via_dialplan);
+    e.hangup_request(id, 4, true);
+    leave_stasis(e, id, via_dialplan);
+    e.destroyed(id, 0);
+}
+
+/// A hung-up channel leaves its bridges and Stasis; `STASISSTATUS` is set
+/// as the Stasis() application returns.
+fn leave_stasis(e: &mut Emit, id: &str, unsubscribe: bool) {
+    if e.inner.channels.get(id).is_some_and(|c| c.stasis.is_some()) {
+        e.leave_bridges(id);
+        e.stasis_end(id, unsubscribe);
+        e.varset(id, "STASISSTATUS", "SUCCESS");
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::call::{self, Call};
 use super::dialplan::{route, Callee, Route};
-use super::state::{new_channel, now_stamp, Chan, Ctl, Request, WsOut};
+use super::state::{new_channel, now_stamp, BridgePlayback, Chan, Ctl, Request, WsOut};
 use super::Shared;
 use crate::ari::model::{Bridge, CallerId, DialplanCep};
 
@@ -80,6 +80,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ari/applications/{name}", get(application))
         .route("/ari/sounds/{id}", get(sound))
         .route("/ari/asterisk/ping", get(ping))
+        .route("/ari/asterisk/info", get(info))
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
 }
@@ -178,10 +179,20 @@ async fn pump(
                         break;
                     }
                 }
-                Some(WsOut::Close) | None => {
+                Some(WsOut::Close(code)) => {
+                    let frame = code.map(|code| CloseFrame {
+                        code,
+                        reason: "".into(),
+                    });
+                    let _ = sink.send(Message::Close(frame)).await;
+                    break;
+                }
+                None => {
                     let _ = sink.send(Message::Close(None)).await;
                     break;
                 }
+                // Dropping the socket below closes the TCP connection with no frame.
+                Some(WsOut::Cut) => break,
             },
             incoming = stream.next() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -211,22 +222,45 @@ fn caller_from(param: Option<&str>) -> CallerId {
     }
 }
 
+fn allocation_failed() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": "Allocation failed" })),
+    )
+        .into_response()
+}
+
 async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response {
+    let endpoint = param(&q, "endpoint").unwrap_or("");
+    let r = route(endpoint);
+    let number = match &r {
+        Route::LocalPstn { number }
+        | Route::LocalFromVoip { number }
+        | Route::LocalUnknownContext { number, .. }
+        | Route::Direct { number, .. } => number.clone(),
+        Route::LocalAgent => super::dialplan::AGENT_NUMBER.to_owned(),
+        Route::Unavailable => String::new(),
+    };
+    let (lost, late) = {
+        let cfg = sim.cfg();
+        (
+            cfg.lost_originates.contains(&number),
+            cfg.late_originate_answers.get(&number).copied(),
+        )
+    };
+    if lost {
+        // Never reached Asterisk: the client can only give up by its own timeout.
+        return std::future::pending().await;
+    }
     let Some(app) = param(&q, "app").filter(|a| !a.is_empty()) else {
         return message(
             StatusCode::BAD_REQUEST,
             "Application or extension must be specified",
         );
     };
-    let endpoint = param(&q, "endpoint").unwrap_or("");
-    let r = route(endpoint);
     let tech = endpoint.split('/').next().unwrap_or("");
     if r == Route::Unavailable || sim.cfg().failing_technologies.contains(tech) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": "Allocation failed" })),
-        )
-            .into_response();
+        return allocation_failed();
     }
     let ring_secs = param(&q, "timeout")
         .and_then(|t| t.parse::<i64>().ok())
@@ -237,14 +271,6 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
         sim.scaled(std::time::Duration::from_secs(ring_secs as u64))
     };
     let caller = caller_from(param(&q, "callerId"));
-    let number = match &r {
-        Route::LocalPstn { number }
-        | Route::LocalFromVoip { number }
-        | Route::LocalUnknownContext { number, .. }
-        | Route::Direct { number, .. } => number.clone(),
-        Route::LocalAgent => super::dialplan::AGENT_NUMBER.to_owned(),
-        Route::Unavailable => String::new(),
-    };
     let callee = {
         let cfg = sim.cfg();
         cfg.callees
@@ -256,6 +282,11 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (a_json, call) = {
         let mut inner = sim.inner();
+        // Checked under the lock that adds the channels, so a shutdown
+        // either sees this call or refuses it (fact 14).
+        if inner.stopping {
+            return allocation_failed();
+        }
         let a_id = match param(&q, "channelId") {
             Some(id) if inner.channels.contains_key(id) => {
                 return message(
@@ -347,6 +378,9 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
     // events may reach the client before this response does.
     tokio::spawn(call::run(sim.clone(), call));
     tokio::task::yield_now().await;
+    if let Some(late) = late {
+        tokio::time::sleep(late).await;
+    }
     (StatusCode::OK, Json(a_json)).into_response()
 }
 
@@ -512,6 +546,10 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
         .unwrap_or_default();
     let id = {
         let mut inner = sim.inner();
+        // Asterisk makes this channel through its originate code: refused alike.
+        if inner.stopping {
+            return allocation_failed();
+        }
         let id = match param(&q, "channelId") {
             Some(id) if inner.channels.contains_key(id) => {
                 return message(
@@ -648,25 +686,34 @@ async fn play_bridge(State(sim): Sim, Path(id): Path<String>, Query(q): Params) 
         }
         format!("Announcer/ARI-{:08x};2", inner.next_seq())
     };
-    let apps = sim.with(|e| {
+    sim.with(|e| {
         let bridge = e.inner.bridges.get(&id).cloned().unwrap_or_default();
         e.bridge_peers(&bridge, Some(&announcer));
         let apps = e.inner.bridge_apps.get(&id).cloned().unwrap_or_default();
         for app in &apps {
             e.inner.emit_app(app, json!({ "type": "PlaybackStarted", "timestamp": now_stamp(), "playback": playback }), e.asterisk_id);
         }
-        apps
+        e.inner.bridge_playbacks.insert(
+            playback_id.clone(),
+            BridgePlayback {
+                playback: playback.clone(),
+                apps,
+            },
+        );
     });
     let (ok, until) = sim.media_length(&first, &lang);
     let sim2 = sim.clone();
     let id2 = id.clone();
-    let mut finished = playback.clone();
     tokio::spawn(async move {
         tokio::time::sleep_until(until).await;
-        finished["state"] = json!(if ok { "done" } else { "failed" });
         sim2.with(|e| {
-            for app in &apps {
-                e.inner.emit_app(app, json!({ "type": "PlaybackFinished", "timestamp": now_stamp(), "playback": finished }), e.asterisk_id);
+            // Gone when a shutdown already ended it.
+            let Some(mut bp) = e.inner.bridge_playbacks.remove(&playback_id) else {
+                return;
+            };
+            bp.playback["state"] = json!(if ok { "done" } else { "failed" });
+            for app in &bp.apps {
+                e.inner.emit_app(app, json!({ "type": "PlaybackFinished", "timestamp": now_stamp(), "playback": bp.playback }), e.asterisk_id);
             }
             if let Some(bridge) = e.inner.bridges.get(&id2).cloned() {
                 e.bridge_peers(&bridge, None);
@@ -679,29 +726,14 @@ async fn play_bridge(State(sim): Sim, Path(id): Path<String>, Query(q): Params) 
 }
 
 async fn destroy_bridge(State(sim): Sim, Path(id): Path<String>) -> Response {
-    let found = sim.with(|e| {
-        let Some(bridge) = e.inner.bridges.get(&id).cloned() else {
-            return false;
-        };
-        for ch in &bridge.channels {
-            e.leave_bridges(ch);
-        }
-        e.inner.bridges.remove(&id);
-        let mut empty = bridge;
-        empty.channels.clear();
-        for app in e.inner.bridge_apps.remove(&id).unwrap_or_default() {
-            e.bridge_event("BridgeDestroyed", &empty, None, &app);
-        }
-        true
-    });
-    if found {
+    if sim.with(|e| e.destroy_bridge(&id)) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         message(StatusCode::NOT_FOUND, "Bridge not found")
     }
 }
 
-// ---- applications, sounds, ping ----
+// ---- applications, sounds, ping, info ----
 
 fn app_json(inner: &super::state::Inner, name: &str) -> Value {
     let mut ids: Vec<&String> = inner
@@ -751,11 +783,59 @@ async fn ping(State(sim): Sim, _headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// `GET /ari/asterisk/info` in real Asterisk's shape. `status.startup_time`
+/// is new after every restart: the only way a client can tell that
+/// Asterisk itself restarted rather than the network blinking.
+async fn info(State(sim): Sim, Query(q): Params) -> Response {
+    let startup = sim.startup_stamp();
+    let mut all = serde_json::Map::new();
+    all.insert(
+        "build".into(),
+        json!({
+            "os": "Linux",
+            "kernel": "6.8.0-57-generic",
+            "options": "BUILD_NATIVE, OPTIONAL_API",
+            "machine": "x86_64",
+            "date": "2026-01-05 14:03:11 UTC",
+            "user": "root",
+        }),
+    );
+    all.insert(
+        "system".into(),
+        json!({ "version": "22.10.1", "entity_id": sim.asterisk_id }),
+    );
+    all.insert(
+        "config".into(),
+        json!({
+            "name": "",
+            "default_language": "en",
+            "setid": { "user": "", "group": "" },
+        }),
+    );
+    all.insert(
+        "status".into(),
+        json!({ "startup_time": startup, "last_reload_time": startup }),
+    );
+    // `?only=status,system` as Asterisk allows.
+    let only: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "only")
+        .flat_map(|(_, v)| v.split(','))
+        .collect();
+    if !only.is_empty() {
+        all.retain(|k, _| only.contains(&k.as_str()));
+    }
+    Json(Value::Object(all)).into_response()
+}
+
 /// A caller dialling the inbound number over a SIP trunk: answered in
 /// `from-voip`, then `Stasis(<inbound app>)` (recording `inbound`, fact 11).
 pub fn inbound_call(sim: &Shared, caller_number: &str) -> Option<String> {
     let app = sim.cfg().inbound_app.clone();
     sim.with(|e| {
+        if e.inner.stopping {
+            return None; // a stopping Asterisk takes no new call
+        }
         let id = e.inner.next_id();
         let seq = e.inner.next_seq();
         let cep = DialplanCep {

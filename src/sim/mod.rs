@@ -5,10 +5,17 @@
 //! the recorded event sequences (`call`).
 //!
 //! Test hooks on `Simulator`: drop every WebSocket; restart (refuse
-//! connections for a while and lose every channel); refuse originates for
-//! a technology with 500 `Allocation failed`; delay responses; per-number
-//! callee behaviour; and counters of live channels, bridges and requests.
-//! A time scale shrinks every simulated duration so tests run fast.
+//! connections for a while and lose every channel); Asterisk's `core stop
+//! now` (`stop_now`: calls torn down with cause 0, WebSockets cut without
+//! a close frame) and `core stop gracefully` (`stop_gracefully`:
+//! originates refused until the calls end, then close frame 1000), both
+//! coming back empty after a while; `startup_time`, new after every
+//! restart, as `GET /ari/asterisk/info` shows it; refuse originates for a
+//! technology with 500 `Allocation failed`; delay responses; per number,
+//! answer an originate late (`late_originate_answers`) or never
+//! (`lost_originates`), and the callee's behaviour; and counters of live
+//! channels, bridges and requests. A time scale shrinks every simulated
+//! duration so tests run fast.
 
 mod call;
 pub mod dialplan;
@@ -20,11 +27,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 pub use dialplan::Callee;
 pub use state::Request;
-use state::{Emit, Inner, WsOut};
+use state::{Ctl, Emit, Inner, WsOut};
 
 /// A sound Asterisk has on disk: in which languages, and how long it plays.
 #[derive(Debug, Clone)]
@@ -54,6 +62,13 @@ pub struct SimConfig {
     /// Added before every REST answer.
     pub response_delay: Duration,
     pub inbound_app: String,
+    /// Per number: the call is placed at once, but the answer to its
+    /// originate comes only after this long (real time, not scaled): an
+    /// originate answered after the client's timeout still rings.
+    pub late_originate_answers: HashMap<String, Duration>,
+    /// Numbers whose originates never reach Asterisk: the request is
+    /// recorded, nothing is placed, and no answer ever comes.
+    pub lost_originates: HashSet<String>,
 }
 
 impl Default for SimConfig {
@@ -78,6 +93,8 @@ impl Default for SimConfig {
             failing_technologies: HashSet::new(),
             response_delay: Duration::ZERO,
             inbound_app: "openai-app".into(),
+            late_originate_answers: HashMap::new(),
+            lost_originates: HashSet::new(),
         }
     }
 }
@@ -87,6 +104,8 @@ pub(crate) struct Shared {
     cfg: Mutex<SimConfig>,
     inner: Mutex<Inner>,
     asterisk_id: String,
+    /// `status.startup_time` of `GET /asterisk/info`.
+    startup: Mutex<DateTime<Utc>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +134,19 @@ impl Shared {
 
     fn scaled(&self, d: Duration) -> Duration {
         d.mul_f64(self.cfg().time_scale.max(0.0))
+    }
+
+    fn startup_stamp(&self) -> String {
+        lock(&self.startup)
+            .format("%Y-%m-%dT%H:%M:%S%.3f%z")
+            .to_string()
+    }
+
+    /// A new Asterisk process: a later startup time, even within the same
+    /// millisecond, so a client comparing them always sees the change.
+    fn restarted(&self) {
+        let mut startup = lock(&self.startup);
+        *startup = Utc::now().max(*startup + chrono::Duration::milliseconds(1));
     }
 
     fn answer_delay(&self) -> Duration {
@@ -173,6 +205,7 @@ impl Simulator {
             cfg: Mutex::new(config),
             inner: Mutex::new(Inner::default()),
             asterisk_id: "02:fc:00:00:00:01".into(),
+            startup: Mutex::new(Utc::now()),
         });
         let listener = http::bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
         let addr = listener.local_addr()?;
@@ -203,32 +236,161 @@ impl Simulator {
     pub fn drop_websockets(&self) {
         let mut inner = self.shared.inner();
         for conn in inner.conns.values() {
-            let _ = conn.send(WsOut::Close);
+            let _ = conn.send(WsOut::Close(None));
         }
         inner.conns.clear();
         inner.apps.clear();
     }
 
     /// An Asterisk restart: every connection is cut, every live channel is
-    /// lost without events, and connections are refused for `down`.
+    /// lost without events, and connections are refused for `down`; it
+    /// comes back with a new `startup_time`.
     pub async fn restart(&self, down: Duration) -> std::io::Result<()> {
+        self.stop_server().await;
+        self.drop_websockets();
+        self.forget_everything();
+        self.come_back(down).await
+    }
+
+    /// `core stop now` (fact 13, recording `shutdown-mid-prompt`): every
+    /// call is torn down at once (soft hangup cause 4, playbacks `failed`,
+    /// `StasisEnd`, `ChannelDestroyed` cause 0), bridges are destroyed;
+    /// about 1.1 s later (scaled) every event WebSocket is dropped with no
+    /// close frame and connections are refused for `down`. Returns once
+    /// Asterisk is back, empty, with a new `startup_time`.
+    pub async fn stop_now(&self, down: Duration) -> std::io::Result<()> {
+        let exit_at = tokio::time::Instant::now() + self.at_least_30ms(Duration::from_millis(1100));
+        let tasks = {
+            let mut inner = self.shared.inner();
+            inner.stopping = true;
+            let mut tasks: Vec<tokio::sync::mpsc::UnboundedSender<Ctl>> = Vec::new();
+            for ctl in inner.channels.values().filter_map(|c| c.ctl.as_ref()) {
+                // Both halves of a Local pair share their call's task.
+                if !tasks.iter().any(|t| t.same_channel(ctl)) {
+                    tasks.push(ctl.clone());
+                }
+            }
+            tasks
+        };
+        for task in &tasks {
+            let _ = task.send(Ctl::Shutdown);
+        }
+        self.shared.with(|e| {
+            for id in channel_ids(e.inner, |c| c.ctl.is_none()) {
+                call::shutdown_lone(e, &id);
+            }
+        });
+        // Bridges go once their channels have left them.
+        while tokio::time::Instant::now() < exit_at
+            && self
+                .shared
+                .inner()
+                .channels
+                .values()
+                .any(|c| c.ctl.is_some())
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.shared.with(|e| {
+            // A task that could not answer in time: its channels go here.
+            for id in channel_ids(e.inner, |_| true) {
+                call::shutdown_lone(e, &id);
+            }
+            e.end_bridges();
+        });
+        tokio::time::sleep_until(exit_at).await;
+        self.cut_websockets();
+        self.stop_server().await;
+        self.forget_everything();
+        self.come_back(down).await
+    }
+
+    /// `core stop gracefully` (fact 14, recording
+    /// `shutdown-graceful-mid-prompt`): no event; calls go on, every
+    /// originate answers 500 `Allocation failed`. Once no channel is left,
+    /// 2 s later (scaled) every WebSocket gets a close frame 1000, about
+    /// 1.7 s after that the process exits and connections are refused for
+    /// `down`. Returns once Asterisk is back with a new `startup_time`.
+    pub async fn stop_gracefully(&self, down: Duration) -> std::io::Result<()> {
+        self.shared.inner().stopping = true;
+        while !self.shared.inner().channels.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(self.at_least_30ms(Duration::from_secs(2))).await;
+        {
+            let mut inner = self.shared.inner();
+            for conn in inner.conns.values() {
+                let _ = conn.send(WsOut::Close(Some(1000)));
+            }
+            inner.conns.clear();
+            inner.apps.clear();
+        }
+        tokio::time::sleep(self.at_least_30ms(Duration::from_millis(1700))).await;
+        // Whoever connected after the close frame is cut by the exit.
+        self.cut_websockets();
+        self.stop_server().await;
+        self.forget_everything();
+        self.come_back(down).await
+    }
+
+    /// Between `core stop …` and the end of the restart.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.inner().stopping
+    }
+
+    /// `status.startup_time` of `GET /ari/asterisk/info`, as Asterisk
+    /// formats it (`2026-01-10T11:41:58.123+0000`).
+    pub fn startup_time(&self) -> String {
+        self.shared.startup_stamp()
+    }
+
+    /// `d` on the simulator's time scale, as its calls and prompts run.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        self.shared.scaled(d)
+    }
+
+    /// A scaled step of a shutdown, never so short that the events before
+    /// it could still be in flight.
+    fn at_least_30ms(&self, d: Duration) -> Duration {
+        self.shared.scaled(d).max(Duration::from_millis(30))
+    }
+
+    async fn stop_server(&self) {
         let server = lock(&self.server).take();
         if let Some(server) = server {
             server.abort();
             let _ = server.await;
         }
-        self.drop_websockets();
-        {
-            let mut inner = self.shared.inner();
-            let ids: Vec<String> = inner.channels.keys().cloned().collect();
-            for id in ids {
-                inner.remove_channel(&id);
-            }
-            inner.bridges.clear();
-            inner.bridge_apps.clear();
+    }
+
+    /// The process exits: every WebSocket's TCP connection is closed with
+    /// no close frame.
+    fn cut_websockets(&self) {
+        let mut inner = self.shared.inner();
+        for conn in inner.conns.values() {
+            let _ = conn.send(WsOut::Cut);
         }
+        inner.conns.clear();
+        inner.apps.clear();
+    }
+
+    /// A new process knows nothing of the old one's channels and bridges.
+    fn forget_everything(&self) {
+        let mut inner = self.shared.inner();
+        let ids: Vec<String> = inner.channels.keys().cloned().collect();
+        for id in ids {
+            inner.remove_channel(&id);
+        }
+        inner.bridges.clear();
+        inner.bridge_apps.clear();
+        inner.bridge_playbacks.clear();
+    }
+
+    async fn come_back(&self, down: Duration) -> std::io::Result<()> {
         tokio::time::sleep(down).await;
         let listener = http::bind(self.addr)?;
+        self.shared.restarted();
+        self.shared.inner().stopping = false;
         *lock(&self.server) = Some(tokio::spawn(http::serve(listener, self.shared.clone())));
         Ok(())
     }
@@ -296,21 +458,26 @@ impl Simulator {
 
     /// Simulates a caller dialling the inbound number from `caller_number`
     /// over a SIP trunk: the channel enters `Stasis(<inbound app>)` answered.
+    /// `None` when the app is not registered or Asterisk is stopping.
     pub fn inbound_call(&self, caller_number: &str) -> Option<String> {
         http::inbound_call(&self.shared, caller_number)
     }
 
     pub async fn shutdown(self) {
-        let server = lock(&self.server).take();
-        if let Some(server) = server {
-            server.abort();
-            let _ = server.await;
-        }
+        self.stop_server().await;
         self.drop_websockets();
-        let mut inner = self.shared.inner();
-        let ids: Vec<String> = inner.channels.keys().cloned().collect();
-        for id in ids {
-            inner.remove_channel(&id);
-        }
+        self.forget_everything();
     }
+}
+
+/// Ids of the live channels `pick` selects, in a stable order.
+fn channel_ids(inner: &Inner, pick: impl Fn(&state::Chan) -> bool) -> Vec<String> {
+    let mut ids: Vec<String> = inner
+        .channels
+        .iter()
+        .filter(|(_, c)| pick(c))
+        .map(|(id, _)| id.clone())
+        .collect();
+    ids.sort();
+    ids
 }

@@ -26,13 +26,19 @@ pub enum Ctl {
         lang: String,
         ack: oneshot::Sender<()>,
     },
+    /// `core stop now`: tear the call down at once, whatever its state.
+    Shutdown,
 }
 
 /// What the WebSocket writer of one connection is told.
 #[derive(Debug)]
 pub enum WsOut {
     Text(String),
-    Close,
+    /// A close frame, with this status code if any.
+    Close(Option<u16>),
+    /// The socket is dropped with no close frame, as when Asterisk's
+    /// process exits (`core stop now`): the client sees end of stream.
+    Cut,
 }
 
 pub struct Chan {
@@ -78,6 +84,16 @@ pub struct Inner {
     pub live_log: Vec<(Instant, usize)>,
     /// (channel, when) of every StasisStart, for latency figures.
     pub stasis_log: Vec<(String, Instant)>,
+    /// Playbacks into bridges still playing, by playback id: a shutdown
+    /// ends them as `failed`, and their timers then find nothing to finish.
+    pub bridge_playbacks: HashMap<String, BridgePlayback>,
+    /// `core stop …` was given: no new channel can be allocated.
+    pub stopping: bool,
+}
+
+pub struct BridgePlayback {
+    pub playback: Value,
+    pub apps: Vec<String>,
 }
 
 pub fn now_stamp() -> String {
@@ -435,6 +451,49 @@ impl Emit<'_> {
                     .map(|c| self.inner.channel_name(c)),
             );
             self.varset(id, "BRIDGEPEER", &peers.join(","));
+        }
+    }
+}
+
+impl Emit<'_> {
+    /// Removes a bridge: its channels leave it, and every app that had a
+    /// channel in it gets `BridgeDestroyed`. `false` if there is no such bridge.
+    pub fn destroy_bridge(&mut self, id: &str) -> bool {
+        let Some(bridge) = self.inner.bridges.get(id).cloned() else {
+            return false;
+        };
+        for ch in &bridge.channels {
+            self.leave_bridges(ch);
+        }
+        self.inner.bridges.remove(id);
+        let mut empty = bridge;
+        empty.channels.clear();
+        for app in self.inner.bridge_apps.remove(id).unwrap_or_default() {
+            self.bridge_event("BridgeDestroyed", &empty, None, &app);
+        }
+        true
+    }
+
+    /// Asterisk going down: what still plays into a bridge fails, as a
+    /// channel's playback does, and every bridge is destroyed.
+    pub fn end_bridges(&mut self) {
+        let mut playbacks: Vec<(String, BridgePlayback)> =
+            self.inner.bridge_playbacks.drain().collect();
+        playbacks.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, mut bp) in playbacks {
+            bp.playback["state"] = Value::from("failed");
+            for app in &bp.apps {
+                let ev = Self::with(
+                    Self::base("PlaybackFinished"),
+                    json!({ "playback": bp.playback }),
+                );
+                self.inner.emit_app(app, ev, self.asterisk_id);
+            }
+        }
+        let mut ids: Vec<String> = self.inner.bridges.keys().cloned().collect();
+        ids.sort();
+        for id in ids {
+            self.destroy_bridge(&id);
         }
     }
 }
