@@ -677,3 +677,208 @@ async fn a_panicking_call_task_leaves_nothing_behind() {
     assert_nothing_lost(&db).await;
     assert_no_channel_left(&sim).await;
 }
+
+/// `core stop now` while six answered calls are in the prompt: nobody hung
+/// up and nobody heard it, so each is `aborted`, not delivered; after the
+/// restart every client is reached, and the first calls are not held back
+/// by a trunk cool-down (600 s here).
+#[tokio::test(flavor = "multi_thread")]
+async fn asterisk_stopped_mid_prompt_then_restarted() {
+    let mut data = clients(6);
+    for c in &mut data.clients {
+        c.telefono = Some(format!("30033300{}8", c.id)); // answers, stays on
+    }
+    let db = TestDb::with_data(&data).await;
+    let sim = Arc::new(slow_sim().await);
+    sim.configure(|c| {
+        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
+            s.duration = Duration::from_secs(600); // 12 s at this scale
+        }
+    });
+    let mut cfg = config(&db, &sim);
+    cfg.campaign.trunk_cooldown_secs = 600;
+    let dialer = Dialer::connect(cfg, "host-a".into()).await.unwrap();
+    let stopper = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            until(
+                "six calls in the prompt",
+                Duration::from_secs(10),
+                || async { sim.stasis_starts().len() == 6 },
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sim.stop_now(Duration::from_millis(500)).await.unwrap();
+        })
+    };
+    let first = pass(&dialer).await;
+    stopper.await.unwrap();
+    let got = rows(&db).await;
+    assert_eq!(got.len(), 6, "{first:?}");
+    for (client, _, outcome, _, detail) in &got {
+        assert_eq!(
+            outcome.as_deref(),
+            Some("aborted"),
+            "client {client}: {detail:?}"
+        );
+        assert!(
+            detail.as_deref().unwrap_or("").contains("Asterisk"),
+            "{detail:?}"
+        );
+    }
+    let mut conn = db.conn().await;
+    let sent: Vec<(i64, i64)> = conn
+        .query("SELECT outbound_call_is_sent, outbound_call_attempts FROM afiliados")
+        .await
+        .unwrap();
+    assert!(
+        sent.iter().all(|s| *s == (0, 1)),
+        "not delivered, counted once: {sent:?}"
+    );
+
+    sim.configure(|c| {
+        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
+            s.duration = Duration::from_secs(10);
+        }
+    });
+    let began = std::time::Instant::now();
+    let second = pass(&dialer).await;
+    dialer.shutdown().await;
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "held back after the restart: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        second
+            .outcomes
+            .get(&overdue_dialer::campaign::outcome::Outcome::Completed),
+        Some(&6),
+        "{second:?}"
+    );
+    assert_nothing_lost(&db).await;
+    assert_no_channel_left(&sim).await;
+}
+
+/// `core stop gracefully` waits for the calls and answers every originate
+/// meanwhile with the same 500 `Allocation failed` as a broken trunk: that
+/// cools no trunk down and spends no attempt; once Asterisk is back every
+/// client is called.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_asterisk_stop_cools_no_trunk_and_spends_no_attempt() {
+    let mut data = clients(4);
+    for c in &mut data.clients {
+        c.telefono = Some(format!("30044400{}8", c.id)); // answers, stays on
+    }
+    let db = TestDb::with_data(&data).await;
+    let sim = Arc::new(slow_sim().await);
+    sim.configure(|c| {
+        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
+            s.duration = Duration::from_secs(60); // 1.2 s at this scale
+        }
+    });
+    let mut cfg = config(&db, &sim);
+    cfg.campaign.trunk_cooldown_secs = 600;
+    cfg.campaign.calls_per_second = 2.0;
+    let dialer = Dialer::connect(cfg, "host-a".into()).await.unwrap();
+    let stopper = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            until(
+                "the first call answered",
+                Duration::from_secs(10),
+                || async { !sim.stasis_starts().is_empty() },
+            )
+            .await;
+            sim.stop_gracefully(Duration::from_millis(500))
+                .await
+                .unwrap();
+        })
+    };
+    let began = std::time::Instant::now();
+    let summary = pass(&dialer).await;
+    stopper.await.unwrap();
+    dialer.shutdown().await;
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "a trunk was cooled down: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        summary
+            .outcomes
+            .get(&overdue_dialer::campaign::outcome::Outcome::Completed),
+        Some(&4),
+        "{summary:?}"
+    );
+    let refused = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/ari/channels")
+        .count();
+    assert!(
+        refused > 4,
+        "originates were refused during the stop: {refused}"
+    );
+    let mut conn = db.conn().await;
+    let attempts: Vec<i64> = conn
+        .query("SELECT outbound_call_attempts FROM afiliados ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(attempts, vec![1, 1, 1, 1], "refusals spent no attempt");
+    assert_nothing_lost(&db).await;
+    assert_no_channel_left(&sim).await;
+}
+
+/// An originate whose HTTP answer comes after `ari.request_timeout_secs`
+/// was placed all the same: the call is followed to its normal outcome,
+/// counted once, never hung up as an unknown channel. One that never
+/// reached Asterisk is recorded as not placed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_originate_without_an_answer_is_followed_or_found_not_placed() {
+    let mut data = clients(3);
+    let phones = ["3005550018", "3005550028", "3005550038"];
+    for (c, p) in data.clients.iter_mut().zip(phones) {
+        c.telefono = Some(p.into());
+    }
+    let db = TestDb::with_data(&data).await;
+    let sim = slow_sim().await;
+    sim.configure(|c| {
+        c.late_originate_answers
+            .insert(phones[0].into(), Duration::from_secs(3));
+        c.lost_originates.insert(phones[1].into());
+        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
+            s.duration = Duration::from_secs(50); // 1 s at this scale
+        }
+    });
+    let mut cfg = config(&db, &sim);
+    cfg.ari.request_timeout_secs = 1;
+    let dialer = Dialer::connect(cfg, "host-a".into()).await.unwrap();
+    let summary = pass(&dialer).await;
+    dialer.shutdown().await;
+    let got = rows(&db).await;
+    let row = |id: i64| got.iter().find(|r| r.0 == id).cloned().unwrap();
+    assert_eq!(row(1).2.as_deref(), Some("completed"), "{:?}", row(1));
+    assert_eq!(row(3).2.as_deref(), Some("completed"), "{:?}", row(3));
+    assert_eq!(row(2).2.as_deref(), Some("aborted"), "{:?}", row(2));
+    assert!(
+        row(2).4.as_deref().unwrap_or("").contains("not dialled"),
+        "{:?}",
+        row(2)
+    );
+    let mut conn = db.conn().await;
+    let attempts: Vec<i64> = conn
+        .query("SELECT outbound_call_attempts FROM afiliados ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(attempts, vec![1, 0, 1], "{summary:?}");
+    // The late one was hung up once: by us, after its prompt.
+    let deletes = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.path == "/ari/channels/overdue-1-1")
+        .count();
+    assert_eq!(deletes, 1);
+    assert_nothing_lost(&db).await;
+    assert_no_channel_left(&sim).await;
+}

@@ -679,7 +679,10 @@ impl Shared {
         let mut congested: Vec<usize> = Vec::new();
         let max_tries = camp.trunks.len() * 3;
         let mut tries = 0;
-        let mut try_no = 0;
+        // A refused originate created no channel, so its id is used again;
+        // a call that existed (congestion, next trunk) needs a new one.
+        let mut channel_id = claim.channel_id();
+        let mut placed_calls = 0;
         let mut last_refusal = None;
         let mut abort = self.abort.clone();
         while tries < max_tries {
@@ -701,17 +704,6 @@ impl Shared {
                 }
                 continue;
             }
-            let channel_id = if try_no == 0 {
-                claim.channel_id()
-            } else {
-                let id = format!("{}-{}", claim.channel_id(), try_no + 1);
-                // Written before the originate, so a crash leaves it findable.
-                if let Err(e) = camp.billing.set_channel(&claim, &id).await {
-                    tracing::warn!(client_id = client.id, error = %e, "cannot record the retry's channel id");
-                }
-                id
-            };
-            try_no += 1;
             Self::note(progress, |p| p.channel = Some(channel_id.clone()));
             let plan = CallPlan {
                 channel_id: channel_id.clone(),
@@ -782,6 +774,12 @@ impl Shared {
                     tracing::warn!(client_id = client.id, trunk = %trunk.name, cause = ?end.cause, "congestion before ringing; trying the next trunk");
                     tries += 1;
                     congested.push(index);
+                    placed_calls += 1;
+                    channel_id = format!("{}-{}", claim.channel_id(), placed_calls + 1);
+                    // Written before the next originate, so a crash leaves it findable.
+                    if let Err(e) = camp.billing.set_channel(&claim, &channel_id).await {
+                        tracing::warn!(client_id = client.id, error = %e, "cannot record the retry's channel id");
+                    }
                 }
                 CallEnd::Ended(end) => {
                     let answered = end.answered_after.is_some();
