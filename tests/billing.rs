@@ -78,6 +78,51 @@ async fn schema_apply_adds_what_is_missing_and_is_idempotent() {
     assert!(schema::missing_indexes(&mut conn).await.unwrap().len() == 2);
 }
 
+/// A call log made by the previous release gains `delivered` and
+/// `heard_seconds`; its old reminders stay delivered, so the contact limit
+/// still sees them. The daemon does not start until the migration ran.
+#[tokio::test]
+async fn schema_apply_migrates_an_older_call_log() {
+    let db = TestDb::empty().await;
+    let mut conn = db.conn().await;
+    conn.query_drop("CREATE TABLE afiliados (id INT PRIMARY KEY, telefono VARCHAR(40), corte INT)")
+        .await
+        .unwrap();
+    conn.query_drop("CREATE TABLE factura (id INT PRIMARY KEY, `id-afiliado` INT, saldo DECIMAL(10,2), cerrado TINYINT)").await.unwrap();
+    schema::apply(&mut conn).await.unwrap();
+    conn.query_drop(
+        "ALTER TABLE overdue_call_log DROP COLUMN delivered, DROP COLUMN heard_seconds",
+    )
+    .await
+    .unwrap();
+    conn.query_drop(
+        "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, outcome, ended_at) VALUES
+         (1, 1, '2026-11-02 10:00:00', 'old', 'busy', '2026-11-02 10:01:00'),
+         (1, 2, '2026-11-03 10:00:00', 'old', 'hung_up_early', '2026-11-03 10:01:00'),
+         (2, 1, '2026-11-03 10:00:00', 'old', 'completed', '2026-11-03 10:01:00'),
+         (3, 1, '2026-11-03 10:00:00', 'old', NULL, NULL)",
+    )
+    .await
+    .unwrap();
+    let plan = schema::plan(&mut conn).await.unwrap();
+    assert_eq!(plan.len(), 3, "{plan:#?}");
+    schema::apply(&mut conn).await.unwrap();
+    let got: Vec<(i64, u32, Option<i64>)> = conn
+        .query("SELECT client_id, attempt_no, delivered FROM overdue_call_log ORDER BY client_id, attempt_no")
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            (1, 1, Some(0)),
+            (1, 2, Some(1)),
+            (2, 1, Some(1)),
+            (3, 1, None)
+        ]
+    );
+    assert!(schema::apply(&mut conn).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn schema_refuses_without_billing_tables() {
     let db = TestDb::empty().await;

@@ -402,6 +402,67 @@ pub mod pool {
             }
         }
 
+        /// Every trunk refusing within seconds is Asterisk refusing (a
+        /// graceful stop): nobody cools down and originates hold; one trunk
+        /// refusing while another places calls is that trunk's fault.
+        #[tokio::test(start_paused = true)]
+        async fn refusals_of_every_trunk_are_asterisks() {
+            let pool = TrunkPool::new(
+                &[trunk("a", 1, 2), trunk("b", 2, 2)],
+                Duration::from_secs(60),
+            );
+            let (i, _) = pool.acquire(&[]).await;
+            assert_eq!(pool.refused(i), Refusal::Trunk, "b has not refused");
+            assert!(pool.is_cooling(0));
+            let (j, t) = pool.acquire(&[0]).await;
+            assert_eq!(t.name, "b");
+            assert_eq!(pool.refused(j), Refusal::Asterisk);
+            assert!(
+                !pool.is_cooling(0) && !pool.is_cooling(1),
+                "a's cool-down undone"
+            );
+            assert_eq!(pool.stats()[0].1.failed, 0);
+            // Held for a second, then both trunks are usable again.
+            let held = pool.acquire(&[]);
+            tokio::pin!(held);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(900), held.as_mut())
+                    .await
+                    .is_err()
+            );
+            let (k, t) = held.await;
+            assert_eq!(t.name, "a");
+            pool.release(k, Use::Placed { answered: true });
+            // Later, a's refusal alone, with b placing calls, is a's fault.
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let (i, _) = pool.acquire(&[]).await;
+            let (j, _) = pool.acquire(&[0]).await;
+            pool.release(j, Use::Placed { answered: false });
+            assert_eq!(pool.refused(i), Refusal::Trunk);
+            assert!(pool.is_cooling(0));
+            // An Asterisk restart clears it.
+            pool.clear_cooldowns();
+            assert!(!pool.is_cooling(0));
+        }
+
+        #[test]
+        fn the_refusal_rule() {
+            let now = Instant::now();
+            let s = |secs: u64| Some(now - Duration::from_secs(secs));
+            let w = REFUSAL_WINDOW;
+            assert!(asterisk_refusing(&[s(1), s(4)], None, now, w));
+            assert!(asterisk_refusing(&[s(0)], s(10), now, w), "a single trunk");
+            assert!(!asterisk_refusing(&[s(1), None], None, now, w));
+            assert!(
+                !asterisk_refusing(&[s(1), s(6)], None, now, w),
+                "too far apart"
+            );
+            assert!(
+                !asterisk_refusing(&[s(1), s(4)], s(2), now, w),
+                "a call got through"
+            );
+        }
+
         #[tokio::test(start_paused = true)]
         async fn priority_capacity_and_cooldown() {
             let pool = TrunkPool::new(
