@@ -820,6 +820,8 @@ async fn a_graceful_asterisk_stop_cools_no_trunk_and_spends_no_attempt() {
         refused > 4,
         "originates were refused during the stop: {refused}"
     );
+    let t1 = &summary.trunks[0];
+    assert_eq!(t1.1.failed, 0, "no trunk was blamed: {t1:?}");
     let mut conn = db.conn().await;
     let attempts: Vec<i64> = conn
         .query("SELECT outbound_call_attempts FROM afiliados ORDER BY id")
@@ -881,4 +883,65 @@ async fn an_originate_without_an_answer_is_followed_or_found_not_placed() {
     assert_eq!(deletes, 1);
     assert_nothing_lost(&db).await;
     assert_no_channel_left(&sim).await;
+}
+
+/// A trunk cooled down for a refusal of its own is usable again at once
+/// when Asterisk comes back from a restart (a new `startup_time`): the
+/// refusal may have been the old Asterisk's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_asterisk_clears_trunk_cooldowns() {
+    let data = clients(2);
+    let db = TestDb::with_data(&data).await;
+    let sim = slow_sim().await;
+    sim.configure(|c| {
+        c.failing_technologies.insert("PJSIP".into());
+    });
+    let mut cfg = config(&db, &sim);
+    cfg.campaign.trunk_cooldown_secs = 600;
+    cfg.campaign.max_concurrent_calls = 1;
+    cfg.trunks = vec![
+        TrunkConfig {
+            name: "pjsip".into(),
+            endpoint: "PJSIP/{number}@voip".into(),
+            max_channels: 5,
+            priority: 1,
+            caller_id: None,
+        },
+        TrunkConfig {
+            name: "local".into(),
+            endpoint: "Local/{number}@from-voip".into(),
+            max_channels: 5,
+            priority: 2,
+            caller_id: None,
+        },
+    ];
+    // Only client 1 is due now; client 2 waits for the second pass.
+    let mut conn = db.conn().await;
+    conn.query_drop("UPDATE afiliados SET outbound_call = 0 WHERE id = 2")
+        .await
+        .unwrap();
+    let dialer = Dialer::connect(cfg, "host-a".into()).await.unwrap();
+    let first = pass(&dialer).await;
+    assert_eq!(first.trunks[0].1.failed, 1, "pjsip refused: {first:?}");
+    assert!(dialer.campaign.trunks.is_cooling(0));
+    sim.configure(|c| c.failing_technologies.clear());
+    sim.restart(Duration::from_millis(300)).await.unwrap();
+    until("the cool-down cleared", Duration::from_secs(10), || async {
+        !dialer.campaign.trunks.is_cooling(0)
+    })
+    .await;
+    conn.query_drop("UPDATE afiliados SET outbound_call = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    pass(&dialer).await;
+    dialer.shutdown().await;
+    let got: Vec<(i64, Option<String>)> = conn
+        .query("SELECT client_id, trunk FROM overdue_call_log WHERE outcome IS NOT NULL AND client_id = 2")
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![(2, Some("pjsip".into()))],
+        "the first trunk again"
+    );
 }
