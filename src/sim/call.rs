@@ -51,7 +51,9 @@ pub async fn run(sim: Arc<Shared>, mut call: Call) {
     match call.route.clone() {
         Route::LocalPstn { number } => pstn(&sim, &mut call, &number).await,
         Route::LocalFromVoip { number } => from_voip(&sim, &mut call, &number).await,
-        Route::Direct { dialstring, .. } => direct(&sim, &mut call, &dialstring).await,
+        Route::Direct {
+            number, dialstring, ..
+        } => direct(&sim, &mut call, &number, &dialstring).await,
         Route::LocalAgent => agent(&sim, &mut call).await,
         Route::LocalUnknownContext { .. } => {
             let b = call.b.clone().unwrap_or_default();
@@ -120,7 +122,7 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
             if ('0'..='3').contains(&d) {
                 sim.with(|e| e.dialplan(&b, "Goto", "up20"));
             }
-            let delay = sim.answer_delay();
+            let delay = sim.answer_delay(number);
             if !delay.is_zero() {
                 sim.with(|e| {
                     e.dialplan(&b, "Ringing", "");
@@ -272,7 +274,7 @@ async fn from_voip(sim: &Shared, call: &mut Call, number: &str) {
         Callee::Unallocated => sim.with(|e| fail(e, &inner, "NOANSWER", "CHANUNAVAIL", 1)),
         Callee::Rejects => sim.with(|e| fail(e, &inner, "NOANSWER", "CHANUNAVAIL", 21)),
         Callee::NeverAnswers | Callee::Answers { .. } => {
-            let delay = sim.answer_delay();
+            let delay = sim.answer_delay(number);
             let rings = call.callee == Callee::NeverAnswers || !delay.is_zero();
             if rings {
                 inner.state = "Ringing".into();
@@ -349,7 +351,7 @@ const DIAL_VARS: [&str; 11] = [
 /// A direct trunk endpoint (`PJSIP/…`, `SIP/…`): one channel, whose own
 /// cause is the Q.850 cause. Not in the recordings (the lab had no trunk);
 /// modelled on the same event types with the cause on the channel.
-async fn direct(sim: &Shared, call: &mut Call, ds: &str) {
+async fn direct(sim: &Shared, call: &mut Call, number: &str, ds: &str) {
     let a = call.a.clone();
     sim.with(|e| e.dial(&a, "", ds));
     let fail = |e: &mut Emit, status: &str, cause: i64| {
@@ -363,7 +365,7 @@ async fn direct(sim: &Shared, call: &mut Call, ds: &str) {
         Callee::Unallocated => sim.with(|e| fail(e, "CHANUNAVAIL", 1)),
         Callee::Rejects => sim.with(|e| fail(e, "CHANUNAVAIL", 21)),
         Callee::NeverAnswers | Callee::Answers { .. } => {
-            let delay = sim.answer_delay();
+            let delay = sim.answer_delay(number);
             if call.callee == Callee::NeverAnswers || !delay.is_zero() {
                 sim.with(|e| {
                     e.state(&a, "Ringing");

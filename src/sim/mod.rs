@@ -13,7 +13,8 @@
 //! restart, as `GET /ari/asterisk/info` shows it; refuse originates for a
 //! technology with 500 `Allocation failed`; delay responses; per number,
 //! answer an originate late (`late_originate_answers`) or never
-//! (`lost_originates`), and the callee's behaviour; and counters of live
+//! (`lost_originates`), the callee's behaviour, and how long it rings
+//! (`answer_delays`); and counters of live
 //! channels, bridges and requests. A time scale shrinks every simulated
 //! duration so tests run fast.
 
@@ -50,6 +51,9 @@ pub struct SimConfig {
     pub time_scale: f64,
     /// How long answering callees ring first (unscaled; 0 answers at once, as in the lab).
     pub answer_delay: Duration,
+    /// Per number, how long its callee rings before answering, instead of
+    /// `answer_delay` (unscaled, like it).
+    pub answer_delays: HashMap<String, Duration>,
     /// Lag of the callee's `Wait()` dialplan event after the answer (real time, not scaled).
     pub dialplan_lag: Duration,
     pub sounds: HashMap<String, SoundSpec>,
@@ -86,6 +90,7 @@ impl Default for SimConfig {
             password: "asterisk".into(),
             time_scale: 1.0,
             answer_delay: Duration::ZERO,
+            answer_delays: HashMap::new(),
             dialplan_lag: Duration::from_millis(5),
             sounds,
             callees: HashMap::new(),
@@ -149,8 +154,13 @@ impl Shared {
         *startup = Utc::now().max(*startup + chrono::Duration::milliseconds(1));
     }
 
-    fn answer_delay(&self) -> Duration {
-        self.cfg().answer_delay
+    /// How long `number`'s callee rings before answering (unscaled).
+    fn answer_delay(&self, number: &str) -> Duration {
+        let cfg = self.cfg();
+        cfg.answer_delays
+            .get(number)
+            .copied()
+            .unwrap_or(cfg.answer_delay)
     }
 
     fn dialplan_lag(&self) -> Duration {
