@@ -607,3 +607,398 @@ async fn a_lost_originate_places_nothing_and_never_answers() {
         "no event for a call never placed"
     );
 }
+
+/// Waits for the next event that `pick` accepts, keeping the others.
+async fn wait_for(
+    events: &mut EventConnection,
+    seen: &mut Vec<(String, Event)>,
+    pick: impl Fn(&str, &Event) -> bool,
+) -> Instant {
+    loop {
+        let env = tokio::time::timeout(Duration::from_secs(5), events.events.recv())
+            .await
+            .expect("the awaited event never came")
+            .unwrap();
+        let hit = pick(&env.application, &env.event);
+        seen.push((env.application, env.event));
+        if hit {
+            return Instant::now();
+        }
+    }
+}
+
+async fn until_no_channels(sim: &Simulator) {
+    for _ in 0..100 {
+        if sim.live_channels() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sim.live_channels(), 0, "channels left alive");
+}
+
+/// A two-item playback on `id`: Started, Continuing, Finished `done`, each
+/// item lasting its scaled length; every event to `app`.
+async fn two_item_prompt(r: &mut Rig, id: &str, app: &str) {
+    let mut seen = Vec::new();
+    let pb = r
+        .ari
+        .play(
+            id,
+            &["sound:morosos_natalia".into(), "number:125000".into()],
+            Some("es_MX"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (pb.state.as_str(), pb.target_uri.clone()),
+        ("queued", format!("channel:{id}"))
+    );
+    let is = |kind: &'static str| {
+        move |_: &str, e: &Event| {
+            matches!(
+                (kind, e),
+                ("started", Event::PlaybackStarted { .. })
+                    | ("continuing", Event::PlaybackContinuing { .. })
+                    | ("finished", Event::PlaybackFinished { .. })
+            )
+        }
+    };
+    let started = wait_for(&mut r.events, &mut seen, is("started")).await;
+    let continuing = wait_for(&mut r.events, &mut seen, is("continuing")).await;
+    let finished = wait_for(&mut r.events, &mut seen, is("finished")).await;
+    let playbacks: Vec<(&str, &str, &str, Option<&str>)> = seen
+        .iter()
+        .filter_map(|(a, e)| match e {
+            Event::PlaybackStarted { playback }
+            | Event::PlaybackContinuing { playback }
+            | Event::PlaybackFinished { playback } => Some((
+                a.as_str(),
+                playback.state.as_str(),
+                playback.media_uri.as_str(),
+                playback.next_media_uri.as_deref(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        playbacks,
+        vec![
+            (
+                app,
+                "playing",
+                "sound:morosos_natalia",
+                Some("number:125000")
+            ),
+            (app, "continuing", "number:125000", None),
+            (app, "done", "number:125000", None),
+        ]
+    );
+    // 4.38 s of prompt, then 0.6 s a digit, at the rig's time scale.
+    let first = r.sim.scaled(Duration::from_millis(4380));
+    let second = r.sim.scaled(Duration::from_millis(3600));
+    for (took, length) in [
+        (continuing - started, first),
+        (finished - continuing, second),
+    ] {
+        assert!(
+            took >= length.mul_f64(0.8) && took < length * 3 + Duration::from_millis(200),
+            "an item of {length:?} took {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_inbound_trunk_call_plays_a_prompt_then_our_delete_ends_it() {
+    let mut r = rig(fast()).await;
+    let id = r.sim.inbound_call("3001234567").unwrap();
+    until_stasis(&mut r.events, &id).await;
+    two_item_prompt(&mut r, &id, "openai-app").await;
+    r.ari.hangup(&id, "normal").await.unwrap();
+    until_no_channels(&r.sim).await;
+    let evs = drain(&mut r.events, Duration::from_millis(50)).await;
+    assert!(
+        matches!(
+            evs.as_slice(),
+            [
+                Event::ChannelHangupRequest {
+                    cause: 32,
+                    soft: Some(true),
+                    ..
+                },
+                Event::StasisEnd { .. },
+            ]
+        ),
+        "{evs:?}"
+    );
+}
+
+/// The event WebSocket read raw, for fields the decoder drops.
+async fn raw_events(sim: &Simulator) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    use base64::Engine;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let url = format!("ws://{}/ari/events?app=overdue-app,openai-app", sim.addr());
+    let mut req = url.into_client_request().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("asterisk:asterisk");
+    req.headers_mut()
+        .insert("Authorization", format!("Basic {auth}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (_sink, mut stream) = ws.split();
+        while let Some(Ok(msg)) = stream.next().await {
+            if let Message::Text(text) = msg {
+                if let Ok(v) = serde_json::from_str(&text) {
+                    let _ = tx.send(v);
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Every channel an event names: `channel`, `peer`, `caller`.
+fn named_channels(ev: &serde_json::Value) -> Vec<(String, String)> {
+    ["channel", "peer", "caller"]
+        .iter()
+        .filter_map(|k| ev.get(*k))
+        .filter(|c| c.is_object())
+        .map(|c| {
+            let s = |f: &str| c[f].as_str().unwrap_or("").to_owned();
+            (s("id"), s("name"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_inbound_local_call_is_its_2_half_and_its_1_stays_unseen() {
+    // Read raw, with no other connection holding the apps.
+    let sim = Simulator::start(fast(), 0).await.unwrap();
+    let ari = AriClient::new(
+        &sim.url(),
+        "asterisk",
+        Secret::new("asterisk"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let mut raw = raw_events(&sim).await;
+    let id = sim.inbound_local_call("5512345678").unwrap();
+    assert!(id.ends_with(";2"), "{id}");
+    let first = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first["type"].as_str(), first["application"].as_str()),
+        (Some("StasisStart"), Some("openai-app"))
+    );
+    let ch = &first["channel"];
+    assert_eq!(ch["id"], id.as_str());
+    assert_eq!(ch["state"], "Up");
+    assert_eq!(ch["caller"]["number"], "5512345678");
+    assert_eq!(
+        (&ch["dialplan"]["context"], &ch["dialplan"]["exten"]),
+        (&"from-voip".into(), &"3241000752".into())
+    );
+    assert_eq!(
+        (&ch["dialplan"]["priority"], &ch["dialplan"]["app_name"]),
+        (&2.into(), &"Stasis".into())
+    );
+    let name = ch["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("Local/3241000752@from-voip-") && name.ends_with(";2"),
+        "{name}"
+    );
+    // Its ;1 half exists, in no app.
+    let channels = ari.channels().await.unwrap();
+    assert_eq!(channels.len(), 2);
+    let one = channels.iter().find(|c| c.id != id).unwrap().clone();
+    assert_eq!(one.name, format!("{};1", name.trim_end_matches(";2")));
+    let apps = ari.applications().await.unwrap();
+    assert!(apps.iter().all(|a| !a.channel_ids.contains(&one.id)));
+
+    let pb = ari
+        .play(&id, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+        .await
+        .unwrap();
+    let mut got = vec![first.clone()];
+    let mut next = async || {
+        let ev = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+            .await
+            .expect("no event")
+            .unwrap();
+        got.push(ev.clone());
+        ev
+    };
+    for state in ["playing", "done"] {
+        let ev = next().await;
+        assert_eq!(ev["application"], "openai-app", "{ev}");
+        assert_eq!(
+            (&ev["playback"]["id"], &ev["playback"]["state"]),
+            (&pb.id.as_str().into(), &state.into()),
+            "{ev}"
+        );
+    }
+    ari.hangup(&id, "normal").await.unwrap();
+    // As recording `inbound` shows openai-app: the soft hangup, StasisEnd, nothing more.
+    for kind in ["ChannelHangupRequest", "StasisEnd"] {
+        let ev = next().await;
+        assert_eq!(
+            (ev["type"].as_str(), ev["channel"]["id"].as_str()),
+            (Some(kind), Some(id.as_str())),
+            "{ev}"
+        );
+    }
+    until_no_channels(&sim).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while let Ok(ev) = raw.try_recv() {
+        got.push(ev);
+    }
+    assert_eq!(got.len(), 5, "{got:#?}");
+    for ev in &got {
+        for (cid, cname) in named_channels(ev) {
+            assert!(cid != one.id && !cname.ends_with(";1"), "{ev}");
+        }
+    }
+    let gone = ari.channel(&one.id).await.unwrap_err();
+    assert_eq!(gone.status().map(|s| s.as_u16()), Some(404));
+}
+
+/// The caller hangs up during a prompt: the playback fails, then the
+/// channel leaves Stasis (recordings `short` and
+/// `inbound-caller-hangs-up-with-externalmedia`); the app that met the
+/// channel in `Stasis()` hears no more of it.
+#[tokio::test]
+async fn the_caller_hanging_up_mid_prompt_fails_the_playback() {
+    let mut r = rig(fast()).await;
+    for local in [false, true] {
+        let id = if local {
+            r.sim.inbound_local_call("5512345678")
+        } else {
+            r.sim.inbound_call("5512345678")
+        }
+        .unwrap();
+        until_stasis(&mut r.events, &id).await;
+        r.ari
+            .play(&id, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        wait_for(&mut r.events, &mut seen, |_, e| {
+            matches!(e, Event::PlaybackStarted { .. })
+        })
+        .await;
+        r.sim.hang_up_caller(&id);
+        until_no_channels(&r.sim).await;
+        let evs = drain(&mut r.events, Duration::from_millis(50)).await;
+        assert!(
+            matches!(evs.as_slice(), [
+                Event::ChannelHangupRequest { channel, cause: 16, soft: None },
+                Event::PlaybackFinished { playback },
+                Event::StasisEnd { channel: left },
+            ] if channel.id == id && playback.state == "failed" && left.id == id),
+            "local {local}: {evs:?}"
+        );
+        let gone = r.ari.channel(&id).await.unwrap_err();
+        assert_eq!(gone.status().map(|s| s.as_u16()), Some(404));
+    }
+}
+
+#[tokio::test]
+async fn the_agent_half_plays_and_a_playback_can_be_stopped() {
+    let mut r = rig(fast()).await;
+    let ch = r
+        .ari
+        .originate(&originate("Local/3241000752@from-voip"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    wait_for(&mut r.events, &mut seen, |app, e| {
+        app == "openai-app" && matches!(e, Event::StasisStart { .. })
+    })
+    .await;
+    let Some((_, Event::StasisStart { channel: agent, .. })) = seen.last() else {
+        unreachable!()
+    };
+    let agent = agent.id.clone();
+    assert_ne!(agent, ch.id);
+    two_item_prompt(&mut r, &agent, "openai-app").await;
+
+    // DELETE /ari/playbacks/{id}: 204, then `done` (fact 15); then 404.
+    let pb = r
+        .ari
+        .play(
+            &agent,
+            &["sound:morosos_natalia".into()],
+            Some("es_MX"),
+            None,
+        )
+        .await
+        .unwrap();
+    let stop = || async {
+        reqwest::Client::new()
+            .delete(format!("{}/ari/playbacks/{}", r.sim.url(), pb.id))
+            .basic_auth("asterisk", Some("asterisk"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(stop().await, 204);
+    let mut seen = Vec::new();
+    let stopped = Instant::now();
+    wait_for(
+        &mut r.events,
+        &mut seen,
+        |_, e| matches!(e, Event::PlaybackFinished { playback } if playback.state == "done"),
+    )
+    .await;
+    assert!(stopped.elapsed() < r.sim.scaled(Duration::from_millis(4380)));
+    assert_eq!(stop().await, 404);
+    r.ari.hangup(&agent, "normal").await.unwrap();
+    until_no_channels(&r.sim).await;
+}
+
+#[tokio::test]
+async fn a_per_number_answer_delay_is_honoured() {
+    let mut r = rig(fast()).await;
+    r.sim.configure(|c| {
+        c.answer_delays
+            .insert("3001234560".into(), Duration::from_secs(10));
+    });
+    let scaled = r.sim.scaled(Duration::from_secs(10));
+    for (number, delayed) in [("3001234560", true), ("3001234561", false)] {
+        for endpoint in [
+            format!("Local/{number}@sim-pstn"),
+            format!("Local/{number}@from-voip"),
+            format!("PJSIP/{number}@voip_issabel"),
+        ] {
+            let sent = Instant::now();
+            let ch = r.ari.originate(&originate(&endpoint)).await.unwrap();
+            let mut seen = Vec::new();
+            let answered = wait_for(
+                &mut r.events,
+                &mut seen,
+                |_, e| matches!(e, Event::StasisStart { channel, .. } if channel.id == ch.id),
+            )
+            .await;
+            let rang = seen.iter().any(|(_, e)| {
+                matches!(e, Event::ChannelStateChange { channel }
+                    if channel.id == ch.id && channel.state == "Ringing")
+            });
+            assert_eq!(rang, delayed, "{endpoint}");
+            let took = answered - sent;
+            if delayed {
+                assert!(took >= scaled, "{endpoint}: answered after {took:?}");
+            } else {
+                assert!(took < scaled, "{endpoint}: answered after {took:?}");
+            }
+            r.ari.hangup(&ch.id, "normal").await.unwrap();
+            until_destroyed(&mut r.events, &ch.id).await;
+        }
+    }
+    until_no_channels(&r.sim).await;
+}

@@ -1,6 +1,8 @@
-//! One originated call, played out as the lab's Asterisk did: the event
-//! sequences below are transcribed from `shared/ari/events.jsonl`, one
-//! function per recorded situation, so each can be checked against it.
+//! One call, played out as the lab's Asterisk did: the event sequences
+//! below are transcribed from `shared/ari/events.jsonl`, one function per
+//! recorded situation, so each can be checked against it. An originated
+//! call runs `run`; an inbound one, `inbound`. Playbacks on any channel in
+//! Stasis go through a `Player`.
 //!
 //! `a` is the channel the originate returned (`;1` of a Local pair, or the
 //! only channel of a direct trunk call); `b` is the Local `;2` half.
@@ -51,7 +53,9 @@ pub async fn run(sim: Arc<Shared>, mut call: Call) {
     match call.route.clone() {
         Route::LocalPstn { number } => pstn(&sim, &mut call, &number).await,
         Route::LocalFromVoip { number } => from_voip(&sim, &mut call, &number).await,
-        Route::Direct { dialstring, .. } => direct(&sim, &mut call, &dialstring).await,
+        Route::Direct {
+            number, dialstring, ..
+        } => direct(&sim, &mut call, &number, &dialstring).await,
         Route::LocalAgent => agent(&sim, &mut call).await,
         Route::LocalUnknownContext { .. } => {
             let b = call.b.clone().unwrap_or_default();
@@ -84,6 +88,9 @@ async fn ring(sim: &Shared, call: &mut Call, answer_after: Option<Duration>) -> 
                 Some(Ctl::Hangup { cause, .. }) => return Rang::Cancelled(cause),
                 Some(Ctl::Shutdown) => return Rang::Shutdown,
                 Some(Ctl::Play { ack, .. }) => drop(ack), // not in Stasis: REST answered 412
+                Some(Ctl::StopPlayback { ack, .. }) => drop(ack.send(false)),
+                // Only an answered call has a far end that can hang up.
+                Some(Ctl::FarEndHangup) => {}
             }
         }
     }
@@ -120,7 +127,7 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
             if ('0'..='3').contains(&d) {
                 sim.with(|e| e.dialplan(&b, "Goto", "up20"));
             }
-            let delay = sim.answer_delay();
+            let delay = sim.answer_delay(number);
             if !delay.is_zero() {
                 sim.with(|e| {
                     e.dialplan(&b, "Ringing", "");
@@ -133,7 +140,9 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
                     Rang::Cancelled(cause) => {
                         return sim.with(|e| cancel(e, &a, Some(&b), &ds, cause))
                     }
-                    Rang::Shutdown => return sim.with(|e| shutdown_now(e, &a, Some(&b), None)),
+                    Rang::Shutdown => {
+                        return sim.with(|e| shutdown_now(e, &a, Some(&b), None, None))
+                    }
                     Rang::Gone => return,
                 }
             }
@@ -196,7 +205,7 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
             match ring(sim, call, None).await {
                 Rang::TimedOut | Rang::Answered => sim.with(|e| pstn_ring_timeout(e, &a, &b)),
                 Rang::Cancelled(cause) => sim.with(|e| cancel(e, &a, Some(&b), &ds, cause)),
-                Rang::Shutdown => sim.with(|e| shutdown_now(e, &a, Some(&b), None)),
+                Rang::Shutdown => sim.with(|e| shutdown_now(e, &a, Some(&b), None, None)),
                 Rang::Gone => {}
             }
         }
@@ -272,7 +281,7 @@ async fn from_voip(sim: &Shared, call: &mut Call, number: &str) {
         Callee::Unallocated => sim.with(|e| fail(e, &inner, "NOANSWER", "CHANUNAVAIL", 1)),
         Callee::Rejects => sim.with(|e| fail(e, &inner, "NOANSWER", "CHANUNAVAIL", 21)),
         Callee::NeverAnswers | Callee::Answers { .. } => {
-            let delay = sim.answer_delay();
+            let delay = sim.answer_delay(number);
             let rings = call.callee == Callee::NeverAnswers || !delay.is_zero();
             if rings {
                 inner.state = "Ringing".into();
@@ -303,7 +312,9 @@ async fn from_voip(sim: &Shared, call: &mut Call, number: &str) {
                     Rang::Cancelled(cause) => {
                         return sim.with(|e| cancel(e, &a, Some(&b), &ds, cause))
                     }
-                    Rang::Shutdown => return sim.with(|e| shutdown_now(e, &a, Some(&b), None)),
+                    Rang::Shutdown => {
+                        return sim.with(|e| shutdown_now(e, &a, Some(&b), None, None))
+                    }
                     Rang::Gone => return,
                 }
             }
@@ -349,7 +360,7 @@ const DIAL_VARS: [&str; 11] = [
 /// A direct trunk endpoint (`PJSIP/…`, `SIP/…`): one channel, whose own
 /// cause is the Q.850 cause. Not in the recordings (the lab had no trunk);
 /// modelled on the same event types with the cause on the channel.
-async fn direct(sim: &Shared, call: &mut Call, ds: &str) {
+async fn direct(sim: &Shared, call: &mut Call, number: &str, ds: &str) {
     let a = call.a.clone();
     sim.with(|e| e.dial(&a, "", ds));
     let fail = |e: &mut Emit, status: &str, cause: i64| {
@@ -363,7 +374,7 @@ async fn direct(sim: &Shared, call: &mut Call, ds: &str) {
         Callee::Unallocated => sim.with(|e| fail(e, "CHANUNAVAIL", 1)),
         Callee::Rejects => sim.with(|e| fail(e, "CHANUNAVAIL", 21)),
         Callee::NeverAnswers | Callee::Answers { .. } => {
-            let delay = sim.answer_delay();
+            let delay = sim.answer_delay(number);
             if call.callee == Callee::NeverAnswers || !delay.is_zero() {
                 sim.with(|e| {
                     e.state(&a, "Ringing");
@@ -379,7 +390,7 @@ async fn direct(sim: &Shared, call: &mut Call, ds: &str) {
                     // Asterisk's ring timeout: cause 19 and no final Dial event.
                     Rang::TimedOut => return sim.with(|e| e.destroyed(&a, 19)),
                     Rang::Cancelled(cause) => return sim.with(|e| cancel(e, &a, None, ds, cause)),
-                    Rang::Shutdown => return sim.with(|e| shutdown_now(e, &a, None, None)),
+                    Rang::Shutdown => return sim.with(|e| shutdown_now(e, &a, None, None, None)),
                     Rang::Gone => return,
                 }
             }
@@ -401,7 +412,9 @@ async fn direct(sim: &Shared, call: &mut Call, ds: &str) {
 }
 
 /// `Local/3241000752@from-voip`: `;2` answers and runs `Stasis(openai-app)`
-/// (recording `inbound`). Ends when either half is deleted.
+/// (recording `inbound`). Either half in Stasis can play. Ends when either
+/// half is deleted (`;2`: recording `inbound`; `;1`: recording
+/// `inbound-caller-hangs-up-with-externalmedia`).
 async fn agent(sim: &Shared, call: &mut Call) {
     let (a, b) = (call.a.clone(), call.b.clone().unwrap_or_default());
     let ds = format!("{}@from-voip", super::dialplan::AGENT_NUMBER);
@@ -423,7 +436,10 @@ async fn agent(sim: &Shared, call: &mut Call) {
     // Answer() and the codec settings take the lab's Asterisk about 500 ms.
     let enter_at = Instant::now() + sim.scaled(Duration::from_millis(500));
     let mut entered = false;
+    let (mut play_a, mut play_b) = (Player::new(&a), Player::new(&b));
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
+        let (until_a, until_b) = (play_a.until(), play_b.until());
         tokio::select! {
             _ = sleep_until(enter_at), if !entered => {
                 entered = true;
@@ -435,14 +451,47 @@ async fn agent(sim: &Shared, call: &mut Call) {
                     e.subscribe(&b, &inbound_app);
                 });
             }
+            _ = sleep_until(until_a.unwrap_or(far)), if until_a.is_some() => play_a.advance(sim),
+            _ = sleep_until(until_b.unwrap_or(far)), if until_b.is_some() => play_b.advance(sim),
             cmd = call.ctl.recv() => match cmd {
                 None => return,
-                Some(Ctl::Play { ack, .. }) => drop(ack),
-                Some(Ctl::Shutdown) => return sim.with(|e| shutdown_now(e, &a, Some(&b), None)),
+                Some(Ctl::Play { channel, playback_id, media, lang, ack }) => {
+                    if channel == a {
+                        play_a.play(sim, playback_id, media, lang);
+                    } else if channel == b && entered {
+                        play_b.play(sim, playback_id, media, lang);
+                    }
+                    let _ = ack.send(());
+                }
+                Some(Ctl::StopPlayback { playback_id, ack }) => {
+                    let stopped = play_a.stop(sim, &playback_id) || play_b.stop(sim, &playback_id);
+                    let _ = ack.send(stopped);
+                }
+                Some(Ctl::Shutdown) => {
+                    return sim.with(|e| {
+                        shutdown_now(e, &a, Some(&b), play_a.current(), play_b.current())
+                    })
+                }
+                // The caller (behind `;1`) goes: as our DELETE of `;1`,
+                // but a hangup from the far end is not soft.
+                Some(Ctl::FarEndHangup) => {
+                    return sim.with(|e| {
+                        e.hangup_request(&a, 16, false);
+                        agent_a_gone(e, &a, &b, &play_a, &play_b);
+                    })
+                }
+                Some(Ctl::Hangup { channel, .. }) if channel == a => {
+                    return sim.with(|e| {
+                        e.hangup_request(&a, 32, true);
+                        agent_a_gone(e, &a, &b, &play_a, &play_b);
+                    })
+                }
                 Some(Ctl::Hangup { .. }) => {
                     return sim.with(|e| {
-                        let agent_app = e.inner.channels.get(&b).and_then(|c| c.stasis.clone());
                         e.hangup_request(&b, 32, true);
+                        playback_interrupted(e, &b, play_b.current());
+                        e.leave_bridges(&b);
+                        let agent_app = e.inner.channels.get(&b).and_then(|c| c.stasis.clone());
                         e.stasis_end(&b, true);
                         if agent_app.is_some() {
                             e.varset(&b, "STASISSTATUS", "SUCCESS");
@@ -450,6 +499,8 @@ async fn agent(sim: &Shared, call: &mut Call) {
                         e.hangup_request(&b, 16, true);
                         e.hangup_request(&a, 16, false);
                         e.destroyed(&b, 16);
+                        playback_interrupted(e, &a, play_a.current());
+                        e.leave_bridges(&a);
                         e.stasis_end(&a, false);
                         e.varset(&a, "STASISSTATUS", "SUCCESS");
                         e.destroyed(&a, 16);
@@ -460,8 +511,24 @@ async fn agent(sim: &Shared, call: &mut Call) {
     }
 }
 
-/// A playback in progress on the call's channel.
-struct Playing {
+/// `;1` of the agent pair is hung up (its `ChannelHangupRequest` already
+/// sent): recording `inbound-caller-hangs-up-with-externalmedia`, where
+/// `;2` leaves Stasis after `;1` is destroyed.
+fn agent_a_gone(e: &mut Emit, a: &str, b: &str, play_a: &Player, play_b: &Player) {
+    playback_interrupted(e, a, play_a.current());
+    e.leave_bridges(a);
+    e.stasis_end(a, false);
+    e.varset(a, "STASISSTATUS", "SUCCESS");
+    e.hangup_request(b, 16, false);
+    e.destroyed(a, 16);
+    playback_interrupted(e, b, play_b.current());
+    leave_stasis(e, b, true);
+    e.hangup_request(b, 16, true);
+    e.destroyed(b, 16);
+}
+
+/// A playback in progress on a channel.
+pub struct Playing {
     id: String,
     media: Vec<String>,
     index: usize,
@@ -487,6 +554,113 @@ impl Playing {
     }
 }
 
+/// The playbacks of one channel in Stasis, as Asterisk's playback queue
+/// runs them: one plays, the others wait their turn. Each media item of a
+/// playback gives `PlaybackContinuing`; a missing sound or language fails
+/// the whole playback.
+pub struct Player {
+    channel: String,
+    queue: VecDeque<(String, Vec<String>, String)>,
+    playing: Option<Playing>,
+}
+
+impl Player {
+    pub fn new(channel: &str) -> Player {
+        Player {
+            channel: channel.to_owned(),
+            queue: VecDeque::new(),
+            playing: None,
+        }
+    }
+
+    /// When the current media item ends, if something plays.
+    pub fn until(&self) -> Option<Instant> {
+        self.playing.as_ref().map(|p| p.until)
+    }
+
+    pub fn current(&self) -> Option<&Playing> {
+        self.playing.as_ref()
+    }
+
+    /// `POST /channels/{id}/play`: queued, and started if nothing plays.
+    pub fn play(&mut self, sim: &Shared, id: String, media: Vec<String>, lang: String) {
+        if media.is_empty() {
+            return;
+        }
+        self.queue.push_back((id, media, lang));
+        if self.playing.is_none() {
+            self.start_next(sim);
+        }
+    }
+
+    fn start_next(&mut self, sim: &Shared) {
+        let Some((id, media, lang)) = self.queue.pop_front() else {
+            self.playing = None;
+            return;
+        };
+        let mut p = Playing {
+            id,
+            media,
+            index: 0,
+            lang,
+            until: Instant::now(),
+            ok: false,
+        };
+        (p.ok, p.until) = sim.media_length(&p.media[0], &p.lang);
+        sim.with(|e| {
+            e.playback(
+                &self.channel,
+                "PlaybackStarted",
+                p.json(&self.channel, "playing"),
+            )
+        });
+        self.playing = Some(p);
+    }
+
+    /// The current media item ended: on to the next item, the next queued
+    /// playback, or done.
+    pub fn advance(&mut self, sim: &Shared) {
+        let Some(mut p) = self.playing.take() else {
+            return;
+        };
+        let a = self.channel.as_str();
+        if !p.ok {
+            sim.with(|e| e.playback(a, "PlaybackFinished", p.json(a, "failed")));
+            return self.start_next(sim);
+        }
+        if p.index + 1 < p.media.len() {
+            p.index += 1;
+            (p.ok, p.until) = sim.media_length(&p.media[p.index], &p.lang);
+            sim.with(|e| e.playback(a, "PlaybackContinuing", p.json(a, "continuing")));
+            self.playing = Some(p);
+            return;
+        }
+        sim.with(|e| e.playback(a, "PlaybackFinished", p.json(a, "done")));
+        self.start_next(sim);
+    }
+
+    /// `DELETE /playbacks/{id}`: the playing one finishes `done` (fact 15)
+    /// and the next queued one starts; a queued one is dropped without an
+    /// event. `false` when it is neither.
+    pub fn stop(&mut self, sim: &Shared, id: &str) -> bool {
+        if self.playing.as_ref().is_some_and(|p| p.id == id) {
+            if let Some(p) = self.playing.take() {
+                let a = self.channel.as_str();
+                sim.with(|e| e.playback(a, "PlaybackFinished", p.json(a, "done")));
+            }
+            self.start_next(sim);
+            return true;
+        }
+        let before = self.queue.len();
+        self.queue.retain(|(q, _, _)| q != id);
+        if self.queue.len() < before {
+            sim.with(|e| e.inner.playbacks.remove(id));
+            return true;
+        }
+        false
+    }
+}
+
 /// The answered call in Stasis: prompts, the callee's own hang-up, our DELETE.
 async fn answered(
     sim: &Shared,
@@ -501,11 +675,10 @@ async fn answered(
     let callee_hangs_up = answered_at + sim.scaled(hangs_up_after);
     // The callee's `Wait()` shows a few ms after the answer (4–12 ms in the lab).
     let mut wait_event = wait.map(|w| (answered_at + sim.dialplan_lag(), w.to_owned()));
-    let mut queue: VecDeque<(String, Vec<String>, String)> = VecDeque::new();
-    let mut playing: Option<Playing> = None;
+    let mut player = Player::new(&a);
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
-        let play_until = playing.as_ref().map_or(far, |p| p.until);
+        let play_until = player.until();
         let wait_at = wait_event.as_ref().map_or(far, |(t, _)| *t);
         tokio::select! {
             _ = sleep_until(wait_at), if wait_event.is_some() => {
@@ -513,74 +686,39 @@ async fn answered(
                     sim.with(|e| e.dialplan(b, "Wait", &w));
                 }
             }
-            _ = sleep_until(play_until), if playing.is_some() => {
-                playing = advance(sim, &a, playing.take(), &mut queue);
+            _ = sleep_until(play_until.unwrap_or(far)), if play_until.is_some() => {
+                player.advance(sim);
             }
             _ = sleep_until(callee_hangs_up) => {
                 let billed = answered_at.elapsed();
-                return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), playing.as_ref(), billed));
+                return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), player.current(), billed));
             }
             cmd = call.ctl.recv() => match cmd {
                 None => return,
-                Some(Ctl::Play { playback_id, media, lang, ack }) => {
-                    queue.push_back((playback_id, media, lang));
-                    if playing.is_none() {
-                        playing = start_next(sim, &a, &mut queue);
+                Some(Ctl::Play { channel, playback_id, media, lang, ack }) => {
+                    // Only `a` is in Stasis: the REST side refused the other half.
+                    if channel == a {
+                        player.play(sim, playback_id, media, lang);
                     }
                     let _ = ack.send(());
                 }
+                Some(Ctl::StopPlayback { playback_id, ack }) => {
+                    let _ = ack.send(player.stop(sim, &playback_id));
+                }
+                Some(Ctl::FarEndHangup) => {
+                    let billed = answered_at.elapsed();
+                    return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), player.current(), billed));
+                }
                 Some(Ctl::Hangup { .. }) => {
                     let billed = answered_at.elapsed();
-                    return sim.with(|e| our_hangup(e, style, &a, b.as_deref(), playing.as_ref(), billed));
+                    return sim.with(|e| our_hangup(e, style, &a, b.as_deref(), player.current(), billed));
                 }
                 Some(Ctl::Shutdown) => {
-                    return sim.with(|e| shutdown_now(e, &a, b.as_deref(), playing.as_ref()));
+                    return sim.with(|e| shutdown_now(e, &a, b.as_deref(), player.current(), None));
                 }
             }
         }
     }
-}
-
-fn start_next(
-    sim: &Shared,
-    a: &str,
-    queue: &mut VecDeque<(String, Vec<String>, String)>,
-) -> Option<Playing> {
-    let (id, media, lang) = queue.pop_front()?;
-    let mut p = Playing {
-        id,
-        media,
-        index: 0,
-        lang,
-        until: Instant::now(),
-        ok: false,
-    };
-    (p.ok, p.until) = sim.media_length(&p.media[0], &p.lang);
-    sim.with(|e| e.playback(a, "PlaybackStarted", p.json(a, "playing")));
-    Some(p)
-}
-
-/// The current media item ended: on to the next item, the next queued
-/// playback, or done. A sound that is missing fails the whole playback.
-fn advance(
-    sim: &Shared,
-    a: &str,
-    playing: Option<Playing>,
-    queue: &mut VecDeque<(String, Vec<String>, String)>,
-) -> Option<Playing> {
-    let mut p = playing?;
-    if !p.ok {
-        sim.with(|e| e.playback(a, "PlaybackFinished", p.json(a, "failed")));
-        return start_next(sim, a, queue);
-    }
-    if p.index + 1 < p.media.len() {
-        p.index += 1;
-        (p.ok, p.until) = sim.media_length(&p.media[p.index], &p.lang);
-        sim.with(|e| e.playback(a, "PlaybackContinuing", p.json(a, "continuing")));
-        return Some(p);
-    }
-    sim.with(|e| e.playback(a, "PlaybackFinished", p.json(a, "done")));
-    start_next(sim, a, queue)
 }
 
 /// Time-related variables `Dial()` sets on `;2` when its call ends.
@@ -680,7 +818,13 @@ fn callee_hangup(
 /// with cause 0 whatever the callee did, so the cause tells nothing.
 /// Recorded for an answered `sim-pstn` pair only; other routes and states
 /// follow the same pattern (no final `Dial`, no `;2` dialplan events).
-fn shutdown_now(e: &mut Emit, a: &str, b: Option<&str>, playing: Option<&Playing>) {
+fn shutdown_now(
+    e: &mut Emit,
+    a: &str,
+    b: Option<&str>,
+    a_playing: Option<&Playing>,
+    b_playing: Option<&Playing>,
+) {
     if let Some(b) = b {
         e.hangup_request(b, 4, true);
     }
@@ -689,20 +833,23 @@ fn shutdown_now(e: &mut Emit, a: &str, b: Option<&str>, playing: Option<&Playing
         // chan_local passes each half's hangup on to the other half.
         e.hangup_request(b, 16, true);
         e.hangup_request(a, 0, false);
-        // Only a `;2` that entered Stasis from the dialplan (the agent's) is in one.
+        // Only a `;2` that entered Stasis from the dialplan (the agent's,
+        // an inbound Local call's) is in one.
+        playback_interrupted(e, b, b_playing);
         leave_stasis(e, b, true);
         e.destroyed(b, 0);
     }
-    playback_interrupted(e, a, playing);
+    playback_interrupted(e, a, a_playing);
     leave_stasis(e, a, false);
     e.destroyed(a, 0);
 }
 
-/// `core stop now` for a channel no call task plays (externalMedia, an
-/// inbound trunk call): the same pattern as `shutdown_now`.
-pub fn shutdown_lone(e: &mut Emit, id: &str) {
+/// `core stop now` for a channel alone (externalMedia, an inbound trunk
+/// call): the same pattern as `shutdown_now`.
+pub fn shutdown_lone(e: &mut Emit, id: &str, playing: Option<&Playing>) {
     let via_dialplan = e.inner.channels.get(id).is_some_and(|c| c.via_dialplan);
     e.hangup_request(id, 4, true);
+    playback_interrupted(e, id, playing);
     leave_stasis(e, id, via_dialplan);
     e.destroyed(id, 0);
 }
@@ -715,4 +862,97 @@ fn leave_stasis(e: &mut Emit, id: &str, unsubscribe: bool) {
         e.stasis_end(id, unsubscribe);
         e.varset(id, "STASISSTATUS", "SUCCESS");
     }
+}
+
+/// A call from the PBX that entered `Stasis()` from the dialplan: a trunk
+/// channel alone (`pair` `None`), or the `;2` half of a Local pair whose
+/// `;1` the PBX's own dialplan dialled (`pair` is that `;1`: in no app, no
+/// app subscribed to it).
+pub struct Inbound {
+    pub id: String,
+    pub pair: Option<String>,
+    pub ctl: mpsc::UnboundedReceiver<Ctl>,
+}
+
+/// Plays into the inbound channel until it is hung up: by us (`DELETE`),
+/// by the caller (`FarEndHangup`), or by `core stop now`.
+pub async fn inbound(sim: Arc<Shared>, mut call: Inbound) {
+    let id = call.id.clone();
+    let pair = call.pair.clone();
+    let mut player = Player::new(&id);
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    loop {
+        let until = player.until();
+        tokio::select! {
+            _ = sleep_until(until.unwrap_or(far)), if until.is_some() => player.advance(&sim),
+            cmd = call.ctl.recv() => match cmd {
+                // Forgotten by a restart.
+                None => return,
+                Some(Ctl::Play { channel, playback_id, media, lang, ack }) => {
+                    if channel == id {
+                        player.play(&sim, playback_id, media, lang);
+                    }
+                    let _ = ack.send(());
+                }
+                Some(Ctl::StopPlayback { playback_id, ack }) => {
+                    let _ = ack.send(player.stop(&sim, &playback_id));
+                }
+                Some(Ctl::Hangup { channel, cause }) if channel == id => {
+                    return sim.with(|e| {
+                        inbound_deleted(e, &id, pair.as_deref(), player.current(), cause)
+                    });
+                }
+                // DELETE of the `;1` half: for `;2`, the caller went.
+                Some(Ctl::Hangup { .. }) | Some(Ctl::FarEndHangup) => {
+                    return sim.with(|e| {
+                        inbound_caller_gone(e, &id, pair.as_deref(), player.current())
+                    });
+                }
+                Some(Ctl::Shutdown) => {
+                    return sim.with(|e| match &pair {
+                        Some(one) => shutdown_now(e, one, Some(&id), None, player.current()),
+                        None => shutdown_lone(e, &id, player.current()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Our `DELETE` of an inbound channel. For a Local `;2`, recording
+/// `inbound` (its `;2`): the app that entered Stasis from the dialplan hears
+/// only `ChannelHangupRequest` 32 soft and `StasisEnd`; `;1` goes with it.
+fn inbound_deleted(
+    e: &mut Emit,
+    id: &str,
+    pair: Option<&str>,
+    playing: Option<&Playing>,
+    cause: i64,
+) {
+    e.hangup_request(id, 32, true);
+    playback_interrupted(e, id, playing);
+    leave_stasis(e, id, true);
+    match pair {
+        Some(one) => {
+            e.hangup_request(id, 16, true);
+            e.hangup_request(one, 16, false);
+            e.destroyed(id, cause);
+            e.destroyed(one, cause);
+        }
+        None => e.destroyed(id, cause),
+    }
+}
+
+/// The caller hangs up an inbound channel: `ChannelHangupRequest` 16, not
+/// soft, then as recording `inbound-caller-hangs-up-with-externalmedia`
+/// for `;2` (its `;1` is destroyed first).
+fn inbound_caller_gone(e: &mut Emit, id: &str, pair: Option<&str>, playing: Option<&Playing>) {
+    e.hangup_request(id, 16, false);
+    playback_interrupted(e, id, playing);
+    leave_stasis(e, id, true);
+    if let Some(one) = pair {
+        e.destroyed(one, 16);
+        e.hangup_request(id, 16, true);
+    }
+    e.destroyed(id, 16);
 }

@@ -76,6 +76,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ari/bridges/{id}", delete(destroy_bridge))
         .route("/ari/bridges/{id}/addChannel", post(add_channel))
         .route("/ari/bridges/{id}/play", post(play_bridge))
+        .route("/ari/playbacks/{id}", delete(stop_playback))
         .route("/ari/applications", get(applications))
         .route("/ari/applications/{name}", get(application))
         .route("/ari/sounds/{id}", get(sound))
@@ -420,9 +421,12 @@ async fn hangup(State(sim): Sim, Path(id): Path<String>, Query(q): Params) -> Re
     };
     match ctl {
         Some(ctl) => {
-            let _ = ctl.send(Ctl::Hangup { cause });
+            let _ = ctl.send(Ctl::Hangup {
+                channel: id.clone(),
+                cause,
+            });
         }
-        // A channel no call task plays (externalMedia, inbound): torn down here.
+        // A channel no call task plays (externalMedia): torn down here.
         None => sim.with(|e| {
             let via_dialplan = e.inner.channels.get(&id).is_some_and(|c| c.via_dialplan);
             e.hangup_request(&id, 32, true);
@@ -469,16 +473,22 @@ async fn play(State(sim): Sim, Path(id): Path<String>, Query(q): Params) -> Resp
             "Channel not in Stasis application",
         );
     };
+    // Known before PlaybackStarted can reach the client, so it can be stopped at once.
+    sim.inner()
+        .playbacks
+        .insert(playback_id.clone(), id.clone());
     let (ack, acked) = oneshot::channel();
     if ctl
         .send(Ctl::Play {
-            playback_id,
+            channel: id.clone(),
+            playback_id: playback_id.clone(),
             media,
             lang,
             ack,
         })
         .is_err()
     {
+        sim.inner().playbacks.remove(&playback_id);
         return message(StatusCode::NOT_FOUND, "Channel not found");
     }
     // PlaybackStarted is emitted before this answer, as Asterisk does.
@@ -725,6 +735,51 @@ async fn play_bridge(State(sim): Sim, Path(id): Path<String>, Query(q): Params) 
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
+/// `DELETE /ari/playbacks/{id}`: 204, then `PlaybackFinished` `done`
+/// (fact 15), for a channel's playback as for a bridge's.
+async fn stop_playback(State(sim): Sim, Path(id): Path<String>) -> Response {
+    let ctl = {
+        let inner = sim.inner();
+        inner
+            .playbacks
+            .get(&id)
+            .and_then(|ch| inner.channels.get(ch))
+            .and_then(|c| c.ctl.clone())
+    };
+    if let Some(ctl) = ctl {
+        let (ack, acked) = oneshot::channel();
+        let sent = ctl.send(Ctl::StopPlayback {
+            playback_id: id.clone(),
+            ack,
+        });
+        if sent.is_ok() && acked.await == Ok(true) {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+    }
+    let stopped = sim.with(|e| {
+        let Some(mut bp) = e.inner.bridge_playbacks.remove(&id) else {
+            return false;
+        };
+        bp.playback["state"] = json!("done");
+        for app in &bp.apps {
+            e.inner.emit_app(app, json!({ "type": "PlaybackFinished", "timestamp": now_stamp(), "playback": bp.playback }), e.asterisk_id);
+        }
+        let bridge = bp.playback["target_uri"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("bridge:"))
+            .and_then(|b| e.inner.bridges.get(b).cloned());
+        if let Some(bridge) = bridge {
+            e.bridge_peers(&bridge, None);
+        }
+        true
+    });
+    if stopped {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        message(StatusCode::NOT_FOUND, "Playback not found")
+    }
+}
+
 async fn destroy_bridge(State(sim): Sim, Path(id): Path<String>) -> Response {
     if sim.with(|e| e.destroy_bridge(&id)) {
         StatusCode::NO_CONTENT.into_response()
@@ -830,47 +885,97 @@ async fn info(State(sim): Sim, Query(q): Params) -> Response {
 
 /// A caller dialling the inbound number over a SIP trunk: answered in
 /// `from-voip`, then `Stasis(<inbound app>)` (recording `inbound`, fact 11).
-pub fn inbound_call(sim: &Shared, caller_number: &str) -> Option<String> {
+pub fn inbound_call(sim: &Arc<Shared>, caller_number: &str) -> Option<String> {
+    inbound(sim, caller_number, false)
+}
+
+/// The inbound number reached through a Local channel that the PBX's own
+/// dialplan dialled (a ring group, follow-me): the `;2` half enters
+/// `Stasis(<inbound app>)` as in recording `inbound`; the `;1` half is in
+/// no app and no app hears of it.
+pub fn inbound_local_call(sim: &Arc<Shared>, caller_number: &str) -> Option<String> {
+    inbound(sim, caller_number, true)
+}
+
+fn inbound(sim: &Arc<Shared>, caller_number: &str, local: bool) -> Option<String> {
     let app = sim.cfg().inbound_app.clone();
-    sim.with(|e| {
+    let number = super::dialplan::AGENT_NUMBER;
+    let (ctl, ctl_rx) = mpsc::unbounded_channel();
+    let (id, pair) = sim.with(|e| {
         if e.inner.stopping {
             return None; // a stopping Asterisk takes no new call
         }
-        let id = e.inner.next_id();
+        let uid = e.inner.next_id();
         let seq = e.inner.next_seq();
-        let cep = DialplanCep {
-            context: "from-voip".into(),
-            exten: super::dialplan::AGENT_NUMBER.into(),
-            priority: 2,
-            app_name: "Stasis".into(),
-            app_data: app.clone(),
-        };
         let caller = CallerId {
             name: String::new(),
             number: caller_number.to_owned(),
         };
-        let ch = new_channel(
-            id.clone(),
-            format!("PJSIP/voip_issabel-{seq:08x}"),
-            "Up",
-            cep.clone(),
-            caller,
-        );
+        let in_stasis = DialplanCep {
+            context: "from-voip".into(),
+            exten: number.into(),
+            priority: 2,
+            app_name: "Stasis".into(),
+            app_data: app.clone(),
+        };
+        let (id, name, pair) = if local {
+            // An id given by whoever originated the pair (AMI or ARI with a
+            // channel id): the `;2` half is then `<id>;2`.
+            let base = format!("Local/{number}@from-voip-{seq:08x}");
+            let dialled = DialplanCep {
+                context: "from-voip".into(),
+                exten: number.into(),
+                priority: 1,
+                app_name: "AppDial".into(),
+                app_data: "(Outgoing Line)".into(),
+            };
+            let one = new_channel(
+                uid.clone(),
+                format!("{base};1"),
+                "Up",
+                dialled.clone(),
+                caller.clone(),
+            );
+            e.inner.add_channel(Chan {
+                ch: one,
+                subscribers: Vec::new(),
+                stasis: None,
+                home: dialled,
+                ctl: Some(ctl.clone()),
+                is_call: false,
+                via_dialplan: false,
+            });
+            (format!("{uid};2"), format!("{base};2"), Some(uid))
+        } else {
+            (uid, format!("PJSIP/voip_issabel-{seq:08x}"), None)
+        };
+        let ch = new_channel(id.clone(), name, "Up", in_stasis.clone(), caller);
         e.inner.add_channel(Chan {
             ch,
             subscribers: Vec::new(),
             stasis: None,
-            home: cep,
-            ctl: None,
+            home: in_stasis,
+            ctl: Some(ctl),
             is_call: false,
             via_dialplan: true,
         });
         if e.stasis_start(&id, &app, &[]) {
             e.subscribe(&id, &app);
-            Some(id)
+            Some((id, pair))
         } else {
+            // Stasis() failed: the caller hears nothing and is hung up, unseen.
             e.inner.remove_channel(&id);
+            if let Some(one) = &pair {
+                e.inner.remove_channel(one);
+            }
             None
         }
-    })
+    })?;
+    let task = call::Inbound {
+        id: id.clone(),
+        pair,
+        ctl: ctl_rx,
+    };
+    tokio::spawn(call::inbound(sim.clone(), task));
+    Some(id)
 }

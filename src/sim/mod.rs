@@ -13,9 +13,13 @@
 //! restart, as `GET /ari/asterisk/info` shows it; refuse originates for a
 //! technology with 500 `Allocation failed`; delay responses; per number,
 //! answer an originate late (`late_originate_answers`) or never
-//! (`lost_originates`), and the callee's behaviour; and counters of live
-//! channels, bridges and requests. A time scale shrinks every simulated
-//! duration so tests run fast.
+//! (`lost_originates`), the callee's behaviour, and how long it rings
+//! (`answer_delays`); inbound calls, over a trunk (`inbound_call`) or
+//! through a Local channel of the PBX's own (`inbound_local_call`), which
+//! play like any channel in Stasis; the far end hanging up
+//! (`hang_up_caller`); and counters of live channels, bridges and
+//! requests. A time scale shrinks every simulated duration so tests run
+//! fast.
 
 mod call;
 pub mod dialplan;
@@ -50,6 +54,9 @@ pub struct SimConfig {
     pub time_scale: f64,
     /// How long answering callees ring first (unscaled; 0 answers at once, as in the lab).
     pub answer_delay: Duration,
+    /// Per number, how long its callee rings before answering, instead of
+    /// `answer_delay` (unscaled, like it).
+    pub answer_delays: HashMap<String, Duration>,
     /// Lag of the callee's `Wait()` dialplan event after the answer (real time, not scaled).
     pub dialplan_lag: Duration,
     pub sounds: HashMap<String, SoundSpec>,
@@ -86,6 +93,7 @@ impl Default for SimConfig {
             password: "asterisk".into(),
             time_scale: 1.0,
             answer_delay: Duration::ZERO,
+            answer_delays: HashMap::new(),
             dialplan_lag: Duration::from_millis(5),
             sounds,
             callees: HashMap::new(),
@@ -149,8 +157,13 @@ impl Shared {
         *startup = Utc::now().max(*startup + chrono::Duration::milliseconds(1));
     }
 
-    fn answer_delay(&self) -> Duration {
-        self.cfg().answer_delay
+    /// How long `number`'s callee rings before answering (unscaled).
+    fn answer_delay(&self, number: &str) -> Duration {
+        let cfg = self.cfg();
+        cfg.answer_delays
+            .get(number)
+            .copied()
+            .unwrap_or(cfg.answer_delay)
     }
 
     fn dialplan_lag(&self) -> Duration {
@@ -277,7 +290,7 @@ impl Simulator {
         }
         self.shared.with(|e| {
             for id in channel_ids(e.inner, |c| c.ctl.is_none()) {
-                call::shutdown_lone(e, &id);
+                call::shutdown_lone(e, &id, None);
             }
         });
         // Bridges go once their channels have left them.
@@ -294,7 +307,7 @@ impl Simulator {
         self.shared.with(|e| {
             // A task that could not answer in time: its channels go here.
             for id in channel_ids(e.inner, |_| true) {
-                call::shutdown_lone(e, &id);
+                call::shutdown_lone(e, &id, None);
             }
             e.end_bridges();
         });
@@ -459,8 +472,39 @@ impl Simulator {
     /// Simulates a caller dialling the inbound number from `caller_number`
     /// over a SIP trunk: the channel enters `Stasis(<inbound app>)` answered.
     /// `None` when the app is not registered or Asterisk is stopping.
+    /// Plays like any channel in Stasis; `DELETE` gives `ChannelHangupRequest`
+    /// 32 soft, `StasisEnd`, `ChannelDestroyed`.
     pub fn inbound_call(&self, caller_number: &str) -> Option<String> {
         http::inbound_call(&self.shared, caller_number)
+    }
+
+    /// Simulates the PBX reaching the inbound number through a Local
+    /// channel of its own (a ring group, follow-me): the `;2` half, with id
+    /// `<unique id>;2`, enters `Stasis(<inbound app>)` answered, in context
+    /// `from-voip` priority 2 with `caller.number` set; its `;1` half is in
+    /// no app and no app hears of it. Hanging up `;2` (`DELETE`, or
+    /// `hang_up_caller`) takes `;1` with it. Returns the `;2` id; `None`
+    /// when the app is not registered or Asterisk is stopping.
+    pub fn inbound_local_call(&self, caller_number: &str) -> Option<String> {
+        http::inbound_local_call(&self.shared, caller_number)
+    }
+
+    /// The other party of `channel_id` hangs up now: the caller of an
+    /// inbound call (`ChannelHangupRequest` 16, not soft; a playback ends
+    /// `failed`; `StasisEnd`; `ChannelDestroyed` 16; a Local `;2` takes its
+    /// `;1` with it), the callee of an answered outbound call (as when it
+    /// hangs up by itself). Nothing happens to a call still ringing or to
+    /// an unknown channel.
+    pub fn hang_up_caller(&self, channel_id: &str) {
+        let ctl = self
+            .shared
+            .inner()
+            .channels
+            .get(channel_id)
+            .and_then(|c| c.ctl.clone());
+        if let Some(ctl) = ctl {
+            let _ = ctl.send(Ctl::FarEndHangup);
+        }
     }
 
     pub async fn shutdown(self) {

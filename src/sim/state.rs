@@ -17,14 +17,26 @@ use crate::ari::model::{Bridge, CallerId, Channel, DialplanCep};
 /// Commands from the REST side to the task that plays a call.
 #[derive(Debug)]
 pub enum Ctl {
-    /// `DELETE /channels/{id}`: hang up with this Q.850 cause.
-    Hangup { cause: i64 },
-    /// `POST /channels/{id}/play`: the task emits `PlaybackStarted`, then acks.
+    /// `DELETE /channels/{id}` of `channel` (either half of a Local pair):
+    /// hang up with this Q.850 cause.
+    Hangup { channel: String, cause: i64 },
+    /// The other party of `channel` hangs up: the callee of an answered
+    /// outbound call, the caller of an inbound one (`Simulator::hang_up_caller`).
+    FarEndHangup,
+    /// `POST /channels/{id}/play` on `channel`: the task emits
+    /// `PlaybackStarted` (if nothing plays yet), then acks.
     Play {
+        channel: String,
         playback_id: String,
         media: Vec<String>,
         lang: String,
         ack: oneshot::Sender<()>,
+    },
+    /// `DELETE /playbacks/{id}`: acks whether the playback was still
+    /// playing or queued (then it is stopped).
+    StopPlayback {
+        playback_id: String,
+        ack: oneshot::Sender<bool>,
     },
     /// `core stop now`: tear the call down at once, whatever its state.
     Shutdown,
@@ -89,6 +101,9 @@ pub struct Inner {
     pub bridge_playbacks: HashMap<String, BridgePlayback>,
     /// `core stop …` was given: no new channel can be allocated.
     pub stopping: bool,
+    /// Channel playbacks queued or playing, by playback id: the channel
+    /// they play on, for `DELETE /playbacks/{id}`.
+    pub playbacks: HashMap<String, String>,
 }
 
 pub struct BridgePlayback {
@@ -200,6 +215,8 @@ impl Inner {
         for b in self.bridges.values_mut() {
             b.channels.retain(|c| c != id);
         }
+        // Queued playbacks of a channel that is gone never start.
+        self.playbacks.retain(|_, ch| ch != id);
         Some(chan)
     }
 }
@@ -383,8 +400,14 @@ impl Emit<'_> {
         }
     }
 
-    /// `PlaybackStarted` / `PlaybackContinuing` / `PlaybackFinished` to the channel's Stasis app.
+    /// `PlaybackStarted` / `PlaybackContinuing` / `PlaybackFinished` to the
+    /// channel's Stasis app. A finished playback can no longer be stopped.
     pub fn playback(&mut self, channel: &str, kind: &str, playback: Value) {
+        if kind == "PlaybackFinished" {
+            if let Some(id) = playback["id"].as_str() {
+                self.inner.playbacks.remove(id);
+            }
+        }
         let Some(app) = self
             .inner
             .channels
