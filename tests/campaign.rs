@@ -12,7 +12,7 @@ use mysql_async::prelude::*;
 use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
 use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
 use overdue_dialer::config::{Config, MysqlConfig, Secret, TrunkConfig};
-use overdue_dialer::dialer::Dialer;
+use overdue_dialer::dialer::{one_pass, Dialer};
 use overdue_dialer::sim::{Callee, SimConfig, Simulator, SoundSpec};
 
 /// Clients that are all due (corte 1), flagged, with one open invoice.
@@ -89,21 +89,14 @@ async fn rig(data: &Data, trunks: Vec<TrunkConfig>) -> Rig {
 
 impl Rig {
     async fn pass(&self) -> PassSummary {
-        let dialer = Dialer::connect(self.config.clone(), "test-host".into())
-            .await
-            .unwrap();
         let (_tx, abort) = tokio::sync::watch::channel(false);
-        let summary = dialer
-            .pass(
-                PassOptions {
-                    ignore_window: true,
-                    drain: None,
-                },
-                abort,
-            )
+        let opts = PassOptions {
+            ignore_window: true,
+            drain: None,
+        };
+        let summary = one_pass(self.config.clone(), "test-host".into(), opts, abort)
             .await
             .unwrap();
-        dialer.shutdown().await;
         // Nothing may be left behind on the PBX.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
@@ -532,8 +525,9 @@ async fn a_missing_prompt_is_not_a_delivered_reminder() {
     assert_eq!(rig.client(1).await, (1, 0, false));
 }
 
-#[tokio::test]
-async fn an_inbound_call_hears_the_fallback_and_is_hung_up() {
+/// An inbound call hears the whole fallback prompt and is hung up within a
+/// second of its end, leaving nothing on Asterisk.
+async fn inbound_fallback(local: bool) {
     let rig = rig(
         &clients(&[]),
         vec![trunk("t1", "Local/{number}@sim-pstn", 1, 10)],
@@ -542,25 +536,53 @@ async fn an_inbound_call_hears_the_fallback_and_is_hung_up() {
     let dialer = Dialer::connect(rig.config.clone(), "test-host".into())
         .await
         .unwrap();
-    let id = rig
-        .sim
-        .inbound_call("3001234567")
-        .expect("openai-app registered");
-    for _ in 0..100 {
+    let id = if local {
+        rig.sim.inbound_local_call("3001234567")
+    } else {
+        rig.sim.inbound_call("3001234567")
+    }
+    .expect("openai-app registered");
+    assert_eq!(id.ends_with(";2"), local, "{id}");
+    for _ in 0..250 {
         if rig.sim.live_channels() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(rig.sim.live_channels(), 0, "inbound channel {id} still up");
-    let plays = rig
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.path == format!("/ari/channels/{id}/play"))
-        .count();
-    assert_eq!(plays, 1, "the fallback prompt was played");
+    let requests = rig.sim.requests();
+    let at = |method: &str, suffix: &str| {
+        let want = format!("/ari/channels/{id}{suffix}");
+        let found: Vec<std::time::Instant> = requests
+            .iter()
+            .filter(|r| r.method == method && r.path.replace("%3B", ";") == want)
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(found.len(), 1, "{method} {want}: {requests:?}");
+        found[0]
+    };
+    let played = at("POST", "/play");
+    let hung_up = at("DELETE", "");
+    // The prompt is 4.38 s at a fiftieth of real time: 88 ms.
+    let after = hung_up.duration_since(played);
+    assert!(
+        after >= Duration::from_millis(80) && after < Duration::from_millis(88 + 1000),
+        "hung up {after:?} after the play request"
+    );
     dialer.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_inbound_call_hears_the_fallback_and_is_hung_up() {
+    inbound_fallback(false).await;
+}
+
+/// A PBX that reaches `Stasis(openai-app)` through a `Local/` channel: the
+/// caller's channel id is `<id>;2` (its `;` kept), and its events must reach
+/// the inbound call, not be taken for the half of an outbound call.
+#[tokio::test]
+async fn an_inbound_call_on_a_local_half_is_ended_normally() {
+    inbound_fallback(true).await;
 }
 
 /// `overdue-dialer once`, as cron or an operator runs it.

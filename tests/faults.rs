@@ -376,10 +376,11 @@ async fn until<F: std::future::Future<Output = bool>>(
 /// once, and every client is reached again on a later pass.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_sigkilled_with_calls_up_then_restarted() {
-    // Clients 1–5 answer and stay on (last digit 8); 6–8 never answer (5).
+    // Clients 1–5 answer and stay on (last digit 8); 6 rings 2.5 s, then
+    // answers, after the restart; 7–8 never answer (5).
     let mut data = clients(8);
     for c in &mut data.clients {
-        let digit = if c.id <= 5 { 8 } else { 5 };
+        let digit = if c.id <= 6 { 8 } else { 5 };
         c.telefono = Some(format!("3100000{:02}{digit}", c.id));
     }
     let db = TestDb::with_data(&data).await;
@@ -401,6 +402,8 @@ async fn run_sigkilled_with_calls_up_then_restarted() {
                 duration: Duration::from_secs(600),
             },
         );
+        c.answer_delays
+            .insert("3100000068".into(), Duration::from_millis(2500));
     });
     let env = [
         ("OVERDUE_CAMPAIGN__CALL_TIMEOUT_SECS", "40"),
@@ -457,7 +460,9 @@ async fn run_sigkilled_with_calls_up_then_restarted() {
         Duration::from_secs(30),
         || async {
             let rows = rows(&db).await;
-            (1..=8).all(|id| rows.iter().any(|r| r.0 == id && r.1 == 2 && r.2.is_some()))
+            [1, 2, 3, 4, 5, 7, 8]
+                .iter()
+                .all(|id| rows.iter().any(|r| r.0 == *id && r.1 == 2 && r.2.is_some()))
         },
     )
     .await;
@@ -491,10 +496,13 @@ async fn run_sigkilled_with_calls_up_then_restarted() {
                 "{detail:?}"
             );
         } else {
-            assert_eq!(
-                outcome, "no_answer",
-                "client {client}: adopted and followed: {detail:?}"
-            );
+            // Adopted: followed as an ordinary call to its normal outcome.
+            let want = if *client == 6 {
+                "completed"
+            } else {
+                "no_answer"
+            };
+            assert_eq!(outcome, want, "client {client}: adopted: {detail:?}");
             assert!(
                 detail.as_deref().unwrap_or("").contains("adopted"),
                 "{detail:?}"
@@ -944,4 +952,78 @@ async fn a_restarted_asterisk_clears_trunk_cooldowns() {
         vec![(2, Some("pjsip".into()))],
         "the first trunk again"
     );
+}
+
+/// A channel of one of our attempts enters Stasis while nobody follows it
+/// (placed by a run that died, answered now): it is never hung up as an
+/// unknown channel while its claim is open; it is adopted, hears the
+/// prompt, and its attempt gets its outcome, counted once. Once the claim
+/// is closed, such a channel is a leftover and is hung up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unfollowed_channel_of_an_open_attempt_is_adopted_not_hung_up() {
+    let db = TestDb::with_data(&clients(2)).await;
+    let sim = slow_sim().await;
+    let cfg = config(&db, &sim);
+    let now = overdue_dialer::compliance::local_now(cfg.timezone);
+    let mut conn = db.conn().await;
+    // A fresh claim of another run: no orphan check touches it yet.
+    conn.exec_drop(
+        "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, channel_id) VALUES (1, 1, ?, 'pbx-b', 'overdue-1-1'), (2, 1, ?, 'pbx-b', 'overdue-2-1')",
+        (now, now),
+    )
+    .await
+    .unwrap();
+    conn.query_drop(
+        "UPDATE overdue_call_log SET outcome = 'busy', ended_at = claimed_at WHERE client_id = 2",
+    )
+    .await
+    .unwrap();
+    let dialer = Dialer::connect(cfg, "pbx-a".into()).await.unwrap();
+    let ari = overdue_dialer::ari::AriClient::new(
+        &sim.url(),
+        "asterisk",
+        Secret::new("asterisk"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    for (client, number) in [(1, "3006660018"), (2, "3006660028")] {
+        ari.originate(&overdue_dialer::ari::Originate {
+            endpoint: format!("Local/{number}@sim-pstn"),
+            app: "overdue-app".into(),
+            channel_id: Some(format!("overdue-{client}-1")),
+            timeout_secs: Some(30),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    until("the adopted call ends", Duration::from_secs(10), || async {
+        rows(&db).await.iter().all(|r| r.2.is_some()) && sim.live_channels() == 0
+    })
+    .await;
+    dialer.shutdown().await;
+    let got = rows(&db).await;
+    assert_eq!(got[0].2.as_deref(), Some("completed"), "{:?}", got[0]);
+    let plays = |id: &str| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.path == format!("/ari/channels/{id}/play"))
+            .count()
+    };
+    assert_eq!(
+        plays("overdue-1-1"),
+        1,
+        "the open attempt's callee heard the prompt"
+    );
+    assert_eq!(
+        plays("overdue-2-1"),
+        0,
+        "the closed attempt's leftover was hung up"
+    );
+    let attempts: Vec<i64> = conn
+        .query("SELECT outbound_call_attempts FROM afiliados ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(attempts[0], 1);
+    assert_no_channel_left(&sim).await;
 }

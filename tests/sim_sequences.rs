@@ -469,6 +469,10 @@ async fn channelid() {
         ("overdue-1795264373", "Down")
     );
     let mut got = drive(&mut lab, Script::Watch, 2).await;
+    // The lab hung this call up 5 ms after StasisStart, before the callee's
+    // Wait() showed: give our DELETE room on a loaded machine too.
+    lab.sim
+        .configure(|c| c.dialplan_lag = Duration::from_millis(500));
     let mut second = originate("Local/3001234568@sim-pstn", "overdue-app", 30);
     second.channel_id = Some("overdue-1795264373-dup".into());
     lab.ari.originate(&second).await.unwrap();
