@@ -15,9 +15,9 @@ use mysql_async::prelude::*;
 use overdue_dialer::billing::demo_data::{self, Spec};
 use overdue_dialer::billing::{schema, Billing};
 use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
-use overdue_dialer::campaign::selection::Policy;
 use overdue_dialer::config::{Config, MysqlConfig, Secret, TrunkConfig};
 use overdue_dialer::dialer::Dialer;
+use overdue_dialer::rules::selection::Policy;
 use overdue_dialer::sim::{Callee, SimConfig, Simulator};
 
 const SERVER: &str = "mysql://root@127.0.0.1:3306";

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::ari::{AriClient, AriError};
 use crate::billing::{schema, Billing};
-use crate::campaign::trunks::check_endpoint_template;
 use crate::config::Config;
+use crate::rules::trunks::check_endpoint_template;
 
 /// One verified item.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,6 +6,15 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDateTime;
 use chrono_tz::Tz;
 
+/// The current wall-clock time in `tz`, to the second (the precision the
+/// call log stores). The only place the daemon reads the system clock for
+/// a local time; rules take the time as an argument.
+pub fn local_now(tz: Tz) -> NaiveDateTime {
+    use chrono::Timelike;
+    let now = chrono::Utc::now().with_timezone(&tz).naive_local();
+    now.with_nanosecond(0).unwrap_or(now)
+}
+
 pub trait Clock: Send + Sync {
     /// Local time in the configured zone.
     fn now(&self) -> NaiveDateTime;
@@ -17,7 +26,7 @@ pub struct SystemClock(pub Tz);
 
 impl Clock for SystemClock {
     fn now(&self) -> NaiveDateTime {
-        crate::compliance::local_now(self.0)
+        crate::clock::local_now(self.0)
     }
     fn real(&self, d: chrono::Duration) -> Duration {
         d.to_std().unwrap_or_default()

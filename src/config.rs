@@ -15,7 +15,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer};
 
-use crate::compliance::CallingWindow;
+use crate::rules::selection::Policy;
+pub use crate::rules::selection::RetryMinutes;
+use crate::rules::window::CallingWindow;
 
 /// Where the daemon looks for its file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/overdue-dialer/config.toml";
@@ -273,37 +275,6 @@ impl Default for CampaignConfig {
     }
 }
 
-/// Retry delay in minutes after each failed outcome (SPEC §6).
-/// `invalid_number` is never retried until the stored number changes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryMinutes {
-    pub busy: u32,
-    pub no_answer: u32,
-    pub rejected: u32,
-    pub congestion: u32,
-    pub failed: u32,
-    pub timeout: u32,
-    pub trunk_error: u32,
-    /// Calls we cut ourselves (shutdown, global timeout) may go again on the next pass.
-    pub aborted: u32,
-}
-
-impl Default for RetryMinutes {
-    fn default() -> Self {
-        RetryMinutes {
-            busy: 30,
-            no_answer: 60,
-            rejected: 120,
-            congestion: 120,
-            failed: 120,
-            timeout: 120,
-            trunk_error: 120,
-            aborted: 0,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrunkConfig {
@@ -371,6 +342,17 @@ impl Default for LoggingConfig {
             format: LogFormat::Text,
             level: "info".into(),
             directory: None,
+        }
+    }
+}
+
+impl Policy {
+    /// The selection knobs of a configuration.
+    pub fn from_config(c: &Config) -> Policy {
+        Policy {
+            max_attempts: c.campaign.max_attempts,
+            min_days_between_contacts: c.campaign.min_days_between_contacts,
+            retry: c.retry_minutes.clone(),
         }
     }
 }
@@ -565,7 +547,7 @@ impl Config {
         let mut names = BTreeMap::new();
         for (i, t) in self.trunks.iter().enumerate() {
             let key = format!("trunks[{i}]");
-            if let Err(why) = crate::campaign::trunks::check_endpoint_template(&t.endpoint) {
+            if let Err(why) = crate::rules::trunks::check_endpoint_template(&t.endpoint) {
                 return fail(&format!("{key}.endpoint"), &why);
             }
             if t.max_channels == 0 {

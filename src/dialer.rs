@@ -14,12 +14,12 @@ use tokio::task::JoinHandle;
 use tokio::sync::{mpsc, watch};
 
 use crate::ari::connection::SupervisorHandle;
+use crate::ari::router::Router;
 use crate::ari::{AriClient, AriError, Backoff, ConnState, Envelope, Event, EventConnection};
 use crate::billing::{schema, Billing, Claim};
 use crate::campaign::pass::{Campaign, Hooks, PassError, PassOptions, PassSummary};
 use crate::campaign::reconcile;
-use crate::campaign::router::Router;
-use crate::campaign::trunks::pool::TrunkPool;
+use crate::campaign::trunks::TrunkPool;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 

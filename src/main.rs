@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand};
 use overdue_dialer::billing::{demo_data, schema, Billing};
 use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
 use overdue_dialer::campaign::preview;
-use overdue_dialer::campaign::selection::Policy;
-use overdue_dialer::compliance::local_now;
+use overdue_dialer::clock::local_now;
 use overdue_dialer::config::Config;
 use overdue_dialer::dialer::{host_name, one_pass};
+use overdue_dialer::rules::selection::Policy;
 use overdue_dialer::sim::{SimConfig, Simulator};
 
 #[derive(Parser)]

@@ -10,9 +10,9 @@ use common::TestDb;
 use mysql_async::prelude::*;
 use overdue_dialer::billing::demo_data::{self, Spec};
 use overdue_dialer::billing::{schema, Billing, CallRecord};
-use overdue_dialer::campaign::outcome::Outcome;
-use overdue_dialer::campaign::selection::{check_client, Policy, SkipReason};
 use overdue_dialer::config::RetryMinutes;
+use overdue_dialer::rules::outcome::Outcome;
+use overdue_dialer::rules::selection::{check_client, Policy, SkipReason};
 
 fn at(s: &str) -> NaiveDateTime {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
@@ -400,7 +400,7 @@ async fn outcomes_update_the_client_once() {
         None,
         "in flight"
     );
-    let ids = |v: Vec<overdue_dialer::campaign::selection::ClientFacts>| {
+    let ids = |v: Vec<overdue_dialer::rules::selection::ClientFacts>| {
         v.into_iter().map(|c| c.id).collect::<Vec<_>>()
     };
     assert_eq!(

@@ -274,7 +274,7 @@ async fn two_hundred_clients_keep_twenty_channels_busy() {
     assert_eq!(
         summary
             .outcomes
-            .get(&overdue_dialer::campaign::outcome::Outcome::Completed),
+            .get(&overdue_dialer::rules::outcome::Outcome::Completed),
         Some(&200)
     );
     assert_eq!(
@@ -323,7 +323,7 @@ async fn a_client_who_pays_mid_pass_is_not_dialled() {
     assert_eq!(
         summary
             .outcomes
-            .get(&overdue_dialer::campaign::outcome::Outcome::Completed),
+            .get(&overdue_dialer::rules::outcome::Outcome::Completed),
         Some(&59)
     );
     assert_eq!(

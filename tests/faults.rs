@@ -582,7 +582,7 @@ async fn an_early_hang_up_is_delivered_only_when_heard_long_enough() {
     assert_eq!(
         summary
             .outcomes
-            .get(&overdue_dialer::campaign::outcome::Outcome::HungUpEarly),
+            .get(&overdue_dialer::rules::outcome::Outcome::HungUpEarly),
         Some(&2)
     );
     let mut conn = db.conn().await;
@@ -599,9 +599,9 @@ async fn an_early_hang_up_is_delivered_only_when_heard_long_enough() {
     );
     // Not twice the same day; the next calling day, yes.
     let billing = overdue_dialer::billing::Billing::new(db.opts.clone());
-    let policy = overdue_dialer::campaign::selection::Policy::from_config(&config(&db, &sim));
-    let today = overdue_dialer::compliance::local_now(chrono_tz::America::Bogota);
-    let ids = |v: Vec<overdue_dialer::campaign::selection::ClientFacts>| {
+    let policy = overdue_dialer::rules::selection::Policy::from_config(&config(&db, &sim));
+    let today = overdue_dialer::clock::local_now(chrono_tz::America::Bogota);
+    let ids = |v: Vec<overdue_dialer::rules::selection::ClientFacts>| {
         v.into_iter().map(|c| c.id).collect::<Vec<_>>()
     };
     assert_eq!(
@@ -624,7 +624,7 @@ async fn another_hosts_claim_is_closed_only_when_stale() {
     let db = TestDb::with_data(&clients(2)).await;
     let sim = slow_sim().await;
     let cfg = config(&db, &sim);
-    let now = overdue_dialer::compliance::local_now(cfg.timezone);
+    let now = overdue_dialer::clock::local_now(cfg.timezone);
     let mut conn = db.conn().await;
     for (client, minutes) in [(1, 31), (2, 29)] {
         conn.exec_drop(
@@ -760,7 +760,7 @@ async fn asterisk_stopped_mid_prompt_then_restarted() {
     assert_eq!(
         second
             .outcomes
-            .get(&overdue_dialer::campaign::outcome::Outcome::Completed),
+            .get(&overdue_dialer::rules::outcome::Outcome::Completed),
         Some(&6),
         "{second:?}"
     );
@@ -815,7 +815,7 @@ async fn a_graceful_asterisk_stop_cools_no_trunk_and_spends_no_attempt() {
     assert_eq!(
         summary
             .outcomes
-            .get(&overdue_dialer::campaign::outcome::Outcome::Completed),
+            .get(&overdue_dialer::rules::outcome::Outcome::Completed),
         Some(&4),
         "{summary:?}"
     );
@@ -964,7 +964,7 @@ async fn an_unfollowed_channel_of_an_open_attempt_is_adopted_not_hung_up() {
     let db = TestDb::with_data(&clients(2)).await;
     let sim = slow_sim().await;
     let cfg = config(&db, &sim);
-    let now = overdue_dialer::compliance::local_now(cfg.timezone);
+    let now = overdue_dialer::clock::local_now(cfg.timezone);
     let mut conn = db.conn().await;
     // A fresh claim of another run: no orphan check touches it yet.
     conn.exec_drop(

@@ -198,7 +198,7 @@ async fn report_counts_outcomes_per_day_and_trunk() {
         .await
         .unwrap();
     // Today in Bogotá, whatever the host's zone.
-    let today = overdue_dialer::compliance::local_now(chrono_tz::America::Bogota).date();
+    let today = overdue_dialer::clock::local_now(chrono_tz::America::Bogota).date();
     let at = today.and_hms_opt(0, 0, 1).unwrap();
     for (client, trunk, outcome) in [
         (1, Some("t1"), "completed"),

@@ -5,6 +5,7 @@ pub mod client;
 pub mod connection;
 pub mod events;
 pub mod model;
+pub mod router;
 
 pub use client::{AriClient, AriError, ExternalMedia, Originate};
 pub use connection::{Backoff, ConnState, EventConnection};

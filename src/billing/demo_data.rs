@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::BillingError;
-use crate::campaign::outcome::Outcome;
+use crate::rules::outcome::Outcome;
 
 /// The two billing tables as the billing system has them (only the
 /// columns the daemon reads, plus a name), with the four `outbound_call*`
@@ -377,14 +377,14 @@ mod tests {
             .clients
             .iter()
             .filter(|c| {
-                crate::billing::phone::normalize(c.telefono.as_deref().unwrap_or("")).is_err()
+                crate::rules::phone::normalize(c.telefono.as_deref().unwrap_or("")).is_err()
             })
             .count();
         assert!(bad > 10 && bad < 100, "{bad} bad phones");
         let last_digits: std::collections::BTreeSet<_> = a
             .clients
             .iter()
-            .filter_map(|c| crate::billing::phone::normalize(c.telefono.as_deref()?).ok())
+            .filter_map(|c| crate::rules::phone::normalize(c.telefono.as_deref()?).ok())
             .map(|m| m.national().as_bytes()[9])
             .collect();
         assert_eq!(

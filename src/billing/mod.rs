@@ -1,9 +1,7 @@
-//! The billing MySQL database: the rules that read its data (cutoff day,
-//! phone numbers), the daemon's schema, and every query the daemon runs.
+//! The billing MySQL database: the daemon's schema, and every query the
+//! daemon runs. The rules that judge its data are in `rules`.
 
-pub mod cutoff;
 pub mod demo_data;
-pub mod phone;
 pub mod report;
 pub mod schema;
 pub mod store;

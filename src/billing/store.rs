@@ -9,10 +9,10 @@ use chrono::{Datelike, NaiveDateTime, Timelike};
 use mysql_async::prelude::*;
 use mysql_async::{IsolationLevel, Params, Row, TxOpts, Value};
 
-use super::cutoff::days_in_month;
 use super::BillingError;
-use crate::campaign::outcome::Outcome;
-use crate::campaign::selection::{ClientFacts, LastAttempt, Policy};
+use crate::rules::cutoff::days_in_month;
+use crate::rules::outcome::Outcome;
+use crate::rules::selection::{ClientFacts, LastAttempt, Policy};
 
 /// The facts `selection::check_client` needs, for flagged clients.
 /// `l` is the client's latest call-log row, if any. The open balance is
@@ -401,6 +401,44 @@ impl Billing {
         .await?;
         tx.commit().await?;
         Ok(Some(claim))
+    }
+
+    /// Writes an outcome, retrying with backoff for as long as MySQL is
+    /// unreachable (no new calls start meanwhile: claims fail too). The
+    /// full record is logged at the first failure, so it survives even if
+    /// the process is killed before MySQL comes back. `false` only for an
+    /// error retrying cannot fix.
+    pub async fn write_outcome(&self, claim: &Claim, record: &CallRecord) -> bool {
+        let mut wait = std::time::Duration::from_millis(200);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.record_outcome(claim, record).await {
+                Ok(_) => {
+                    if attempt > 1 {
+                        tracing::info!(
+                            client_id = claim.client_id,
+                            attempt,
+                            "outcome written after MySQL came back"
+                        );
+                    }
+                    return true;
+                }
+                Err(e) if e.is_transient() => {
+                    if attempt == 1 {
+                        tracing::warn!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "MySQL unreachable: outcome kept, retrying until written");
+                    } else {
+                        tracing::warn!(client_id = claim.client_id, attempt, error = %e, "outcome still not written; retrying");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+                Err(e) => {
+                    tracing::error!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "OUTCOME NOT WRITTEN");
+                    return false;
+                }
+            }
+        }
     }
 
     /// Records the channel id of a retry on another trunk before its

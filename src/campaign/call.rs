@@ -9,10 +9,10 @@ use chrono::NaiveDateTime;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
-use super::evidence::{classify, congested_before_ringing, Evidence, Prompt};
-use super::outcome::Outcome;
-use super::router::Router;
+use crate::ari::router::Router;
 use crate::ari::{AriClient, AriError, ConnState, Event, Originate};
+use crate::rules::evidence::{decide, Daemon, Evidence, Lost, Prompt};
+use crate::rules::outcome::Outcome;
 
 /// What to dial and play.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ pub async fn place(
 
 /// Whether an originate whose answer never came was placed: an event of
 /// the call arrives (it is kept for `follow`), or `GET` finds the channel.
-async fn placed(ari: &AriClient, channel_id: &str, inbox: &mut super::router::Inbox) -> bool {
+async fn placed(ari: &AriClient, channel_id: &str, inbox: &mut crate::ari::router::Inbox) -> bool {
     let give_up = Instant::now() + PLACEMENT_GRACE;
     loop {
         tokio::select! {
@@ -193,7 +193,7 @@ pub async fn follow(
     ari: &AriClient,
     router: &Arc<Router>,
     plan: &CallPlan,
-    mut inbox: super::router::Inbox,
+    mut inbox: crate::ari::router::Inbox,
     started: Instant,
     mut abort: watch::Receiver<bool>,
     mut ari_state: watch::Receiver<ConnState>,
@@ -325,7 +325,6 @@ pub async fn follow(
     if missing_sound.is_some() && !missing {
         // The playback failed and the channel went within the grace: the callee hung up.
         ev.prompt = Prompt::Failed { hangup_seen: true };
-        detail = None;
     }
 
     // A channel that vanished while the socket was down: if Asterisk
@@ -338,55 +337,33 @@ pub async fn follow(
     } else {
         false
     };
-    let outcome = if lost && !ev.own_destroyed {
-        if ev.answered && ev.prompt == Prompt::Done {
-            Outcome::Completed
-        } else if restarted {
-            detail = Some(
-                "Asterisk restarted while the ARI event socket was down: the call was cut by the restart"
-                    .into(),
-            );
-            Outcome::Aborted
-        } else {
-            detail =
-                Some("the call ended while the ARI event socket was down: outcome unknown".into());
-            Outcome::Failed
-        }
-    } else if aborted {
-        Outcome::Aborted
-    } else if timed_out {
-        Outcome::Timeout
-    } else if missing {
-        Outcome::Failed
-    } else {
-        classify(&ev)
-    };
-    if outcome == Outcome::Aborted && detail.is_none() && ev.torn_down_by_asterisk {
-        detail = Some("Asterisk hung the call up itself (shutdown or restart)".into());
-    }
-    if outcome == Outcome::Failed && detail.is_none() {
-        detail = Some(format!(
-            "dialstatus {:?}, causes {:?}/{:?}",
-            ev.last_dialstatus, ev.own_cause, ev.other_cause
-        ));
-    }
     let heard = prompt_started.map(|from| {
         prompt_cut
             .unwrap_or_else(Instant::now)
             .saturating_duration_since(from)
     });
-    if outcome == Outcome::HungUpEarly {
-        let secs = heard.map_or(0, |h| h.as_secs());
-        detail = Some(format!("heard {secs} s of the prompt"));
-    }
+    let decided = decide(
+        &ev,
+        &Daemon {
+            aborted,
+            timed_out,
+            prompt_problem: detail.filter(|_| missing),
+            lost: (lost && !ev.own_destroyed).then_some(if restarted {
+                Lost::InRestart
+            } else {
+                Lost::Unseen
+            }),
+            heard,
+        },
+    );
     Ended {
-        outcome,
+        outcome: decided.outcome,
         cause: ev.cause(),
-        trunk_congested: !aborted && !timed_out && congested_before_ringing(&ev, outcome),
+        trunk_congested: decided.trunk_congested,
         started,
         answered_after,
         lasted: started.elapsed(),
-        detail,
+        detail: decided.detail,
         heard,
     }
 }

@@ -2,7 +2,7 @@
 //! attempt, fill every free channel within the pacing limits, fail over
 //! between trunks, and write each outcome the moment it is known.
 
-use std::collections::BTreeMap;
+pub use super::summary::{CallLine, PassSummary, Skip};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,18 +10,17 @@ use chrono::NaiveDateTime;
 use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::time::Instant;
 
-use super::call::{after, place, CallEnd, CallPlan, Ended};
-use super::outcome::{is_delivered, Outcome};
-use super::router::Router;
-use super::selection::{decide, ClientFacts, Decision, Policy, SkipReason};
-use super::trunks::dial_string;
-use super::trunks::pool::{Refusal, TrunkPool, TrunkStats, Use};
+use super::call::after;
+use super::trunks::TrunkPool;
+use crate::ari::router::Router;
 use crate::ari::{AriClient, ConnState};
-use crate::billing::phone::{mask, normalize, Mobile};
-use crate::billing::{Billing, BillingError, CallRecord, Claim};
+use crate::billing::{Billing, BillingError, CallRecord};
 use crate::clock::Clock;
-use crate::compliance::CallingWindow;
 use crate::config::Config;
+use crate::rules::outcome::Outcome;
+use crate::rules::phone::{mask, normalize, Mobile};
+use crate::rules::selection::{decide, ClientFacts, Decision, Policy, SkipReason};
+use crate::rules::window::CallingWindow;
 
 /// Everything a pass needs, shared by all passes of a daemon.
 pub struct Campaign {
@@ -54,21 +53,11 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    fn panics_on_answer(&self, client_id: i64) -> bool {
+    pub(super) fn panics_on_answer(&self, client_id: i64) -> bool {
         self.panic_on_answer
             .lock()
             .is_ok_and(|set| set.contains(&client_id))
     }
-}
-
-/// What a call task has done so far, kept outside the task so that, should
-/// it panic, the pass can still hang its channel up, give its trunk back
-/// and record its attempt.
-#[derive(Default)]
-struct Progress {
-    claim: Option<Claim>,
-    channel: Option<String>,
-    trunk: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -79,74 +68,8 @@ pub struct PassOptions {
 }
 
 impl PassOptions {
-    fn draining(&self) -> bool {
+    pub(super) fn draining(&self) -> bool {
         self.drain.as_ref().is_some_and(|d| *d.borrow())
-    }
-}
-
-/// One line per finished attempt, for logs and the demo's table.
-#[derive(Debug, Clone)]
-pub struct CallLine {
-    pub client_id: i64,
-    pub phone: String,
-    pub trunk: Option<String>,
-    pub outcome: Outcome,
-    pub cause: Option<i64>,
-    pub ring_seconds: u32,
-    pub talk_seconds: u32,
-    pub detail: Option<String>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct PassSummary {
-    pub selected: usize,
-    pub skipped: BTreeMap<String, usize>,
-    pub outcomes: BTreeMap<Outcome, usize>,
-    pub trunks: Vec<(String, TrunkStats)>,
-    pub calls: Vec<CallLine>,
-    pub wall: Duration,
-    /// The window was closed: nothing was selected.
-    pub window_closed: Option<String>,
-    /// Outcomes that could not be written (MySQL down): logged in full.
-    pub unwritten: usize,
-}
-
-impl PassSummary {
-    fn skip(&mut self, reason: impl Into<String>) {
-        *self.skipped.entry(reason.into()).or_insert(0) += 1;
-    }
-
-    /// The operator's one line per pass.
-    pub fn log(&self) {
-        let outcomes: Vec<String> = self
-            .outcomes
-            .iter()
-            .map(|(o, n)| format!("{o}={n}"))
-            .collect();
-        let skipped: Vec<String> = self
-            .skipped
-            .iter()
-            .map(|(r, n)| format!("{r}={n}"))
-            .collect();
-        let trunks: Vec<String> = self
-            .trunks
-            .iter()
-            .map(|(t, s)| {
-                format!(
-                    "{t}:attempts={},answered={},failed={}",
-                    s.attempts, s.answered, s.failed
-                )
-            })
-            .collect();
-        tracing::info!(
-            selected = self.selected,
-            outcomes = %outcomes.join(" "),
-            skipped = %skipped.join(" "),
-            trunks = %trunks.join(" "),
-            unwritten = self.unwritten,
-            wall_s = format!("{:.1}", self.wall.as_secs_f64()),
-            "pass summary"
-        );
     }
 }
 
@@ -211,41 +134,24 @@ pub enum PassError {
     Orphans(BillingError),
 }
 
-/// The media list with `{saldo}` and `{corte}` filled in for this client.
-pub(crate) fn media_for(config: &Config, client: &ClientFacts) -> Vec<String> {
-    let saldo = client
-        .open_balance
-        .as_deref()
-        .and_then(|b| b.split('.').next())
-        .unwrap_or("0")
-        .to_owned();
-    let corte = client.corte.map_or_else(String::new, |c| c.to_string());
-    config
-        .campaign
-        .media
-        .iter()
-        .map(|m| m.replace("{saldo}", &saldo).replace("{corte}", &corte))
-        .collect()
-}
-
-struct Shared {
-    campaign: Arc<Campaign>,
-    summary: Mutex<PassSummary>,
-    pacing: Mutex<Instant>,
-    abort: watch::Receiver<bool>,
-    window_shut: std::sync::atomic::AtomicBool,
-    opts: PassOptions,
+pub(super) struct Shared {
+    pub(super) campaign: Arc<Campaign>,
+    pub(super) summary: Mutex<PassSummary>,
+    pub(super) pacing: Mutex<Instant>,
+    pub(super) abort: watch::Receiver<bool>,
+    pub(super) window_shut: std::sync::atomic::AtomicBool,
+    pub(super) opts: PassOptions,
 }
 
 impl Campaign {
-    fn now(&self) -> NaiveDateTime {
+    pub(super) fn now(&self) -> NaiveDateTime {
         self.clock.now()
     }
 
-    fn window(&self, opts: &PassOptions) -> CallingWindow {
+    pub(super) fn window(&self, opts: &PassOptions) -> CallingWindow {
         if opts.ignore_window {
             // Every day open all day: the window is somebody else's decision.
-            let all_day = crate::compliance::window::Hours {
+            let all_day = crate::rules::window::Hours {
                 start: chrono::NaiveTime::MIN,
                 end: chrono::NaiveTime::from_hms_opt(23, 59, 59).unwrap_or(chrono::NaiveTime::MIN),
             };
@@ -409,9 +315,9 @@ impl Campaign {
                 .window_shut
                 .load(std::sync::atomic::Ordering::Relaxed)
             {
-                "window closed mid-pass"
+                Skip::WindowClosedMidPass
             } else {
-                "pass ended first"
+                Skip::PassEndedFirst
             };
             summary.skip_n(reason, not_started);
         }
@@ -448,7 +354,7 @@ impl Campaign {
                 }
                 Decision::Skip(reason) => {
                     tracing::warn!(client_id = c.id, %reason, "selected by SQL but refused by the rules; skipped");
-                    summary.skip(reason.as_str());
+                    summary.skip(Skip::Rule(reason));
                 }
             }
         }
@@ -473,7 +379,7 @@ impl Campaign {
                     now,
                     format!("invalid phone: {why}"),
                 );
-                if self.write(&claim, &record).await {
+                if self.billing.write_outcome(&claim, &record).await {
                     *summary.outcomes.entry(Outcome::InvalidNumber).or_insert(0) += 1;
                     summary.calls.push(CallLine {
                         client_id: c.id,
@@ -489,416 +395,12 @@ impl Campaign {
                     summary.unwritten += 1;
                 }
             }
-            Ok(None) => summary.skip("claimed elsewhere"),
+            Ok(None) => summary.skip(Skip::ClaimedElsewhere),
             Err(e) => {
                 tracing::error!(client_id = c.id, error = %e, "cannot claim attempt");
-                summary.skip("claim failed");
+                summary.skip(Skip::ClaimFailed);
             }
         }
-    }
-
-    /// Writes an outcome, retrying with backoff for as long as MySQL is
-    /// unreachable (no new calls start meanwhile: claims fail too). The
-    /// full record is logged at the first failure, so it survives even if
-    /// the process is killed before MySQL comes back. `false` only for an
-    /// error retrying cannot fix.
-    pub(crate) async fn write(&self, claim: &Claim, record: &CallRecord) -> bool {
-        let mut wait = Duration::from_millis(200);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            match self.billing.record_outcome(claim, record).await {
-                Ok(_) => {
-                    if attempt > 1 {
-                        tracing::info!(
-                            client_id = claim.client_id,
-                            attempt,
-                            "outcome written after MySQL came back"
-                        );
-                    }
-                    return true;
-                }
-                Err(e) if e.is_transient() => {
-                    if attempt == 1 {
-                        tracing::warn!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "MySQL unreachable: outcome kept, retrying until written");
-                    } else {
-                        tracing::warn!(client_id = claim.client_id, attempt, error = %e, "outcome still not written; retrying");
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-                Err(e) => {
-                    tracing::error!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "OUTCOME NOT WRITTEN");
-                    return false;
-                }
-            }
-        }
-    }
-}
-
-impl PassSummary {
-    fn skip_n(&mut self, reason: &str, n: usize) {
-        *self.skipped.entry(reason.to_owned()).or_insert(0) += n;
-    }
-
-    /// Adds what one page of clients produced.
-    fn absorb(&mut self, page: PassSummary) {
-        self.selected += page.selected;
-        for (reason, n) in page.skipped {
-            self.skip_n(&reason, n);
-        }
-        for (outcome, n) in page.outcomes {
-            *self.outcomes.entry(outcome).or_insert(0) += n;
-        }
-        self.calls.extend(page.calls);
-        self.unwritten += page.unwritten;
-    }
-}
-
-impl Shared {
-    /// `call_client`, with what a panic would leave behind cleaned up: the
-    /// channel is hung up, the trunk given back and the attempt recorded
-    /// `failed` with the panic's message; the pass goes on.
-    async fn call_client_guarded(&self, client: ClientFacts, mobile: Mobile) {
-        use futures_util::FutureExt;
-        let progress = std::sync::Mutex::new(Progress::default());
-        let client_id = client.id;
-        let phone = mobile.masked();
-        let run = std::panic::AssertUnwindSafe(self.call_client(client, mobile, &progress));
-        let Err(panic) = run.catch_unwind().await else {
-            return;
-        };
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
-        let camp = &self.campaign;
-        tracing::error!(client_id, phone = %phone, panic = %message, "CALL TASK PANICKED: hanging up its channel and recording the attempt as failed");
-        if let Some(index) = progress.trunk {
-            camp.trunks.release(index, Use::Neutral);
-        }
-        if let Some(channel) = &progress.channel {
-            camp.router.unregister(channel);
-            if let Err(e) = camp.ari.hangup(channel, "normal").await {
-                if !e.is_not_found() {
-                    tracing::error!(client_id, %channel, error = %e, "cannot hang up the channel of a panicked call");
-                }
-            }
-        }
-        let Some(claim) = progress.claim else {
-            return self.skip("internal error").await;
-        };
-        let record = CallRecord::closed(
-            Outcome::Failed,
-            progress.channel.clone(),
-            camp.now(),
-            format!("internal error (call task panicked): {message}"),
-        );
-        let record = CallRecord {
-            dialled: progress.channel.is_some(),
-            ..record
-        };
-        let written = camp.write(&claim, &record).await;
-        let mut s = self.summary.lock().await;
-        if !written {
-            s.unwritten += 1;
-        }
-        *s.outcomes.entry(Outcome::Failed).or_insert(0) += 1;
-        s.calls.push(CallLine {
-            client_id,
-            phone,
-            trunk: None,
-            outcome: Outcome::Failed,
-            cause: None,
-            ring_seconds: 0,
-            talk_seconds: 0,
-            detail: record.detail.clone(),
-        });
-    }
-
-    fn note(progress: &std::sync::Mutex<Progress>, f: impl FnOnce(&mut Progress)) {
-        f(&mut progress.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    async fn call_client(
-        &self,
-        client: ClientFacts,
-        mobile: Mobile,
-        progress: &std::sync::Mutex<Progress>,
-    ) {
-        let camp = &self.campaign;
-        let cfg = &camp.config.campaign;
-        // Pacing: calls_per_second originates at most.
-        {
-            let mut next = self.pacing.lock().await;
-            let slot = (*next).max(Instant::now());
-            *next = after(slot, Duration::from_secs_f64(1.0 / cfg.calls_per_second));
-            drop(next);
-            tokio::time::sleep_until(slot).await;
-        }
-        // Never originate while the event socket is down: Asterisk would hang up the answered call.
-        if !self.connected().await {
-            return self.skip("pass ended first").await;
-        }
-        if self.opts.draining() {
-            return self.skip("shutting down").await;
-        }
-        // The window may have closed since the pass began: no call after it.
-        let now = camp.now();
-        if camp.window(&self.opts).check_local(now).is_err() {
-            self.window_shut
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return self.skip("window closed mid-pass").await;
-        }
-        let claim = match camp
-            .billing
-            .claim(
-                client.id,
-                client.attempts,
-                client.telefono.as_deref(),
-                &camp.host,
-                now,
-            )
-            .await
-        {
-            Ok(Some(c)) => c,
-            Ok(None) => return self.skip("claimed elsewhere").await,
-            Err(e) => {
-                tracing::error!(client_id = client.id, error = %e, "cannot claim attempt");
-                return self.skip("claim failed").await;
-            }
-        };
-        Self::note(progress, |p| p.claim = Some(claim.clone()));
-        let media = media_for(&camp.config, &client);
-        // Trunks that refused this attempt (cooled at once), and trunks on
-        // which it congested before ringing (cooled only if another trunk
-        // then reaches the callee: if all congest, the callee's network is).
-        let mut refused: Vec<usize> = Vec::new();
-        let mut congested: Vec<usize> = Vec::new();
-        let max_tries = camp.trunks.len() * 3;
-        let mut tries = 0;
-        // A refused originate created no channel, so its id is used again;
-        // a call that existed (congestion, next trunk) needs a new one.
-        let mut channel_id = claim.channel_id();
-        let mut placed_calls = 0;
-        let mut last_refusal = None;
-        let mut abort = self.abort.clone();
-        while tries < max_tries {
-            let avoid: Vec<usize> = refused.iter().chain(&congested).copied().collect();
-            let acquired = tokio::select! {
-                t = camp.trunks.acquire(&avoid) => Some(t),
-                _ = abort.wait_for(|a| *a) => None,
-            };
-            let Some((index, trunk)) = acquired else {
-                break;
-            };
-            Self::note(progress, |p| p.trunk = Some(index));
-            // The socket may have dropped while we waited for a trunk.
-            if !camp.ari_state.borrow().is_connected() {
-                camp.trunks.release(index, Use::Neutral);
-                Self::note(progress, |p| p.trunk = None);
-                if !self.connected().await {
-                    break;
-                }
-                continue;
-            }
-            Self::note(progress, |p| p.channel = Some(channel_id.clone()));
-            let plan = CallPlan {
-                channel_id: channel_id.clone(),
-                endpoint: dial_string(&trunk.endpoint, mobile.national()),
-                app: camp.config.ari.outbound_app.clone(),
-                caller_id: trunk.caller_id.clone(),
-                ring_timeout_secs: cfg.ring_timeout_secs,
-                call_timeout: Duration::from_secs(cfg.call_timeout_secs),
-                media: media.clone(),
-                lang: cfg.lang.clone(),
-                asterisk_started: camp.asterisk_started.borrow().clone(),
-                panic_on_answer: camp.hooks.panics_on_answer(client.id),
-            };
-            let originated = camp.now();
-            let end = place(
-                &camp.ari,
-                &camp.router,
-                &plan,
-                self.abort.clone(),
-                camp.ari_state.clone(),
-            )
-            .await;
-            Self::note(progress, |p| {
-                p.trunk = None;
-                p.channel = None;
-            });
-            match end {
-                CallEnd::Refused { status, message } => {
-                    last_refusal = Some(format!("HTTP {status}: {message}"));
-                    // A refusal while the socket is down says nothing of the trunk.
-                    if !camp.ari_state.borrow().is_connected() {
-                        camp.trunks.release(index, Use::Neutral);
-                        continue;
-                    }
-                    match camp.trunks.refused(index) {
-                        Refusal::Asterisk => {
-                            tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "Asterisk refused the originate on every trunk; no attempt spent, trying again");
-                            refused.clear();
-                            congested.clear();
-                        }
-                        Refusal::Trunk => {
-                            tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "originate refused; trying the next trunk");
-                            tries += 1;
-                            if !refused.contains(&index) {
-                                refused.push(index);
-                            }
-                        }
-                    }
-                }
-                CallEnd::NotPlaced { reason } => {
-                    camp.trunks.release(index, Use::Neutral);
-                    tracing::warn!(client_id = client.id, %reason, "originate did not reach Asterisk");
-                    let record = CallRecord::not_dialled(
-                        Outcome::Aborted,
-                        originated,
-                        format!("not dialled: {reason}"),
-                    );
-                    return self
-                        .finish(&client, &mobile, &claim, None, record, progress)
-                        .await;
-                }
-                CallEnd::Ended(end)
-                    if end.trunk_congested
-                        && !congested.contains(&index)
-                        && refused.len() + congested.len() + 1 < camp.trunks.len() =>
-                {
-                    camp.trunks.release(index, Use::Neutral);
-                    tracing::warn!(client_id = client.id, trunk = %trunk.name, cause = ?end.cause, "congestion before ringing; trying the next trunk");
-                    tries += 1;
-                    congested.push(index);
-                    placed_calls += 1;
-                    channel_id = format!("{}-{}", claim.channel_id(), placed_calls + 1);
-                    // Written before the next originate, so a crash leaves it findable.
-                    if let Err(e) = camp.billing.set_channel(&claim, &channel_id).await {
-                        tracing::warn!(client_id = client.id, error = %e, "cannot record the retry's channel id");
-                    }
-                }
-                CallEnd::Ended(end) => {
-                    let answered = end.answered_after.is_some();
-                    camp.trunks.release(index, Use::Placed { answered });
-                    if !end.trunk_congested {
-                        // Another trunk got through: the earlier congestion was those trunks' fault.
-                        for &t in &congested {
-                            camp.trunks.blame(t);
-                        }
-                    }
-                    let record = dialled(
-                        &end,
-                        originated,
-                        &trunk.name,
-                        &channel_id,
-                        &mobile,
-                        cfg.min_heard_secs,
-                    );
-                    return self
-                        .finish(&client, &mobile, &claim, Some(&end), record, progress)
-                        .await;
-                }
-            }
-        }
-        // Every trunk refused again and again, or the pass ended while waiting
-        // for one: nothing was dialled, so no attempt is spent.
-        let aborted = *self.abort.borrow();
-        let (outcome, detail) = match last_refusal {
-            Some(r) if !aborted => (Outcome::TrunkError, format!("every trunk refused: {r}")),
-            _ => (
-                Outcome::Aborted,
-                "pass ended before a trunk was free".to_owned(),
-            ),
-        };
-        let record = CallRecord::not_dialled(outcome, camp.now(), detail);
-        self.finish(&client, &mobile, &claim, None, record, progress)
-            .await;
-    }
-
-    /// Waits until the event socket is up; `false` if the pass ends first.
-    async fn connected(&self) -> bool {
-        let mut state = self.campaign.ari_state.clone();
-        let mut abort = self.abort.clone();
-        let ready = tokio::select! {
-            r = state.wait_for(ConnState::is_connected) => r.is_ok(),
-            _ = abort.wait_for(|a| *a) => false,
-        };
-        ready && !*abort.borrow()
-    }
-
-    async fn skip(&self, reason: &str) {
-        self.summary.lock().await.skip(reason);
-    }
-
-    async fn finish(
-        &self,
-        client: &ClientFacts,
-        mobile: &Mobile,
-        claim: &Claim,
-        end: Option<&Ended>,
-        record: CallRecord,
-        progress: &std::sync::Mutex<Progress>,
-    ) {
-        let camp = &self.campaign;
-        let line = CallLine {
-            client_id: client.id,
-            phone: mobile.masked(),
-            trunk: record.trunk.clone(),
-            outcome: record.outcome,
-            cause: record.hangup_cause.map(i64::from),
-            ring_seconds: end.map_or(0, Ended::ring_seconds),
-            talk_seconds: end.map_or(0, Ended::talk_seconds),
-            detail: record.detail.clone(),
-        };
-        tracing::info!(
-            client_id = line.client_id,
-            phone = %line.phone,
-            trunk = line.trunk.as_deref().unwrap_or("-"),
-            outcome = %line.outcome,
-            delivered = record.delivered,
-            cause = line.cause.map_or_else(|| "-".to_owned(), |c| c.to_string()),
-            ring_s = line.ring_seconds,
-            talk_s = line.talk_seconds,
-            detail = line.detail.as_deref().unwrap_or(""),
-            "call ended"
-        );
-        let written = camp.write(claim, &record).await;
-        Self::note(progress, |p| p.claim = None);
-        let mut s = self.summary.lock().await;
-        if !written {
-            s.unwritten += 1;
-        }
-        *s.outcomes.entry(line.outcome).or_insert(0) += 1;
-        s.calls.push(line);
-    }
-}
-
-fn dialled(
-    end: &Ended,
-    originated: NaiveDateTime,
-    trunk: &str,
-    channel_id: &str,
-    mobile: &Mobile,
-    min_heard_secs: u64,
-) -> CallRecord {
-    CallRecord {
-        outcome: end.outcome,
-        dialled: true,
-        hangup_cause: end.cause.map(|c| c as i32),
-        trunk: Some(trunk.to_owned()),
-        channel_id: Some(channel_id.to_owned()),
-        phone_e164: Some(mobile.e164()),
-        answered_at: end.answered_at(originated),
-        ended_at: end.ended_at(originated),
-        ring_seconds: Some(end.ring_seconds()),
-        billable_seconds: Some(end.talk_seconds()),
-        detail: end.detail.clone(),
-        delivered: is_delivered(end.outcome, end.heard_seconds(), min_heard_secs),
-        heard_seconds: end.heard_seconds(),
     }
 }
 

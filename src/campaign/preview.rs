@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use chrono::NaiveDateTime;
 use serde::Serialize;
 
-use super::selection::{decide, ClientFacts, Decision, Policy, SkipReason};
-use crate::compliance::CallingWindow;
+use crate::rules::selection::{decide, ClientFacts, Decision, Policy, SkipReason};
+use crate::rules::window::CallingWindow;
 
 /// One flagged client's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,7 +33,7 @@ pub fn lines(
     clients
         .iter()
         .map(|c| {
-            let phone = crate::billing::phone::normalize(c.telefono.as_deref().unwrap_or(""))
+            let phone = crate::rules::phone::normalize(c.telefono.as_deref().unwrap_or(""))
                 .ok()
                 .map(|m| m.e164());
             let (decision, reason) = match decide(c, now, policy, window) {

@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::call::{follow, CallPlan, Ended};
-use super::outcome::{is_delivered, Outcome};
 use super::pass::Campaign;
-use super::router::Inbox;
 use crate::ari::model::Channel;
-use crate::billing::phone::normalize;
+use crate::ari::router::Inbox;
 use crate::billing::{BillingError, CallRecord, Claim, Orphan};
+use crate::rules::outcome::Outcome;
+use crate::rules::phone::normalize;
 
 /// Closes or adopts every orphaned attempt; returns how many there were.
 /// Adopted calls go on in the background (`Campaign::wait_adopted`).
@@ -150,7 +150,7 @@ fn spawn_adoption(campaign: &Arc<Campaign>, orphan: Orphan, channel: Channel, in
             .flatten();
         let cfg = &campaign.config.campaign;
         let media = match &facts {
-            Some(f) => super::pass::media_for(&campaign.config, f),
+            Some(f) => super::attempt::media_for(&campaign.config, f),
             None => cfg.media.clone(),
         };
         // The per-call timeout runs from the original originate (≈ the claim).
@@ -198,7 +198,7 @@ fn spawn_adoption(campaign: &Arc<Campaign>, orphan: Orphan, channel: Channel, in
             detail = record.detail.as_deref().unwrap_or(""),
             "call ended (adopted after a restart)"
         );
-        campaign.write(&orphan.claim, &record).await;
+        campaign.billing.write_outcome(&orphan.claim, &record).await;
     });
 }
 
@@ -214,7 +214,7 @@ impl Drop for AdoptionDone {
 fn phone_masked(r: &CallRecord) -> String {
     r.phone_e164
         .as_deref()
-        .map_or_else(|| "-".to_owned(), crate::billing::phone::mask)
+        .map_or_else(|| "-".to_owned(), crate::rules::phone::mask)
 }
 
 fn adopted_record(
@@ -222,30 +222,22 @@ fn adopted_record(
     orphan: &Orphan,
     channel_id: &str,
     end: &Ended,
-    phone: Option<crate::billing::phone::Mobile>,
+    phone: Option<crate::rules::phone::Mobile>,
 ) -> CallRecord {
-    let originated = orphan.claimed_at;
+    let record = super::attempt::dialled(
+        end,
+        orphan.claimed_at,
+        None,
+        channel_id,
+        phone.as_ref(),
+        campaign.config.campaign.min_heard_secs,
+    );
     CallRecord {
-        outcome: end.outcome,
-        dialled: true,
-        hangup_cause: end.cause.map(|c| c as i32),
-        trunk: None,
-        channel_id: Some(channel_id.to_owned()),
-        phone_e164: phone.map(|m| m.e164()),
-        answered_at: end.answered_at(originated),
-        ended_at: campaign.clock.now(),
-        ring_seconds: Some(end.ring_seconds()),
-        billable_seconds: Some(end.talk_seconds()),
         detail: Some(match &end.detail {
             Some(d) => format!("adopted after a restart; {d}"),
             None => "adopted after a restart".to_owned(),
         }),
-        delivered: is_delivered(
-            end.outcome,
-            end.heard_seconds(),
-            campaign.config.campaign.min_heard_secs,
-        ),
-        heard_seconds: end.heard_seconds(),
+        ..record
     }
 }
 
@@ -265,5 +257,5 @@ async fn close(campaign: &Campaign, orphan: &Orphan, channel_id: Option<String>,
         detail,
         "unfinished attempt closed as aborted"
     );
-    campaign.write(&orphan.claim, &record).await;
+    campaign.billing.write_outcome(&orphan.claim, &record).await;
 }

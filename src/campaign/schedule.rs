@@ -3,7 +3,7 @@
 
 use chrono::{Duration, NaiveDateTime, NaiveTime};
 
-use crate::compliance::CallingWindow;
+use crate::rules::window::CallingWindow;
 
 /// The first scheduled time strictly after `t` (today or a later day).
 fn next_scheduled(t: NaiveDateTime, schedule: &[NaiveTime]) -> Option<NaiveDateTime> {

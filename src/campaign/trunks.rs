@@ -1,509 +1,396 @@
-//! Trunks (SPEC §8): endpoint templates and how a number becomes a dial string.
+//! The configured trunks at run time: who has a free channel, who is
+//! cooling down after failing, who is held while Asterisk refuses, and
+//! per-trunk counts. The decisions are `rules::trunks`'; this holds the
+//! state, the clock and the waiting.
 
-/// Checks an ARI endpoint template such as `PJSIP/{number}@voip_issabel`,
-/// `SIP/voip_issabel/{number}` or `Local/{number}@from-voip`.
-/// On failure, says what was expected (for the config error).
-pub fn check_endpoint_template(template: &str) -> Result<(), String> {
-    let expected = "a template like \"PJSIP/{number}@trunk\" with {number} exactly once";
-    let Some((tech, resource)) = template.split_once('/') else {
-        return Err(format!(
-            "{expected}, found {template:?} (no technology/ prefix)"
-        ));
-    };
-    if tech.is_empty() || !tech.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!(
-            "{expected}, found {template:?} (bad technology {tech:?})"
-        ));
-    }
-    if resource.matches("{number}").count() != 1 {
-        return Err(format!("{expected}, found {template:?}"));
-    }
-    if template
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "{expected}, found {template:?} (contains whitespace)"
-        ));
-    }
-    let rest = resource.replace("{number}", "");
-    if rest.contains('{') || rest.contains('}') {
-        return Err(format!(
-            "{expected}, found {template:?} (unknown placeholder)"
-        ));
-    }
-    Ok(())
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::TrunkConfig;
+use crate::rules::trunks::{asterisk_refusing, choose, cooldown, REFUSAL_WINDOW};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrunkStats {
+    pub attempts: u64,
+    pub answered: u64,
+    pub failed: u64,
 }
 
-/// The endpoint to originate to for these national digits.
-pub fn dial_string(template: &str, national: &str) -> String {
-    template.replace("{number}", national)
+struct Slot {
+    cfg: TrunkConfig,
+    in_use: u32,
+    cool_until: Option<Instant>,
+    failures: u32,
+    stats: TrunkStats,
+    /// The latest refusal, with the cool-down state it replaced (so a
+    /// refusal found to be Asterisk's, not the trunk's, can be undone).
+    refusal: Option<Refused>,
+}
+
+#[derive(Clone, Copy)]
+struct Refused {
+    at: Instant,
+    failures_before: u32,
+    cool_until_before: Option<Instant>,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    /// When Asterisk last placed a call on any trunk.
+    last_placed: Option<Instant>,
+    /// While Asterisk itself refuses originates, nobody dials until then.
+    hold_until: Option<Instant>,
+    hold_step: Duration,
+}
+
+pub struct TrunkPool {
+    state: Mutex<State>,
+    freed: Notify,
+    cooldown: Duration,
+}
+
+/// Whose fault a refused originate was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// This trunk's: it cools down, the attempt moves to the next trunk.
+    Trunk,
+    /// Asterisk's: every trunk refused within `rules::trunks::REFUSAL_WINDOW` and none
+    /// placed a call since, as while `core stop gracefully` waits
+    /// (every originate answers 500 `Allocation failed`, the same as a
+    /// broken endpoint). No cool-down, no attempt spent: the pool holds
+    /// every originate for a while and the attempt is tried again.
+    Asterisk,
+}
+
+const FIRST_HOLD: Duration = Duration::from_secs(1);
+const MAX_HOLD: Duration = Duration::from_secs(30);
+
+/// How a use of a trunk went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Asterisk placed the call (answered or not).
+    Placed { answered: bool },
+    /// The trunk refused or congested before ringing: cool it down.
+    TrunkFailed,
+    /// Nothing to say about the trunk (ARI down, shutdown, or a
+    /// congestion not yet known to be the trunk's).
+    Neutral,
+}
+
+impl TrunkPool {
+    /// Trunks in priority order (1 first; ties keep configuration order).
+    pub fn new(trunks: &[TrunkConfig], cooldown: Duration) -> TrunkPool {
+        let mut cfgs = trunks.to_vec();
+        cfgs.sort_by_key(|t| t.priority);
+        let slots = cfgs
+            .into_iter()
+            .map(|cfg| Slot {
+                cfg,
+                in_use: 0,
+                cool_until: None,
+                failures: 0,
+                stats: TrunkStats::default(),
+                refusal: None,
+            })
+            .collect();
+        TrunkPool {
+            state: Mutex::new(State {
+                slots,
+                last_placed: None,
+                hold_until: None,
+                hold_step: FIRST_HOLD,
+            }),
+            freed: Notify::new(),
+            cooldown,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a channel on the best trunk, preferring those not in
+    /// `avoid`; waits while every trunk is full or cooling down.
+    pub async fn acquire(&self, avoid: &[usize]) -> (usize, TrunkConfig) {
+        loop {
+            let notified = self.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake_at = {
+                let mut state = self.state();
+                let now = Instant::now();
+                match state.hold_until {
+                    Some(t) if t > now => Some(t),
+                    _ => {
+                        let slots = &mut state.slots;
+                        let usable: Vec<bool> = slots
+                            .iter()
+                            .map(|s| {
+                                s.in_use < s.cfg.max_channels
+                                    && s.cool_until.is_none_or(|t| t <= now)
+                            })
+                            .collect();
+                        if let Some(i) = choose(&usable, avoid) {
+                            let s = &mut slots[i];
+                            s.in_use += 1;
+                            s.stats.attempts += 1;
+                            return (i, s.cfg.clone());
+                        }
+                        slots
+                            .iter()
+                            .filter_map(|s| s.cool_until)
+                            .filter(|t| *t > now)
+                            .min()
+                    }
+                }
+            };
+            match wake_at {
+                Some(t) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(t) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Gives the channel back and books how it went.
+    pub fn release(&self, index: usize, how: Use) {
+        let mut state = self.state();
+        if matches!(how, Use::Placed { .. }) {
+            state.last_placed = Some(Instant::now());
+            state.hold_until = None;
+            state.hold_step = FIRST_HOLD;
+        }
+        if let Some(s) = state.slots.get_mut(index) {
+            s.in_use = s.in_use.saturating_sub(1);
+            match how {
+                Use::Placed { answered } => {
+                    s.failures = 0;
+                    if answered {
+                        s.stats.answered += 1;
+                    }
+                }
+                Use::TrunkFailed => {
+                    s.stats.failed += 1;
+                    Self::cool(s, self.cooldown);
+                }
+                Use::Neutral => {}
+            }
+        }
+        drop(state);
+        self.freed.notify_waiters();
+    }
+
+    /// Gives back the channel of an originate Asterisk refused, and
+    /// decides whose fault it was (see `Refusal`).
+    pub fn refused(&self, index: usize) -> Refusal {
+        let mut state = self.state();
+        let now = Instant::now();
+        let Some(s) = state.slots.get_mut(index) else {
+            return Refusal::Trunk;
+        };
+        s.in_use = s.in_use.saturating_sub(1);
+        s.refusal = Some(Refused {
+            at: now,
+            failures_before: s.failures,
+            cool_until_before: s.cool_until,
+        });
+        s.stats.failed += 1;
+        Self::cool(s, self.cooldown);
+        let ago = |t: Instant| now.saturating_duration_since(t);
+        let refused_ago: Vec<Option<Duration>> = state
+            .slots
+            .iter()
+            .map(|s| s.refusal.map(|r| ago(r.at)))
+            .collect();
+        let placed_ago = state.last_placed.map(ago);
+        let verdict = if asterisk_refusing(&refused_ago, placed_ago, REFUSAL_WINDOW) {
+            // Undo the cool-downs these refusals caused: no trunk was at fault.
+            for s in &mut state.slots {
+                if let Some(r) = s.refusal.take() {
+                    s.failures = r.failures_before;
+                    s.cool_until = r.cool_until_before;
+                    s.stats.failed = s.stats.failed.saturating_sub(1);
+                }
+            }
+            let step = state.hold_step;
+            state.hold_until = Some(now + step);
+            state.hold_step = (step * 2).min(MAX_HOLD);
+            tracing::warn!(
+                hold_s = step.as_secs_f64(),
+                "every trunk refused the originate: Asterisk is refusing calls (stopping?); no trunk cooled down, trying again"
+            );
+            Refusal::Asterisk
+        } else {
+            Refusal::Trunk
+        };
+        drop(state);
+        self.freed.notify_waiters();
+        verdict
+    }
+
+    /// Asterisk restarted: its earlier refusals said nothing about the
+    /// trunks, so every cool-down and hold ends now.
+    pub fn clear_cooldowns(&self) {
+        let mut state = self.state();
+        state.hold_until = None;
+        state.hold_step = FIRST_HOLD;
+        for s in &mut state.slots {
+            s.cool_until = None;
+            s.failures = 0;
+            s.refusal = None;
+        }
+        drop(state);
+        self.freed.notify_waiters();
+    }
+
+    /// Blames a trunk after the fact (its congestion turned out to be its
+    /// own: another trunk reached the callee): cool it down.
+    pub fn blame(&self, index: usize) {
+        if let Some(s) = self.state().slots.get_mut(index) {
+            s.stats.failed += 1;
+            Self::cool(s, self.cooldown);
+        }
+    }
+
+    /// Whether trunk `index` is cooling down now.
+    pub fn is_cooling(&self, index: usize) -> bool {
+        let now = Instant::now();
+        self.state()
+            .slots
+            .get(index)
+            .and_then(|s| s.cool_until)
+            .is_some_and(|t| t > now)
+    }
+
+    fn cool(s: &mut Slot, base: Duration) {
+        let wait = cooldown(base, s.failures);
+        s.failures += 1;
+        s.cool_until = Some(Instant::now() + wait);
+        tracing::warn!(trunk = %s.cfg.name, cooldown_s = wait.as_secs(), "trunk failing, cooling down");
+    }
+
+    pub fn len(&self) -> usize {
+        self.state().slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (name, counts) per trunk, in priority order.
+    pub fn stats(&self) -> Vec<(String, TrunkStats)> {
+        self.state()
+            .slots
+            .iter()
+            .map(|s| (s.cfg.name.clone(), s.stats.clone()))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn templates() {
-        for ok in [
-            "PJSIP/{number}@voip_issabel",
-            "SIP/voip_issabel/{number}",
-            "Local/{number}@from-voip",
-            "PJSIP/57{number}@t",
-        ] {
-            assert_eq!(check_endpoint_template(ok), Ok(()), "{ok}");
+    fn trunk(name: &str, priority: u32, max: u32) -> TrunkConfig {
+        TrunkConfig {
+            name: name.into(),
+            endpoint: format!("PJSIP/{{number}}@{name}"),
+            max_channels: max,
+            priority,
+            caller_id: None,
         }
-        for bad in [
-            "PJSIP/voip_issabel",
-            "{number}",
-            "PJSIP/{number}@{trunk}",
-            "PJ SIP/{number}",
-            "/{number}",
-            "PJSIP/{number}{number}",
-            "PJSIP/{number} @x",
-        ] {
-            assert!(check_endpoint_template(bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            dial_string("SIP/voip_issabel/{number}", "3001234567"),
-            "SIP/voip_issabel/3001234567"
+    }
+
+    /// Every trunk refusing within seconds is Asterisk refusing (a
+    /// graceful stop): nobody cools down and originates hold; one trunk
+    /// refusing while another places calls is that trunk's fault.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_of_every_trunk_are_asterisks() {
+        let pool = TrunkPool::new(
+            &[trunk("a", 1, 2), trunk("b", 2, 2)],
+            Duration::from_secs(60),
         );
-    }
-}
-
-/// The configured trunks at run time: who has a free channel, who is
-/// cooling down after failing (SPEC §8), and per-trunk counts.
-pub mod pool {
-    use std::sync::Mutex;
-    use std::time::Duration;
-
-    use tokio::sync::Notify;
-    use tokio::time::Instant;
-
-    use crate::config::TrunkConfig;
-
-    #[derive(Debug, Clone, Default, PartialEq, Eq)]
-    pub struct TrunkStats {
-        pub attempts: u64,
-        pub answered: u64,
-        pub failed: u64,
-    }
-
-    struct Slot {
-        cfg: TrunkConfig,
-        in_use: u32,
-        cool_until: Option<Instant>,
-        failures: u32,
-        stats: TrunkStats,
-        /// The latest refusal, with the cool-down state it replaced (so a
-        /// refusal found to be Asterisk's, not the trunk's, can be undone).
-        refusal: Option<Refused>,
-    }
-
-    #[derive(Clone, Copy)]
-    struct Refused {
-        at: Instant,
-        failures_before: u32,
-        cool_until_before: Option<Instant>,
+        let (i, _) = pool.acquire(&[]).await;
+        assert_eq!(pool.refused(i), Refusal::Trunk, "b has not refused");
+        assert!(pool.is_cooling(0));
+        let (j, t) = pool.acquire(&[0]).await;
+        assert_eq!(t.name, "b");
+        assert_eq!(pool.refused(j), Refusal::Asterisk);
+        assert!(
+            !pool.is_cooling(0) && !pool.is_cooling(1),
+            "a's cool-down undone"
+        );
+        assert_eq!(pool.stats()[0].1.failed, 0);
+        // Held for a second, then both trunks are usable again.
+        let held = pool.acquire(&[]);
+        tokio::pin!(held);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(900), held.as_mut())
+                .await
+                .is_err()
+        );
+        let (k, t) = held.await;
+        assert_eq!(t.name, "a");
+        pool.release(k, Use::Placed { answered: true });
+        // Later, a's refusal alone, with b placing calls, is a's fault.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let (i, _) = pool.acquire(&[]).await;
+        let (j, _) = pool.acquire(&[0]).await;
+        pool.release(j, Use::Placed { answered: false });
+        assert_eq!(pool.refused(i), Refusal::Trunk);
+        assert!(pool.is_cooling(0));
+        // An Asterisk restart clears it.
+        pool.clear_cooldowns();
+        assert!(!pool.is_cooling(0));
     }
 
-    struct State {
-        slots: Vec<Slot>,
-        /// When Asterisk last placed a call on any trunk.
-        last_placed: Option<Instant>,
-        /// While Asterisk itself refuses originates, nobody dials until then.
-        hold_until: Option<Instant>,
-        hold_step: Duration,
-    }
-
-    pub struct TrunkPool {
-        state: Mutex<State>,
-        freed: Notify,
-        cooldown: Duration,
-    }
-
-    /// Whose fault a refused originate was.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Refusal {
-        /// This trunk's: it cools down, the attempt moves to the next trunk.
-        Trunk,
-        /// Asterisk's: every trunk refused within `REFUSAL_WINDOW` and none
-        /// placed a call since, as while `core stop gracefully` waits
-        /// (every originate answers 500 `Allocation failed`, the same as a
-        /// broken endpoint). No cool-down, no attempt spent: the pool holds
-        /// every originate for a while and the attempt is tried again.
-        Asterisk,
-    }
-
-    /// "Within the same few seconds": refusals of every trunk this close
-    /// together are one cause, not several broken trunks.
-    pub const REFUSAL_WINDOW: Duration = Duration::from_secs(5);
-    const FIRST_HOLD: Duration = Duration::from_secs(1);
-    const MAX_HOLD: Duration = Duration::from_secs(30);
-
-    /// The rule behind `Refusal::Asterisk`: every trunk's latest refusal
-    /// is within `window` of `now` and no call was placed after the oldest.
-    pub fn asterisk_refusing(
-        refusals: &[Option<Instant>],
-        last_placed: Option<Instant>,
-        now: Instant,
-        window: Duration,
-    ) -> bool {
-        let Some(oldest) = refusals
-            .iter()
-            .map(|r| r.filter(|at| now.saturating_duration_since(*at) <= window))
-            .collect::<Option<Vec<Instant>>>()
-            .and_then(|v| v.into_iter().min())
-        else {
-            return false;
-        };
-        last_placed.is_none_or(|p| p < oldest)
-    }
-
-    /// How a use of a trunk went.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Use {
-        /// Asterisk placed the call (answered or not).
-        Placed { answered: bool },
-        /// The trunk refused or congested before ringing: cool it down.
-        TrunkFailed,
-        /// Nothing to say about the trunk (ARI down, shutdown, or a
-        /// congestion not yet known to be the trunk's).
-        Neutral,
-    }
-
-    impl TrunkPool {
-        /// Trunks in priority order (1 first; ties keep configuration order).
-        pub fn new(trunks: &[TrunkConfig], cooldown: Duration) -> TrunkPool {
-            let mut cfgs = trunks.to_vec();
-            cfgs.sort_by_key(|t| t.priority);
-            let slots = cfgs
-                .into_iter()
-                .map(|cfg| Slot {
-                    cfg,
-                    in_use: 0,
-                    cool_until: None,
-                    failures: 0,
-                    stats: TrunkStats::default(),
-                    refusal: None,
-                })
-                .collect();
-            TrunkPool {
-                state: Mutex::new(State {
-                    slots,
-                    last_placed: None,
-                    hold_until: None,
-                    hold_step: FIRST_HOLD,
-                }),
-                freed: Notify::new(),
-                cooldown,
-            }
-        }
-
-        fn state(&self) -> std::sync::MutexGuard<'_, State> {
-            self.state.lock().unwrap_or_else(|p| p.into_inner())
-        }
-
-        /// Takes a channel on the best trunk, preferring those not in
-        /// `avoid`; waits while every trunk is full or cooling down.
-        pub async fn acquire(&self, avoid: &[usize]) -> (usize, TrunkConfig) {
-            loop {
-                let notified = self.freed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let wake_at = {
-                    let mut state = self.state();
-                    let now = Instant::now();
-                    match state.hold_until {
-                        Some(t) if t > now => Some(t),
-                        _ => {
-                            let slots = &mut state.slots;
-                            let usable = |s: &Slot| {
-                                s.in_use < s.cfg.max_channels
-                                    && s.cool_until.is_none_or(|t| t <= now)
-                            };
-                            let pick = (0..slots.len())
-                                .find(|&i| usable(&slots[i]) && !avoid.contains(&i))
-                                .or_else(|| (0..slots.len()).find(|&i| usable(&slots[i])));
-                            if let Some(i) = pick {
-                                let s = &mut slots[i];
-                                s.in_use += 1;
-                                s.stats.attempts += 1;
-                                return (i, s.cfg.clone());
-                            }
-                            slots
-                                .iter()
-                                .filter_map(|s| s.cool_until)
-                                .filter(|t| *t > now)
-                                .min()
-                        }
-                    }
-                };
-                match wake_at {
-                    Some(t) => {
-                        tokio::select! {
-                            _ = notified => {}
-                            _ = tokio::time::sleep_until(t) => {}
-                        }
-                    }
-                    None => notified.await,
-                }
-            }
-        }
-
-        /// Gives the channel back and books how it went.
-        pub fn release(&self, index: usize, how: Use) {
-            let mut state = self.state();
-            if matches!(how, Use::Placed { .. }) {
-                state.last_placed = Some(Instant::now());
-                state.hold_until = None;
-                state.hold_step = FIRST_HOLD;
-            }
-            if let Some(s) = state.slots.get_mut(index) {
-                s.in_use = s.in_use.saturating_sub(1);
-                match how {
-                    Use::Placed { answered } => {
-                        s.failures = 0;
-                        if answered {
-                            s.stats.answered += 1;
-                        }
-                    }
-                    Use::TrunkFailed => {
-                        s.stats.failed += 1;
-                        Self::cool(s, self.cooldown);
-                    }
-                    Use::Neutral => {}
-                }
-            }
-            drop(state);
-            self.freed.notify_waiters();
-        }
-
-        /// Gives back the channel of an originate Asterisk refused, and
-        /// decides whose fault it was (see `Refusal`).
-        pub fn refused(&self, index: usize) -> Refusal {
-            let mut state = self.state();
-            let now = Instant::now();
-            let Some(s) = state.slots.get_mut(index) else {
-                return Refusal::Trunk;
-            };
-            s.in_use = s.in_use.saturating_sub(1);
-            s.refusal = Some(Refused {
-                at: now,
-                failures_before: s.failures,
-                cool_until_before: s.cool_until,
-            });
-            s.stats.failed += 1;
-            Self::cool(s, self.cooldown);
-            let refusals: Vec<Option<Instant>> = state
-                .slots
-                .iter()
-                .map(|s| s.refusal.map(|r| r.at))
-                .collect();
-            let verdict = if asterisk_refusing(&refusals, state.last_placed, now, REFUSAL_WINDOW) {
-                // Undo the cool-downs these refusals caused: no trunk was at fault.
-                for s in &mut state.slots {
-                    if let Some(r) = s.refusal.take() {
-                        s.failures = r.failures_before;
-                        s.cool_until = r.cool_until_before;
-                        s.stats.failed = s.stats.failed.saturating_sub(1);
-                    }
-                }
-                let step = state.hold_step;
-                state.hold_until = Some(now + step);
-                state.hold_step = (step * 2).min(MAX_HOLD);
-                tracing::warn!(
-                    hold_s = step.as_secs_f64(),
-                    "every trunk refused the originate: Asterisk is refusing calls (stopping?); no trunk cooled down, trying again"
-                );
-                Refusal::Asterisk
-            } else {
-                Refusal::Trunk
-            };
-            drop(state);
-            self.freed.notify_waiters();
-            verdict
-        }
-
-        /// Asterisk restarted: its earlier refusals said nothing about the
-        /// trunks, so every cool-down and hold ends now.
-        pub fn clear_cooldowns(&self) {
-            let mut state = self.state();
-            state.hold_until = None;
-            state.hold_step = FIRST_HOLD;
-            for s in &mut state.slots {
-                s.cool_until = None;
-                s.failures = 0;
-                s.refusal = None;
-            }
-            drop(state);
-            self.freed.notify_waiters();
-        }
-
-        /// Blames a trunk after the fact (its congestion turned out to be its
-        /// own: another trunk reached the callee): cool it down.
-        pub fn blame(&self, index: usize) {
-            if let Some(s) = self.state().slots.get_mut(index) {
-                s.stats.failed += 1;
-                Self::cool(s, self.cooldown);
-            }
-        }
-
-        /// Whether trunk `index` is cooling down now.
-        pub fn is_cooling(&self, index: usize) -> bool {
-            let now = Instant::now();
-            self.state()
-                .slots
-                .get(index)
-                .and_then(|s| s.cool_until)
-                .is_some_and(|t| t > now)
-        }
-
-        fn cool(s: &mut Slot, base: Duration) {
-            // 60 s, 120 s, 240 s … while it keeps failing, at most an hour.
-            let wait = base
-                .saturating_mul(1 << s.failures.min(6))
-                .min(Duration::from_secs(3600));
-            s.failures += 1;
-            s.cool_until = Some(Instant::now() + wait);
-            tracing::warn!(trunk = %s.cfg.name, cooldown_s = wait.as_secs(), "trunk failing, cooling down");
-        }
-
-        pub fn len(&self) -> usize {
-            self.state().slots.len()
-        }
-
-        pub fn is_empty(&self) -> bool {
-            self.len() == 0
-        }
-
-        /// (name, counts) per trunk, in priority order.
-        pub fn stats(&self) -> Vec<(String, TrunkStats)> {
-            self.state()
-                .slots
-                .iter()
-                .map(|s| (s.cfg.name.clone(), s.stats.clone()))
-                .collect()
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        fn trunk(name: &str, priority: u32, max: u32) -> TrunkConfig {
-            TrunkConfig {
-                name: name.into(),
-                endpoint: format!("PJSIP/{{number}}@{name}"),
-                max_channels: max,
-                priority,
-                caller_id: None,
-            }
-        }
-
-        /// Every trunk refusing within seconds is Asterisk refusing (a
-        /// graceful stop): nobody cools down and originates hold; one trunk
-        /// refusing while another places calls is that trunk's fault.
-        #[tokio::test(start_paused = true)]
-        async fn refusals_of_every_trunk_are_asterisks() {
-            let pool = TrunkPool::new(
-                &[trunk("a", 1, 2), trunk("b", 2, 2)],
-                Duration::from_secs(60),
-            );
-            let (i, _) = pool.acquire(&[]).await;
-            assert_eq!(pool.refused(i), Refusal::Trunk, "b has not refused");
-            assert!(pool.is_cooling(0));
-            let (j, t) = pool.acquire(&[0]).await;
-            assert_eq!(t.name, "b");
-            assert_eq!(pool.refused(j), Refusal::Asterisk);
-            assert!(
-                !pool.is_cooling(0) && !pool.is_cooling(1),
-                "a's cool-down undone"
-            );
-            assert_eq!(pool.stats()[0].1.failed, 0);
-            // Held for a second, then both trunks are usable again.
-            let held = pool.acquire(&[]);
-            tokio::pin!(held);
-            assert!(
-                tokio::time::timeout(Duration::from_millis(900), held.as_mut())
-                    .await
-                    .is_err()
-            );
-            let (k, t) = held.await;
-            assert_eq!(t.name, "a");
-            pool.release(k, Use::Placed { answered: true });
-            // Later, a's refusal alone, with b placing calls, is a's fault.
-            tokio::time::advance(Duration::from_secs(10)).await;
-            let (i, _) = pool.acquire(&[]).await;
-            let (j, _) = pool.acquire(&[0]).await;
-            pool.release(j, Use::Placed { answered: false });
-            assert_eq!(pool.refused(i), Refusal::Trunk);
-            assert!(pool.is_cooling(0));
-            // An Asterisk restart clears it.
-            pool.clear_cooldowns();
-            assert!(!pool.is_cooling(0));
-        }
-
-        #[test]
-        fn the_refusal_rule() {
-            let now = Instant::now();
-            let s = |secs: u64| Some(now - Duration::from_secs(secs));
-            let w = REFUSAL_WINDOW;
-            assert!(asterisk_refusing(&[s(1), s(4)], None, now, w));
-            assert!(asterisk_refusing(&[s(0)], s(10), now, w), "a single trunk");
-            assert!(!asterisk_refusing(&[s(1), None], None, now, w));
-            assert!(
-                !asterisk_refusing(&[s(1), s(6)], None, now, w),
-                "too far apart"
-            );
-            assert!(
-                !asterisk_refusing(&[s(1), s(4)], s(2), now, w),
-                "a call got through"
-            );
-        }
-
-        #[tokio::test(start_paused = true)]
-        async fn priority_capacity_and_cooldown() {
-            let pool = TrunkPool::new(
-                &[trunk("b", 2, 1), trunk("a", 1, 2)],
-                Duration::from_secs(60),
-            );
-            assert_eq!(pool.acquire(&[]).await.1.name, "a");
-            assert_eq!(pool.acquire(&[]).await.1.name, "a");
-            assert_eq!(pool.acquire(&[]).await.1.name, "b", "a is full");
-            pool.release(0, Use::TrunkFailed);
-            // a is cooling down: b is full, so the next caller waits for b.
-            let waiter = pool.acquire(&[]);
-            tokio::pin!(waiter);
-            assert!(
-                tokio::time::timeout(Duration::from_secs(1), waiter.as_mut())
-                    .await
-                    .is_err()
-            );
-            pool.release(1, Use::Placed { answered: true });
-            assert_eq!(waiter.await.1.name, "b");
-            // After the cool-down, a is first again; a second failure doubles it.
-            tokio::time::advance(Duration::from_secs(61)).await;
-            let (i, t) = pool.acquire(&[]).await;
-            assert_eq!((i, t.name.as_str()), (0, "a"));
-            pool.release(0, Use::TrunkFailed);
-            pool.release(0, Use::Placed { answered: false }); // the other a channel
-            tokio::time::advance(Duration::from_secs(61)).await;
-            let avoid_b = pool.acquire(&[1]);
-            tokio::pin!(avoid_b);
-            // b is busy (one channel held), a cools for 120 s now.
-            assert!(
-                tokio::time::timeout(Duration::from_secs(30), avoid_b.as_mut())
-                    .await
-                    .is_err()
-            );
-            tokio::time::advance(Duration::from_secs(60)).await;
-            assert_eq!(avoid_b.await.1.name, "a");
-            let stats = pool.stats();
-            assert_eq!(stats[0].0, "a");
-            assert_eq!(stats[0].1.failed, 2);
-            assert_eq!(stats[1].1.answered, 1);
-        }
+    #[tokio::test(start_paused = true)]
+    async fn priority_capacity_and_cooldown() {
+        let pool = TrunkPool::new(
+            &[trunk("b", 2, 1), trunk("a", 1, 2)],
+            Duration::from_secs(60),
+        );
+        assert_eq!(pool.acquire(&[]).await.1.name, "a");
+        assert_eq!(pool.acquire(&[]).await.1.name, "a");
+        assert_eq!(pool.acquire(&[]).await.1.name, "b", "a is full");
+        pool.release(0, Use::TrunkFailed);
+        // a is cooling down: b is full, so the next caller waits for b.
+        let waiter = pool.acquire(&[]);
+        tokio::pin!(waiter);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), waiter.as_mut())
+                .await
+                .is_err()
+        );
+        pool.release(1, Use::Placed { answered: true });
+        assert_eq!(waiter.await.1.name, "b");
+        // After the cool-down, a is first again; a second failure doubles it.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let (i, t) = pool.acquire(&[]).await;
+        assert_eq!((i, t.name.as_str()), (0, "a"));
+        pool.release(0, Use::TrunkFailed);
+        pool.release(0, Use::Placed { answered: false }); // the other a channel
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let avoid_b = pool.acquire(&[1]);
+        tokio::pin!(avoid_b);
+        // b is busy (one channel held), a cools for 120 s now.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(30), avoid_b.as_mut())
+                .await
+                .is_err()
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(avoid_b.await.1.name, "a");
+        let stats = pool.stats();
+        assert_eq!(stats[0].0, "a");
+        assert_eq!(stats[0].1.failed, 2);
+        assert_eq!(stats[1].1.answered, 1);
     }
 }

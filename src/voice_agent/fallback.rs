@@ -7,9 +7,9 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
 use crate::ari::model::Channel;
+use crate::ari::router::Router;
 use crate::ari::{AriClient, Event};
-use crate::billing::phone::mask;
-use crate::campaign::router::Router;
+use crate::rules::phone::mask;
 
 pub async fn handle(
     ari: AriClient,

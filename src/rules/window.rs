@@ -238,7 +238,7 @@ mod tests {
         ] {
             let out = std::process::Command::new(&exe)
                 .args([
-                    &format!("compliance::window::tests::{name}"),
+                    &format!("rules::window::tests::{name}"),
                     "--exact",
                     "--test-threads=1",
                 ])

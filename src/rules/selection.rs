@@ -8,13 +8,12 @@
 use std::fmt;
 
 use chrono::{Duration, NaiveDateTime, NaiveTime};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::billing::cutoff::{is_due, valid_corte};
-use crate::billing::phone::{normalize, Mobile};
-use crate::campaign::outcome::Outcome;
-use crate::compliance::CallingWindow;
-use crate::config::{Config, RetryMinutes};
+use crate::rules::cutoff::{is_due, valid_corte};
+use crate::rules::outcome::Outcome;
+use crate::rules::phone::{normalize, Mobile};
+use crate::rules::window::CallingWindow;
 
 /// What the billing database says about one flagged client
 /// (`afiliados.outbound_call = 1`), plus its history in our call log.
@@ -45,6 +44,37 @@ pub struct LastAttempt {
     pub phone_raw: Option<String>,
 }
 
+/// Retry delay in minutes after each failed outcome (`[retry_minutes]`).
+/// `invalid_number` is never retried until the stored number changes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryMinutes {
+    pub busy: u32,
+    pub no_answer: u32,
+    pub rejected: u32,
+    pub congestion: u32,
+    pub failed: u32,
+    pub timeout: u32,
+    pub trunk_error: u32,
+    /// Calls we cut ourselves (shutdown, global timeout) may go again on the next pass.
+    pub aborted: u32,
+}
+
+impl Default for RetryMinutes {
+    fn default() -> Self {
+        RetryMinutes {
+            busy: 30,
+            no_answer: 60,
+            rejected: 120,
+            congestion: 120,
+            failed: 120,
+            timeout: 120,
+            trunk_error: 120,
+            aborted: 0,
+        }
+    }
+}
+
 /// The knobs of the decision, from configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -54,14 +84,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(c: &Config) -> Policy {
-        Policy {
-            max_attempts: c.campaign.max_attempts,
-            min_days_between_contacts: c.campaign.min_days_between_contacts,
-            retry: c.retry_minutes.clone(),
-        }
-    }
-
     /// How long after `outcome` the client may be tried again.
     pub fn retry_delay(&self, outcome: Outcome) -> Duration {
         let r = &self.retry;

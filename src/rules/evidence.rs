@@ -1,5 +1,6 @@
-//! Deciding how a call ended (SPEC §5 and `shared/ari/README.md` facts 3–7)
-//! from everything the events told us. Pure: events in, outcome out.
+//! Deciding how a call ended, from everything its events told us and what
+//! the daemon itself did (README "A pass", and the facts drawn from the
+//! recordings in `tests/fixtures/ari/`). Pure: evidence in, outcome out.
 //!
 //! On Local channels the `;1` cause does not tell busy from congestion (it
 //! is 0 or 16), so the outcome comes from, in order: the last non-empty
@@ -8,7 +9,7 @@
 //! channel carries the Q.850 cause itself.
 
 use crate::ari::Event;
-use crate::campaign::outcome::Outcome;
+use crate::rules::outcome::Outcome;
 
 /// How the prompt went on an answered call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -208,6 +209,100 @@ pub fn classify(e: &Evidence) -> Outcome {
     }
 }
 
+/// What the daemon did or saw besides the call's events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Daemon {
+    /// We hung up: shutdown, or the pass's global timeout.
+    pub aborted: bool,
+    /// Our per-call timeout fired and we hung up.
+    pub timed_out: bool,
+    /// The prompt could not be played (`play` refused, or the sound is
+    /// missing while the channel stays up), and why.
+    pub prompt_problem: Option<String>,
+    /// The channel vanished unseen while the event socket was down.
+    pub lost: Option<Lost>,
+    /// How much of the prompt the callee heard.
+    pub heard: Option<std::time::Duration>,
+}
+
+/// A channel found gone after the event socket came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// Asterisk is the same: the call ended while nobody watched.
+    Unseen,
+    /// Asterisk restarted meanwhile (a new `startup_time`): the restart cut it.
+    InRestart,
+}
+
+/// The decision: the outcome, what the call log's `detail` says, and
+/// whether the trunk is to blame (congestion before ringing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+    pub trunk_congested: bool,
+}
+
+/// The whole outcome decision of a call Asterisk placed (README "A pass"):
+/// the events (`classify`) unless the daemon's own doings say more.
+pub fn decide(ev: &Evidence, d: &Daemon) -> Decided {
+    let mut detail = None;
+    let outcome = if let Some(lost) = d.lost {
+        if ev.answered && ev.prompt == Prompt::Done {
+            Outcome::Completed
+        } else if lost == Lost::InRestart {
+            detail = Some(
+                "Asterisk restarted while the ARI event socket was down: the call was cut by the restart"
+                    .into(),
+            );
+            Outcome::Aborted
+        } else {
+            detail =
+                Some("the call ended while the ARI event socket was down: outcome unknown".into());
+            Outcome::Failed
+        }
+    } else if d.aborted {
+        Outcome::Aborted
+    } else if d.timed_out {
+        Outcome::Timeout
+    } else if let Some(problem) = &d.prompt_problem {
+        detail = Some(problem.clone());
+        Outcome::Failed
+    } else {
+        classify(ev)
+    };
+    if outcome == Outcome::Aborted && detail.is_none() && ev.torn_down_by_asterisk {
+        detail = Some("Asterisk hung the call up itself (shutdown or restart)".into());
+    }
+    if outcome == Outcome::Failed && detail.is_none() {
+        detail = Some(format!(
+            "dialstatus {:?}, causes {:?}/{:?}",
+            ev.last_dialstatus, ev.own_cause, ev.other_cause
+        ));
+    }
+    if outcome == Outcome::HungUpEarly {
+        let secs = d.heard.map_or(0, |h| h.as_secs());
+        detail = Some(format!("heard {secs} s of the prompt"));
+    }
+    Decided {
+        outcome,
+        detail,
+        trunk_congested: !d.aborted && !d.timed_out && congested_before_ringing(ev, outcome),
+    }
+}
+
+/// An attempt Asterisk never placed: every trunk refused it again and
+/// again (`last_refusal`), or the pass ended first. No attempt is spent.
+pub fn not_placed(last_refusal: Option<&str>, pass_ended: bool) -> (Outcome, String) {
+    match last_refusal {
+        Some(r) if !pass_ended => (Outcome::TrunkError, format!("every trunk refused: {r}")),
+        _ => (
+            Outcome::Aborted,
+            "pass ended before a trunk was free".to_owned(),
+        ),
+    }
+}
+
 /// Congestion that struck before the phone rang is the trunk's fault
 /// (SPEC §8): the attempt moves to the next trunk instead of being spent.
 pub fn congested_before_ringing(e: &Evidence, outcome: Outcome) -> bool {
@@ -359,5 +454,87 @@ mod tests {
             classify(&answered(Prompt::NotStarted)),
             Outcome::HungUpEarly
         );
+    }
+
+    /// Every branch of the whole decision, on top of the recorded events.
+    #[test]
+    fn what_the_daemon_did_comes_first() {
+        let up = |prompt| Evidence {
+            answered: true,
+            prompt,
+            ..direct(16, Some("ANSWER"))
+        };
+        let lost = |l| Daemon {
+            lost: Some(l),
+            ..Daemon::default()
+        };
+        let o = |ev: &Evidence, d: &Daemon| decide(ev, d).outcome;
+        assert_eq!(
+            o(&up(Prompt::Done), &lost(Lost::Unseen)),
+            Outcome::Completed
+        );
+        assert_eq!(
+            o(&up(Prompt::Playing), &lost(Lost::InRestart)),
+            Outcome::Aborted
+        );
+        let unseen = decide(&up(Prompt::Playing), &lost(Lost::Unseen));
+        assert_eq!(unseen.outcome, Outcome::Failed);
+        assert!(unseen.detail.unwrap().contains("outcome unknown"));
+        let aborted = Daemon {
+            aborted: true,
+            ..Daemon::default()
+        };
+        assert_eq!(o(&up(Prompt::Playing), &aborted), Outcome::Aborted);
+        let timed_out = Daemon {
+            timed_out: true,
+            ..Daemon::default()
+        };
+        assert_eq!(o(&direct(0, Some("RINGING")), &timed_out), Outcome::Timeout);
+        let missing = decide(
+            &up(Prompt::Failed { hangup_seen: false }),
+            &Daemon {
+                prompt_problem: Some("prompt failed at sound:x".into()),
+                ..Daemon::default()
+            },
+        );
+        assert_eq!(
+            (missing.outcome, missing.detail.as_deref()),
+            (Outcome::Failed, Some("prompt failed at sound:x"))
+        );
+        let torn = decide(
+            &Evidence {
+                torn_down_by_asterisk: true,
+                ..up(Prompt::Playing)
+            },
+            &Daemon::default(),
+        );
+        assert_eq!(torn.outcome, Outcome::Aborted);
+        assert!(torn.detail.unwrap().contains("Asterisk hung the call up"));
+        let early = decide(
+            &up(Prompt::Failed { hangup_seen: true }),
+            &Daemon {
+                heard: Some(std::time::Duration::from_millis(3900)),
+                ..Daemon::default()
+            },
+        );
+        assert_eq!(
+            (early.outcome, early.detail.as_deref()),
+            (Outcome::HungUpEarly, Some("heard 3 s of the prompt"))
+        );
+        let unknown = decide(&direct(0, None), &Daemon::default());
+        assert!(unknown.detail.unwrap().contains("causes"));
+        let congested = replay("congestion", 0);
+        assert!(decide(&congested, &Daemon::default()).trunk_congested);
+        assert!(!decide(&congested, &aborted).trunk_congested, "we hung up");
+    }
+
+    #[test]
+    fn attempts_never_placed() {
+        assert_eq!(
+            not_placed(Some("HTTP 500: Allocation failed"), false).0,
+            Outcome::TrunkError
+        );
+        assert_eq!(not_placed(Some("HTTP 500"), true).0, Outcome::Aborted);
+        assert_eq!(not_placed(None, false).0, Outcome::Aborted);
     }
 }

@@ -1,0 +1,387 @@
+//! One attempt of one client: pacing, the claim, the trunk, the call, and
+//! its outcome written at once — with what a panic would leave behind
+//! cleaned up.
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use tokio::time::Instant;
+
+use super::call::{after, place, CallEnd, CallPlan, Ended};
+use super::pass::Shared;
+use super::summary::{CallLine, Skip};
+use super::trunks::{Refusal, Use};
+use crate::ari::ConnState;
+use crate::billing::{CallRecord, Claim};
+use crate::config::Config;
+use crate::rules::evidence::not_placed;
+use crate::rules::outcome::{is_delivered, Outcome};
+use crate::rules::phone::Mobile;
+use crate::rules::selection::ClientFacts;
+use crate::rules::trunks::{dial_string, Failover, Next, Try};
+
+/// What a call task has done so far, kept outside the task so that, should
+/// it panic, the pass can still hang its channel up, give its trunk back
+/// and record its attempt.
+#[derive(Default)]
+pub(crate) struct Progress {
+    claim: Option<Claim>,
+    channel: Option<String>,
+    trunk: Option<usize>,
+}
+
+/// The media list with `{saldo}` and `{corte}` filled in for this client.
+pub(crate) fn media_for(config: &Config, client: &ClientFacts) -> Vec<String> {
+    let saldo = client
+        .open_balance
+        .as_deref()
+        .and_then(|b| b.split('.').next())
+        .unwrap_or("0")
+        .to_owned();
+    let corte = client.corte.map_or_else(String::new, |c| c.to_string());
+    config
+        .campaign
+        .media
+        .iter()
+        .map(|m| m.replace("{saldo}", &saldo).replace("{corte}", &corte))
+        .collect()
+}
+
+impl Shared {
+    /// `call_client`, with what a panic would leave behind cleaned up: the
+    /// channel is hung up, the trunk given back and the attempt recorded
+    /// `failed` with the panic's message; the pass goes on.
+    pub(super) async fn call_client_guarded(&self, client: ClientFacts, mobile: Mobile) {
+        use futures_util::FutureExt;
+        let progress = std::sync::Mutex::new(Progress::default());
+        let client_id = client.id;
+        let phone = mobile.masked();
+        let run = std::panic::AssertUnwindSafe(self.call_client(client, mobile, &progress));
+        let Err(panic) = run.catch_unwind().await else {
+            return;
+        };
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
+        let camp = &self.campaign;
+        tracing::error!(client_id, phone = %phone, panic = %message, "CALL TASK PANICKED: hanging up its channel and recording the attempt as failed");
+        if let Some(index) = progress.trunk {
+            camp.trunks.release(index, Use::Neutral);
+        }
+        if let Some(channel) = &progress.channel {
+            camp.router.unregister(channel);
+            if let Err(e) = camp.ari.hangup(channel, "normal").await {
+                if !e.is_not_found() {
+                    tracing::error!(client_id, %channel, error = %e, "cannot hang up the channel of a panicked call");
+                }
+            }
+        }
+        let Some(claim) = progress.claim else {
+            return self.skip(Skip::InternalError).await;
+        };
+        let record = CallRecord::closed(
+            Outcome::Failed,
+            progress.channel.clone(),
+            camp.now(),
+            format!("internal error (call task panicked): {message}"),
+        );
+        let record = CallRecord {
+            dialled: progress.channel.is_some(),
+            ..record
+        };
+        let written = camp.billing.write_outcome(&claim, &record).await;
+        let mut s = self.summary.lock().await;
+        if !written {
+            s.unwritten += 1;
+        }
+        *s.outcomes.entry(Outcome::Failed).or_insert(0) += 1;
+        s.calls.push(CallLine {
+            client_id,
+            phone,
+            trunk: None,
+            outcome: Outcome::Failed,
+            cause: None,
+            ring_seconds: 0,
+            talk_seconds: 0,
+            detail: record.detail.clone(),
+        });
+    }
+
+    fn note(progress: &std::sync::Mutex<Progress>, f: impl FnOnce(&mut Progress)) {
+        f(&mut progress.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    async fn call_client(
+        &self,
+        client: ClientFacts,
+        mobile: Mobile,
+        progress: &std::sync::Mutex<Progress>,
+    ) {
+        let camp = &self.campaign;
+        let cfg = &camp.config.campaign;
+        // Pacing: calls_per_second originates at most.
+        {
+            let mut next = self.pacing.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = after(slot, Duration::from_secs_f64(1.0 / cfg.calls_per_second));
+            drop(next);
+            tokio::time::sleep_until(slot).await;
+        }
+        // Never originate while the event socket is down: Asterisk would hang up the answered call.
+        if !self.connected().await {
+            return self.skip(Skip::PassEndedFirst).await;
+        }
+        if self.opts.draining() {
+            return self.skip(Skip::ShuttingDown).await;
+        }
+        // The window may have closed since the pass began: no call after it.
+        let now = camp.now();
+        if camp.window(&self.opts).check_local(now).is_err() {
+            self.window_shut
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return self.skip(Skip::WindowClosedMidPass).await;
+        }
+        let claim = match camp
+            .billing
+            .claim(
+                client.id,
+                client.attempts,
+                client.telefono.as_deref(),
+                &camp.host,
+                now,
+            )
+            .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => return self.skip(Skip::ClaimedElsewhere).await,
+            Err(e) => {
+                tracing::error!(client_id = client.id, error = %e, "cannot claim attempt");
+                return self.skip(Skip::ClaimFailed).await;
+            }
+        };
+        Self::note(progress, |p| p.claim = Some(claim.clone()));
+        let media = media_for(&camp.config, &client);
+        let mut failover = Failover::new(camp.trunks.len());
+        // A refused originate created no channel, so its id is used again;
+        // a call that existed (congestion, next trunk) needs a new one.
+        let mut channel_id = claim.channel_id();
+        let mut placed_calls = 0;
+        let mut last_refusal = None;
+        let mut abort = self.abort.clone();
+        loop {
+            let avoid = failover.avoid();
+            let acquired = tokio::select! {
+                t = camp.trunks.acquire(&avoid) => Some(t),
+                _ = abort.wait_for(|a| *a) => None,
+            };
+            let Some((index, trunk)) = acquired else {
+                break;
+            };
+            Self::note(progress, |p| p.trunk = Some(index));
+            // The socket may have dropped while we waited for a trunk.
+            if !camp.ari_state.borrow().is_connected() {
+                camp.trunks.release(index, Use::Neutral);
+                Self::note(progress, |p| p.trunk = None);
+                if !self.connected().await {
+                    break;
+                }
+                continue;
+            }
+            Self::note(progress, |p| p.channel = Some(channel_id.clone()));
+            let plan = CallPlan {
+                channel_id: channel_id.clone(),
+                endpoint: dial_string(&trunk.endpoint, mobile.national()),
+                app: camp.config.ari.outbound_app.clone(),
+                caller_id: trunk.caller_id.clone(),
+                ring_timeout_secs: cfg.ring_timeout_secs,
+                call_timeout: Duration::from_secs(cfg.call_timeout_secs),
+                media: media.clone(),
+                lang: cfg.lang.clone(),
+                asterisk_started: camp.asterisk_started.borrow().clone(),
+                panic_on_answer: camp.hooks.panics_on_answer(client.id),
+            };
+            let originated = camp.now();
+            let end = place(
+                &camp.ari,
+                &camp.router,
+                &plan,
+                self.abort.clone(),
+                camp.ari_state.clone(),
+            )
+            .await;
+            Self::note(progress, |p| {
+                p.trunk = None;
+                p.channel = None;
+            });
+            match end {
+                CallEnd::Refused { status, message } => {
+                    last_refusal = Some(format!("HTTP {status}: {message}"));
+                    // A refusal while the socket is down says nothing of the trunk.
+                    if !camp.ari_state.borrow().is_connected() {
+                        camp.trunks.release(index, Use::Neutral);
+                        continue;
+                    }
+                    let how = match camp.trunks.refused(index) {
+                        Refusal::Asterisk => {
+                            tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "Asterisk refused the originate on every trunk; no attempt spent, trying again");
+                            Try::RefusedByAsterisk
+                        }
+                        Refusal::Trunk => {
+                            tracing::warn!(client_id = client.id, trunk = %trunk.name, status, %message, "originate refused; trying the next trunk");
+                            Try::Refused
+                        }
+                    };
+                    if failover.after(index, how) == Next::GiveUp {
+                        break;
+                    }
+                }
+                CallEnd::NotPlaced { reason } => {
+                    camp.trunks.release(index, Use::Neutral);
+                    tracing::warn!(client_id = client.id, %reason, "originate did not reach Asterisk");
+                    let record = CallRecord::not_dialled(
+                        Outcome::Aborted,
+                        originated,
+                        format!("not dialled: {reason}"),
+                    );
+                    return self
+                        .finish(&client, &mobile, &claim, None, record, progress)
+                        .await;
+                }
+                CallEnd::Ended(end) => {
+                    let how = if end.trunk_congested {
+                        Try::CongestedBeforeRinging
+                    } else {
+                        Try::Placed
+                    };
+                    let blame = match failover.after(index, how) {
+                        Next::Finish { blame } => blame,
+                        next => {
+                            camp.trunks.release(index, Use::Neutral);
+                            if next == Next::GiveUp {
+                                break;
+                            }
+                            tracing::warn!(client_id = client.id, trunk = %trunk.name, cause = ?end.cause, "congestion before ringing; trying the next trunk");
+                            placed_calls += 1;
+                            channel_id = format!("{}-{}", claim.channel_id(), placed_calls + 1);
+                            // Written before the next originate, so a crash leaves it findable.
+                            if let Err(e) = camp.billing.set_channel(&claim, &channel_id).await {
+                                tracing::warn!(client_id = client.id, error = %e, "cannot record the retry's channel id");
+                            }
+                            continue;
+                        }
+                    };
+                    let answered = end.answered_after.is_some();
+                    camp.trunks.release(index, Use::Placed { answered });
+                    // Another trunk got through: the earlier congestion was those trunks' fault.
+                    for t in blame {
+                        camp.trunks.blame(t);
+                    }
+                    let record = dialled(
+                        &end,
+                        originated,
+                        Some(&trunk.name),
+                        &channel_id,
+                        Some(&mobile),
+                        cfg.min_heard_secs,
+                    );
+                    return self
+                        .finish(&client, &mobile, &claim, Some(&end), record, progress)
+                        .await;
+                }
+            }
+        }
+        // Every trunk refused again and again, or the pass ended while waiting
+        // for one: nothing was dialled, so no attempt is spent.
+        let (outcome, detail) = not_placed(last_refusal.as_deref(), *self.abort.borrow());
+        let record = CallRecord::not_dialled(outcome, camp.now(), detail);
+        self.finish(&client, &mobile, &claim, None, record, progress)
+            .await;
+    }
+
+    /// Waits until the event socket is up; `false` if the pass ends first.
+    async fn connected(&self) -> bool {
+        let mut state = self.campaign.ari_state.clone();
+        let mut abort = self.abort.clone();
+        let ready = tokio::select! {
+            r = state.wait_for(ConnState::is_connected) => r.is_ok(),
+            _ = abort.wait_for(|a| *a) => false,
+        };
+        ready && !*abort.borrow()
+    }
+
+    async fn skip(&self, reason: Skip) {
+        self.summary.lock().await.skip(reason);
+    }
+
+    async fn finish(
+        &self,
+        client: &ClientFacts,
+        mobile: &Mobile,
+        claim: &Claim,
+        end: Option<&Ended>,
+        record: CallRecord,
+        progress: &std::sync::Mutex<Progress>,
+    ) {
+        let camp = &self.campaign;
+        let line = CallLine {
+            client_id: client.id,
+            phone: mobile.masked(),
+            trunk: record.trunk.clone(),
+            outcome: record.outcome,
+            cause: record.hangup_cause.map(i64::from),
+            ring_seconds: end.map_or(0, Ended::ring_seconds),
+            talk_seconds: end.map_or(0, Ended::talk_seconds),
+            detail: record.detail.clone(),
+        };
+        tracing::info!(
+            client_id = line.client_id,
+            phone = %line.phone,
+            trunk = line.trunk.as_deref().unwrap_or("-"),
+            outcome = %line.outcome,
+            delivered = record.delivered,
+            cause = line.cause.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            ring_s = line.ring_seconds,
+            talk_s = line.talk_seconds,
+            detail = line.detail.as_deref().unwrap_or(""),
+            "call ended"
+        );
+        let written = camp.billing.write_outcome(claim, &record).await;
+        Self::note(progress, |p| p.claim = None);
+        let mut s = self.summary.lock().await;
+        if !written {
+            s.unwritten += 1;
+        }
+        *s.outcomes.entry(line.outcome).or_insert(0) += 1;
+        s.calls.push(line);
+    }
+}
+
+/// The record of a call Asterisk placed, as `follow` saw it end (also for
+/// calls adopted after a restart, whose trunk is not known).
+pub(crate) fn dialled(
+    end: &Ended,
+    originated: NaiveDateTime,
+    trunk: Option<&str>,
+    channel_id: &str,
+    mobile: Option<&Mobile>,
+    min_heard_secs: u64,
+) -> CallRecord {
+    CallRecord {
+        outcome: end.outcome,
+        dialled: true,
+        hangup_cause: end.cause.map(|c| c as i32),
+        trunk: trunk.map(str::to_owned),
+        channel_id: Some(channel_id.to_owned()),
+        phone_e164: mobile.map(Mobile::e164),
+        answered_at: end.answered_at(originated),
+        ended_at: end.ended_at(originated),
+        ring_seconds: Some(end.ring_seconds()),
+        billable_seconds: Some(end.talk_seconds()),
+        detail: end.detail.clone(),
+        delivered: is_delivered(end.outcome, end.heard_seconds(), min_heard_secs),
+        heard_seconds: end.heard_seconds(),
+    }
+}
