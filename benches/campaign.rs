@@ -15,7 +15,7 @@ use mysql_async::prelude::*;
 use overdue_dialer::billing::demo_data::{self, Spec};
 use overdue_dialer::billing::{schema, Billing};
 use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
-use overdue_dialer::config::{Config, MysqlConfig, Secret, TrunkConfig};
+use overdue_dialer::config::{Config, TrunkConfig};
 use overdue_dialer::dialer::Dialer;
 use overdue_dialer::rules::selection::Policy;
 use overdue_dialer::sim::{Callee, SimConfig, Simulator};
@@ -77,26 +77,15 @@ async fn drop_db(name: &str) {
 }
 
 fn config(opts: &mysql_async::Opts, ari_url: &str, channels: u32) -> Config {
-    let mut c = Config {
-        mysql: MysqlConfig {
-            host: opts.ip_or_hostname().to_string(),
-            port: opts.tcp_port(),
-            user: opts.user().unwrap_or("root").to_owned(),
-            password: Secret::new(opts.pass().unwrap_or("")),
-            database: opts.db_name().unwrap_or_default().to_owned(),
-            max_connections: 20,
-        },
-        trunks: vec![TrunkConfig {
-            name: "t1".into(),
-            endpoint: "PJSIP/{number}@t".into(),
-            max_channels: channels,
-            priority: 1,
-            caller_id: None,
-        }],
-        ..Default::default()
-    };
-    c.ari.url = ari_url.to_owned();
-    c.ari.password = Secret::new("asterisk");
+    let mut c = Config::for_simulator(ari_url, opts, opts.db_name().unwrap_or_default());
+    c.mysql.max_connections = 20;
+    c.trunks = vec![TrunkConfig {
+        name: "t1".into(),
+        endpoint: "PJSIP/{number}@t".into(),
+        max_channels: channels,
+        priority: 1,
+        caller_id: None,
+    }];
     c.campaign.max_concurrent_calls = channels;
     c.campaign.calls_per_second = 100_000.0;
     c.campaign.call_timeout_secs = 600;

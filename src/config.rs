@@ -358,6 +358,27 @@ impl Policy {
 }
 
 impl Config {
+    /// Defaults pointed at the in-repo simulator (its credentials) and at
+    /// `database` on the MySQL server of `mysql`: what the demo, the tests
+    /// and the benchmark run on.
+    pub fn for_simulator(ari_url: &str, mysql: &mysql_async::Opts, database: &str) -> Config {
+        let mut config = Config {
+            mysql: MysqlConfig {
+                host: mysql.ip_or_hostname().to_string(),
+                port: mysql.tcp_port(),
+                user: mysql.user().unwrap_or("root").to_owned(),
+                password: Secret::new(mysql.pass().unwrap_or("")),
+                database: database.to_owned(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        config.ari.url = ari_url.to_owned();
+        config.ari.username = "asterisk".into();
+        config.ari.password = Secret::new("asterisk");
+        config
+    }
+
     /// The layered sources. `file`: the `--config` path (must exist), or
     /// `None` for the default path (used only when present).
     pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {

@@ -12,6 +12,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dialer;
 pub mod logging;
 pub mod rules;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use common::TestDb;
 use mysql_async::prelude::*;
-use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
+use overdue_dialer::billing::demo_data::Data;
 use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
-use overdue_dialer::config::{Config, MysqlConfig, Secret, TrunkConfig};
+use overdue_dialer::config::{Config, TrunkConfig};
 use overdue_dialer::dialer::{one_pass, Dialer};
 use overdue_dialer::sim::{Callee, SimConfig, Simulator, SoundSpec};
 
@@ -19,32 +19,15 @@ use overdue_dialer::sim::{Callee, SimConfig, Simulator, SoundSpec};
 fn clients(phones: &[(i64, &str)]) -> Data {
     let mut data = Data::default();
     for &(id, phone) in phones {
-        data.clients.push(Client {
-            id,
-            nombre: format!("Cliente {id}"),
-            telefono: Some(phone.to_owned()),
-            corte: Some(1),
-            outbound_call: true,
-            is_sent: false,
-            attempts: 0,
-            completed_at: None,
-        });
-        data.invoices.push(Invoice {
-            client_id: id,
-            saldo: "125000.00".into(),
-            cerrado: false,
-        });
+        common::due(&mut data, id, phone, "125000.00");
     }
     data
 }
 
 fn trunk(name: &str, endpoint: &str, priority: u32, max: u32) -> TrunkConfig {
     TrunkConfig {
-        name: name.into(),
-        endpoint: endpoint.into(),
-        max_channels: max,
-        priority,
         caller_id: Some("6041234567".into()),
+        ..common::trunk(name, endpoint, priority, max)
     }
 }
 
@@ -67,21 +50,8 @@ async fn rig(data: &Data, trunks: Vec<TrunkConfig>) -> Rig {
     )
     .await
     .unwrap();
-    let opts = &db.opts;
-    let mut config = Config {
-        mysql: MysqlConfig {
-            host: opts.ip_or_hostname().to_string(),
-            port: opts.tcp_port(),
-            user: opts.user().unwrap_or("root").to_owned(),
-            password: Secret::new(opts.pass().unwrap_or("")),
-            database: db.name.clone(),
-            ..Default::default()
-        },
-        trunks,
-        ..Default::default()
-    };
-    config.ari.url = sim.url();
-    config.ari.password = Secret::new("asterisk");
+    let mut config = common::config(&db, &sim);
+    config.trunks = trunks;
     config.campaign.calls_per_second = 1000.0;
     config.campaign.max_concurrent_calls = 50;
     Rig { db, sim, config }

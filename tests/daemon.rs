@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use common::TestDb;
-use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
+use overdue_dialer::billing::demo_data::Data;
 use overdue_dialer::clock::{Clock, ManualClock};
-use overdue_dialer::config::{Config, MysqlConfig, Secret, TrunkConfig};
+use overdue_dialer::config::Config;
 use overdue_dialer::sim::{Callee, SimConfig, Simulator, SoundSpec};
 
 fn at(s: &str) -> NaiveDateTime {
@@ -20,47 +20,14 @@ fn at(s: &str) -> NaiveDateTime {
 fn clients(n: i64, prefix: &str) -> Data {
     let mut data = Data::default();
     for id in 1..=n {
-        data.clients.push(Client {
-            id,
-            nombre: format!("Cliente {id}"),
-            telefono: Some(format!("{prefix}{id:03}")),
-            corte: Some(1),
-            outbound_call: true,
-            is_sent: false,
-            attempts: 0,
-            completed_at: None,
-        });
-        data.invoices.push(Invoice {
-            client_id: id,
-            saldo: "90000.00".into(),
-            cerrado: false,
-        });
+        common::due(&mut data, id, &format!("{prefix}{id:03}"), "90000.00");
     }
     data
 }
 
 fn config(db: &TestDb, sim: &Simulator) -> Config {
-    let opts = &db.opts;
-    let mut c = Config {
-        mysql: MysqlConfig {
-            host: opts.ip_or_hostname().to_string(),
-            port: opts.tcp_port(),
-            user: opts.user().unwrap_or("root").to_owned(),
-            password: Secret::new(opts.pass().unwrap_or("")),
-            database: db.name.clone(),
-            ..Default::default()
-        },
-        trunks: vec![TrunkConfig {
-            name: "t1".into(),
-            endpoint: "PJSIP/{number}@t".into(),
-            max_channels: 10,
-            priority: 1,
-            caller_id: None,
-        }],
-        ..Default::default()
-    };
-    c.ari.url = sim.url();
-    c.ari.password = Secret::new("asterisk");
+    let mut c = common::config(db, sim);
+    c.trunks = vec![common::trunk("t1", "PJSIP/{number}@t", 1, 10)];
     c.campaign.calls_per_second = 1000.0;
     c
 }

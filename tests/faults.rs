@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::TestDb;
 use mysql_async::prelude::*;
-use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
+use overdue_dialer::billing::demo_data::Data;
 use overdue_dialer::campaign::pass::{PassOptions, PassSummary};
-use overdue_dialer::config::{Config, MysqlConfig, Secret, TrunkConfig};
+use overdue_dialer::config::{Config, Secret, TrunkConfig};
 use overdue_dialer::dialer::Dialer;
 use overdue_dialer::sim::{Callee, SimConfig, Simulator, SoundSpec};
 
@@ -23,47 +23,19 @@ use overdue_dialer::sim::{Callee, SimConfig, Simulator, SoundSpec};
 fn clients(n: i64) -> Data {
     let mut data = Data::default();
     for id in 1..=n {
-        data.clients.push(Client {
+        common::due(
+            &mut data,
             id,
-            nombre: format!("Cliente {id}"),
-            telefono: Some(format!("31{:07}{}", id, id % 10)),
-            corte: Some(1),
-            outbound_call: true,
-            is_sent: false,
-            attempts: 0,
-            completed_at: None,
-        });
-        data.invoices.push(Invoice {
-            client_id: id,
-            saldo: "50000.00".into(),
-            cerrado: false,
-        });
+            &format!("31{:07}{}", id, id % 10),
+            "50000.00",
+        );
     }
     data
 }
 
 fn config(db: &TestDb, sim: &Simulator) -> Config {
-    let opts = &db.opts;
-    let mut c = Config {
-        mysql: MysqlConfig {
-            host: opts.ip_or_hostname().to_string(),
-            port: opts.tcp_port(),
-            user: opts.user().unwrap_or("root").to_owned(),
-            password: Secret::new(opts.pass().unwrap_or("")),
-            database: db.name.clone(),
-            ..Default::default()
-        },
-        trunks: vec![TrunkConfig {
-            name: "t1".into(),
-            endpoint: "Local/{number}@from-voip".into(),
-            max_channels: 30,
-            priority: 1,
-            caller_id: None,
-        }],
-        ..Default::default()
-    };
-    c.ari.url = sim.url();
-    c.ari.password = Secret::new("asterisk");
+    let mut c = common::config(db, sim);
+    c.trunks = vec![common::trunk("t1", "Local/{number}@from-voip", 1, 30)];
     c.campaign.calls_per_second = 200.0;
     c.campaign.max_concurrent_calls = 30;
     c

@@ -123,3 +123,17 @@ pub fn render_table(lines: &[Line], header: &str) -> String {
     }
     out
 }
+
+/// The first line of `preview`: when, where, and whether the window is open.
+pub fn header(config: &crate::config::Config, now: NaiveDateTime) -> String {
+    let window = match config.window.check_local(now) {
+        Ok(()) => "calling window open".to_owned(),
+        Err(why) => format!("calling window closed ({why})"),
+    };
+    format!(
+        "Preview at {} {} ({}) — {window}",
+        now.format("%Y-%m-%d %H:%M"),
+        config.timezone,
+        now.format("%A")
+    )
+}

@@ -1,4 +1,6 @@
-//! Shared test support: a fresh MariaDB database per test, dropped after.
+//! Shared test support: a fresh MariaDB database per test, dropped after,
+//! and the fixtures the tests share (due clients, a configuration for the
+//! simulator, trunks).
 //!
 //! Tests that need MariaDB fail (never skip) when none answers, saying how
 //! to start one. `OVERDUE_TEST_MYSQL_URL` points them at another server.
@@ -7,6 +9,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mysql_async::prelude::*;
+use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
+use overdue_dialer::config::{Config, TrunkConfig};
+use overdue_dialer::sim::Simulator;
 
 pub const DEFAULT_SERVER: &str = "mysql://root@127.0.0.1:3306";
 
@@ -95,5 +100,39 @@ impl Drop for TestDb {
             })
         })
         .join();
+    }
+}
+
+/// Adds a client due every day (corte 1), flagged, with one open invoice.
+pub fn due(data: &mut Data, id: i64, phone: &str, saldo: &str) {
+    data.clients.push(Client {
+        id,
+        nombre: format!("Cliente {id}"),
+        telefono: Some(phone.to_owned()),
+        corte: Some(1),
+        outbound_call: true,
+        is_sent: false,
+        attempts: 0,
+        completed_at: None,
+    });
+    data.invoices.push(Invoice {
+        client_id: id,
+        saldo: saldo.to_owned(),
+        cerrado: false,
+    });
+}
+
+/// The defaults, on this test's database and this simulator.
+pub fn config(db: &TestDb, sim: &Simulator) -> Config {
+    Config::for_simulator(&sim.url(), &db.opts, &db.name)
+}
+
+pub fn trunk(name: &str, endpoint: &str, priority: u32, max_channels: u32) -> TrunkConfig {
+    TrunkConfig {
+        name: name.into(),
+        endpoint: endpoint.into(),
+        max_channels,
+        priority,
+        caller_id: None,
     }
 }
