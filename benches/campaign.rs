@@ -1,4 +1,4 @@
-//! The dialer's performance figures (SPEC §14), measured against the
+//! The dialer's performance figures (BENCHMARKS.md), measured against the
 //! in-repo simulator and a local MariaDB, written to BENCHMARKS.md.
 //!
 //!     cargo bench --bench campaign              # full run, ~5 min on 2 cores
@@ -381,7 +381,7 @@ fn main() {
     } else {
         (5000, 300, Duration::from_secs(2), 3)
     };
-    // Cost at the target's 500 calls in flight (SPEC §14) and at 1,000.
+    // Cost at the target's 500 calls in flight (BENCHMARKS.md) and at 1,000.
     let (seq_n, cost_ns, ev_n, sel_clients, sel_inv, sel_runs) = if smoke {
         (5, [100, 200], 200, 2000, 4, 1)
     } else {
@@ -462,7 +462,7 @@ fn main() {
         "{BEGIN}\n\
 Produced by `cargo bench --bench campaign` on {date} ({cores} cores, {cpu_model}; MariaDB on loopback; the in-repo ARI simulator). \
 Medians of {runs} runs (selection: {sel_runs}). Nothing here is asserted by the tests; a smoke run (`-- --smoke`) is part of `.ci/run`.\n\n\
-| figure | measured | target (SPEC §14) |\n|---|---|---|\n\
+| figure | measured | target (BENCHMARKS.md) |\n|---|---|---|\n\
 | campaign wall time, N={n}, C={c}, {call:.0} s calls | {wall:.2} s vs physical limit ⌈N/C⌉×T = {limit:.0} s: ratio **{ratio:.3}** | ≤ 1.05 |\n\
 | channel utilisation while clients remain | **{util:.1} %** | ≥ 95 % |\n\
 | baseline: one call at a time (the seed script), same calls | {per_call:.3} s per call → {seed_wall:.0} s for N={n} | — |\n\

@@ -1,5 +1,5 @@
 //! `overdue-dialer check`: everything the daemon needs, verified one line
-//! at a time, each failure with what to do about it (SPEC §12).
+//! at a time, each failure with what to do about it (README "Commands").
 //!
 //! It only looks: it never registers the Stasis apps (that would take them
 //! from a running daemon) and never changes the database.

@@ -1,4 +1,4 @@
-//! Configuration (SPEC §11): built-in defaults < TOML file < environment.
+//! Configuration (README "Configuration"): built-in defaults < TOML file < environment.
 //!
 //! Environment variables are `OVERDUE_<SECTION>__<KEY>` (for example
 //! `OVERDUE_CAMPAIGN__MAX_ATTEMPTS=5`), and the seed script's
@@ -219,9 +219,9 @@ impl Default for AriConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CampaignConfig {
-    /// Dial attempts per client before giving up (SPEC §6).
+    /// Dial attempts per client before giving up (README "Schema").
     pub max_attempts: u32,
-    /// Days after a delivered reminder before the same client may be called again (SPEC §7).
+    /// Days after a delivered reminder before the same client may be called again (README "Who is called").
     pub min_days_between_contacts: u32,
     pub max_concurrent_calls: u32,
     pub calls_per_second: f64,
@@ -300,7 +300,7 @@ impl Default for TrunkConfig {
     }
 }
 
-/// Inbound calls on the inbound app (SPEC §9).
+/// Inbound calls on the inbound app (README "A pass").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VoiceAgentConfig {

@@ -1,4 +1,4 @@
-//! `overdue-dialer run`: the long-running service (SPEC §10). Passes at the
+//! `overdue-dialer run`: the long-running service (README "Install on the PBX host"). Passes at the
 //! scheduled times and every poll interval inside the calling window, never
 //! two at once; systemd is told when we are ready, alive and stopping; on
 //! SIGTERM or SIGINT nothing new is dialled, calls in flight get a grace

@@ -1,9 +1,9 @@
 //! overdue-dialer: phones an ISP's clients whose invoices are overdue,
 //! through Asterisk's ARI, and writes every outcome back to MySQL.
 //!
-//! Layout: pure rules live next to the data they judge (`billing::cutoff`,
-//! `billing::phone`, `compliance`, `campaign::selection`); I/O sits at the
-//! edges (`billing::store` for MySQL, `ari` for Asterisk).
+//! Layout (README "Layout"): every rule is a plain function in `rules`,
+//! with no I/O and no clock; I/O sits at the edges (`billing` for MySQL,
+//! `ari` for Asterisk), and `campaign` and `voice_agent` put them together.
 
 pub mod ari;
 pub mod billing;

@@ -1,4 +1,4 @@
-//! Logging (SPEC §10): `tracing` to stdout for journald, plain text by
+//! Logging (README "Install on the PBX host"): `tracing` to stdout for journald, plain text by
 //! default or JSON, and optionally a daily-rotated file.
 //!
 //! Nothing secret is ever passed to a log macro; `config::Secret` prints as

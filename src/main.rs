@@ -1,4 +1,4 @@
-//! The `overdue-dialer` command line (SPEC §12).
+//! The `overdue-dialer` command line (README "Commands").
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -63,4 +63,11 @@ fn fixtures_match_the_shared_recordings() {
         // A plain clone without shared/ beside it: the fixtures are the recordings.
         Err(_) => eprintln!("no shared/ beside the repository; using tests/fixtures/ari as is"),
     }
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/ari/README.md");
+    if let Ok(text) = std::fs::read_to_string(lab) {
+        assert!(
+            text == include_str!("fixtures/ari/LAB.md"),
+            "shared/ari/README.md changed: refresh tests/fixtures/ari/LAB.md (see its README)"
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! The billing layer against a real MariaDB: schema, selection, claims and
-//! outcomes (SPEC §2, §3, §6). Each test gets its own database.
+//! outcomes (README "Schema", "Who is called"). Each test gets its own database.
 
 mod common;
 

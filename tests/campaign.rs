@@ -1,5 +1,5 @@
 //! Whole passes, from debtor to written outcome, against the simulator and
-//! a real MariaDB (SPEC §5, §6, §8).
+//! a real MariaDB (README "A pass", "Schema").
 
 mod common;
 

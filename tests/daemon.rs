@@ -1,4 +1,4 @@
-//! `overdue-dialer run` and the files for the PBX host (SPEC §10, §13).
+//! `overdue-dialer run` and the files for the PBX host (README "Install on the PBX host", "Layout").
 
 mod common;
 

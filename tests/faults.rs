@@ -1,4 +1,4 @@
-//! Faults during a pass (SPEC §5, §6): the event socket drops, Asterisk
+//! Faults during a pass (README "A pass", "Schema"): the event socket drops, Asterisk
 //! restarts, MySQL loses its connections, the daemon is SIGKILLed, two
 //! daemons share the database. In every case: no attempt dialled twice,
 //! no outcome lost, no channel left alive.

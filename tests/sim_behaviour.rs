@@ -1,4 +1,4 @@
-//! Simulator behaviour the recordings do not cover but SPEC §5 relies on:
+//! Simulator behaviour the recordings do not cover but README "A pass" relies on:
 //! direct trunk endpoints, ring delays, prompts, unregistered apps, and
 //! the faults around Asterisk stopping and originates going astray.
 

@@ -1,4 +1,4 @@
-//! The event WebSocket and its supervisor (SPEC §5).
+//! The event WebSocket and its supervisor (README "A pass").
 //!
 //! One connection carries both Stasis apps. It is re-established forever
 //! with capped exponential backoff and jitter. Callers watch the state and

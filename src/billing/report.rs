@@ -1,5 +1,5 @@
 //! `overdue-dialer report`: outcome counts per day and trunk from the call
-//! log (SPEC §12), for operators and billing staff.
+//! log (README "Commands"), for operators and billing staff.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,4 +1,4 @@
-//! The daemon's own tables and columns (SPEC §2, §6), and `schema print|apply`.
+//! The daemon's own tables and columns (README "Schema"), and `schema print|apply`.
 //!
 //! The billing tables belong to the billing system. We only ever add the
 //! four `outbound_call*` columns to `afiliados` when they are missing and

@@ -1,5 +1,5 @@
 //! Every query the daemon runs against the billing database: selecting
-//! debtors, claiming an attempt, and writing its outcome (SPEC §3, §6).
+//! debtors, claiming an attempt, and writing its outcome (README "Who is called", "Schema").
 //!
 //! All values go through bound parameters. "Now" is always computed in Rust
 //! in the configured time zone and bound, never `NOW()`, so the database's
@@ -31,7 +31,7 @@ LEFT JOIN overdue_call_log l ON l.client_id = a.id
   AND l.attempt_no = (SELECT MAX(m.attempt_no) FROM overdue_call_log m WHERE m.client_id = a.id)
 WHERE a.outbound_call = 1";
 
-/// SPEC §3 conditions 1–4 and the contact limit, exactly as
+/// README "Who is called" and the contact limit, exactly as
 /// `selection::check_client` states them (a test holds the two together),
 /// for one page of clients after a given id.
 ///
@@ -101,7 +101,7 @@ pub struct CallRecord {
     pub outcome: Outcome,
     /// Asterisk placed the call. Only placed calls count in
     /// `outbound_call_attempts`: a refused trunk or a malformed number
-    /// spends no attempt (SPEC §8).
+    /// spends no attempt (README "A pass").
     pub dialled: bool,
     pub hangup_cause: Option<i32>,
     pub trunk: Option<String>,
@@ -193,7 +193,7 @@ impl Billing {
         Ok(rows.into_iter().filter_map(facts_from_row).collect())
     }
 
-    /// Every client passing SPEC §3 conditions 1–4 and the contact limit at
+    /// Every client passing README "Who is called" and the contact limit at
     /// local time `now`, page after page. Phone numbers and the calling
     /// window are judged by the caller. A pass reads one page at a time
     /// instead (`eligible_page`); this is for `preview`-like callers and tests.

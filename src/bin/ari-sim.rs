@@ -1,5 +1,6 @@
 //! `ari-sim`: the in-repo Asterisk ARI simulator as a program, for trying
-//! the daemon by hand (`overdue-dialer` never contains it).
+//! the daemon by hand. `overdue-dialer demo` runs the same simulator in
+//! process; `run` and `once` never start it.
 
 use std::time::Duration;
 

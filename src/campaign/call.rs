@@ -1,4 +1,4 @@
-//! One outbound call through ARI, from originate to its outcome (SPEC §5):
+//! One outbound call through ARI, from originate to its outcome (README "A pass"):
 //! StasisStart → play the prompt → PlaybackFinished → hang up, with the
 //! per-call timeout and the pass's abort signal.
 

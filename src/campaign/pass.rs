@@ -1,4 +1,4 @@
-//! One campaign pass (SPEC §5, §6, §8): select the due clients, claim each
+//! One campaign pass (README "A pass", "Schema"): select the due clients, claim each
 //! attempt, fill every free channel within the pacing limits, fail over
 //! between trunks, and write each outcome the moment it is known.
 

@@ -1,4 +1,4 @@
-//! When `run` starts its next pass (SPEC §10): at each scheduled time and
+//! When `run` starts its next pass (README "Install on the PBX host"): at each scheduled time and
 //! every `poll_interval` inside the calling window, never outside it.
 
 use chrono::{Duration, NaiveDateTime, NaiveTime};

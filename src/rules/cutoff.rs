@@ -1,4 +1,4 @@
-//! The cutoff-day rule (SPEC §3, condition 3): on which days of a month a
+//! The cutoff-day rule (README "Who is called", check 4): on which days of a month a
 //! client with a given `corte` may be reminded.
 //!
 //! A client is due from the day before its cut-off day to the end of the
@@ -42,7 +42,7 @@ pub fn first_due_day(date: NaiveDate, corte: u32) -> u32 {
     corte.min(days_in_month(date)).saturating_sub(1).max(1)
 }
 
-/// SPEC §3 condition 3: `today` is the day before the (clamped) cut-off day,
+/// README "Who is called": `today` is the day before the (clamped) cut-off day,
 /// the cut-off day itself, or any later day of the same month.
 pub fn is_due(today: NaiveDate, corte: u32) -> bool {
     today.day() >= first_due_day(today, corte)

@@ -304,7 +304,7 @@ pub fn not_placed(last_refusal: Option<&str>, pass_ended: bool) -> (Outcome, Str
 }
 
 /// Congestion that struck before the phone rang is the trunk's fault
-/// (SPEC §8): the attempt moves to the next trunk instead of being spent.
+/// (README "A pass"): the attempt moves to the next trunk instead of being spent.
 pub fn congested_before_ringing(e: &Evidence, outcome: Outcome) -> bool {
     outcome == Outcome::Congestion && !e.ringing && !e.answered
 }

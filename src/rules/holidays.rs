@@ -1,4 +1,4 @@
-//! Colombia's public holidays, computed for any year (SPEC §7).
+//! Colombia's public holidays, computed for any year (README "Who is called").
 //!
 //! Fixed dates, the "Ley Emiliani" feasts moved to the following Monday
 //! (Ley 51 de 1983), and the Easter-based ones. Computing them, rather than

@@ -1,4 +1,4 @@
-//! The outcomes a call can end in (SPEC §5), as stored in the call log.
+//! The outcomes a call can end in (README "A pass"), as stored in the call log.
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,7 +56,7 @@ impl Outcome {
         }
     }
 
-    /// Retried after a per-outcome delay (README "Retries"). A completed
+    /// Retried after a per-outcome delay (README "Who is called", retry not due). A completed
     /// reminder is never retried, invalid numbers wait for staff to fix the
     /// number, and an early hang-up waits for the next calling day instead.
     pub fn is_retryable(self) -> bool {

@@ -1,4 +1,4 @@
-//! Colombian mobile numbers (SPEC §4): turning whatever billing staff typed
+//! Colombian mobile numbers (README "Who is called"): turning whatever billing staff typed
 //! into `telefono` into a number we may dial, or a clear refusal.
 //!
 //! A mobile is 10 national digits starting with `3` (Resolución CRC 5826 de

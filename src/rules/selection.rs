@@ -1,4 +1,4 @@
-//! Who gets called (SPEC §3, §6, §7): the pure decision for one flagged
+//! Who gets called (README "Who is called", "Schema"): the pure decision for one flagged
 //! client at one moment, with the reason when the answer is no.
 //!
 //! The eligibility SQL in `billing::store` is a fast pre-filter that must
@@ -165,7 +165,7 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// SPEC §3 conditions 1–4 and the contact-frequency limit of §7, for one
+/// README "Who is called" and the contact-frequency limit, for one
 /// client at local time `now`. This is exactly what the eligibility SQL
 /// filters on; phone validity and the calling window come after.
 pub fn check_client(c: &ClientFacts, now: NaiveDateTime, p: &Policy) -> Result<(), SkipReason> {

@@ -1,4 +1,4 @@
-//! The legal calling window (SPEC §7, Ley 2300 de 2023 art. 3).
+//! The legal calling window (README "Who is called"; Ley 2300 de 2023 art. 3).
 //!
 //! Default: Monday–Friday 07:00–19:00, Saturday 08:00–15:00, never on
 //! Sundays or Colombian public holidays. Start is inclusive and end is

@@ -1,5 +1,5 @@
 //! One call, played out as the lab's Asterisk did: the event sequences
-//! below are transcribed from `shared/ari/events.jsonl`, one function per
+//! below are transcribed from `tests/fixtures/ari/events.jsonl`, one function per
 //! recorded situation, so each can be checked against it. An originated
 //! call runs `run`; an inbound one, `inbound`. Playbacks on any channel in
 //! Stasis go through a `Player`.

@@ -1,5 +1,5 @@
 //! What the simulated PBX does with a dialled endpoint: the lab's dialplan
-//! from `shared/ari/README.md`, as plain functions.
+//! from `tests/fixtures/ari/LAB.md`, as plain functions.
 //!
 //! `Local/<n>@sim-pstn` reaches the fake PSTN directly; `Local/<n>@from-voip`
 //! goes through the production-like context that `Dial()`s the PSTN (and

@@ -1,5 +1,5 @@
 //! The simulator's HTTP side: ARI's REST endpoints and the event
-//! WebSocket, with Asterisk's status codes and bodies (`shared/ari/README.md`).
+//! WebSocket, with Asterisk's status codes and bodies (`tests/fixtures/ari/LAB.md`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

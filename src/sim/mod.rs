@@ -1,6 +1,6 @@
 //! An in-repo simulator of Asterisk 22's ARI, for tests, the demo and the
 //! benchmarks. It serves the same endpoints, JSON and status codes as the
-//! recordings in `shared/ari/`, registers Stasis apps with the event
+//! recordings in `tests/fixtures/ari/`, registers Stasis apps with the event
 //! WebSocket, and plays calls out with the lab's dialplan (`dialplan`) and
 //! the recorded event sequences (`call`).
 //!
