@@ -1,4 +1,5 @@
-//! The outbound campaign: who to call, on which trunk, and how calls end.
+//! The outbound campaign (`overdue-app`): passes, attempts, calls, the
+//! trunk pool and crash recovery, carrying out the decisions of `rules`.
 
 pub mod attempt;
 pub mod call;

@@ -1,8 +1,8 @@
-//! One campaign pass (README "A pass", "Schema"): select the due clients, claim each
-//! attempt, fill every free channel within the pacing limits, fail over
-//! between trunks, and write each outcome the moment it is known.
+//! One campaign pass (README "A pass"): read the due clients page by page
+//! (the hopper), hand each to an attempt (`attempt.rs`) as soon as a
+//! channel is free, and stop at the global timeout, a shutdown or the end
+//! of the calling window. `Campaign` is what every pass shares.
 
-pub use super::summary::{CallLine, PassSummary, Skip};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ use crate::rules::outcome::Outcome;
 use crate::rules::phone::{mask, normalize, Mobile};
 use crate::rules::selection::{decide, ClientFacts, Decision, Policy, SkipReason};
 use crate::rules::window::CallingWindow;
+
+pub use super::summary::{CallLine, PassSummary, Skip};
 
 /// Everything a pass needs, shared by all passes of a daemon.
 pub struct Campaign {
