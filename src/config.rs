@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use chrono::NaiveTime;
 use chrono_tz::Tz;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -81,6 +82,40 @@ fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Scalar::F(f) => f.to_string(),
         Scalar::B(b) => b.to_string(),
     })
+}
+
+/// `campaign.schedule.0` → `campaign.schedule[0]` in a figment key path.
+fn indexed(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '.' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            out.push('[');
+            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                out.push(d);
+                chars.next();
+            }
+            out.push(']');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A local time of day written `"HH:MM"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalTime(pub NaiveTime);
+
+impl<'de> Deserialize<'de> for LocalTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        NaiveTime::parse_from_str(&s, "%H:%M")
+            .map(LocalTime)
+            .map_err(|_| {
+                serde::de::Error::custom(format!("expected a time like \"08:00\", found {s:?}"))
+            })
+    }
 }
 
 fn time_zone<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
@@ -236,8 +271,9 @@ pub struct CampaignConfig {
     pub media: Vec<String>,
     /// Language for the prompt; channels created by ARI default to `en`.
     pub lang: String,
-    /// Local times (`"HH:MM"`) at which `run` starts a pass.
-    pub schedule: Vec<String>,
+    /// Local times (`"HH:MM"`) at which `run` starts a pass, parsed here,
+    /// once, when the configuration is read.
+    pub schedule: Vec<LocalTime>,
     /// Seconds between passes inside the calling window, for retries and new flags.
     pub poll_interval_secs: u64,
     /// First cool-down of a failing trunk; it doubles while the trunk keeps failing.
@@ -265,7 +301,7 @@ impl Default for CampaignConfig {
             run_timeout_per_client_secs: 300,
             media: vec!["sound:morosos_natalia".into()],
             lang: "es_MX".into(),
-            schedule: vec!["08:00".into()],
+            schedule: vec![LocalTime(NaiveTime::MIN + chrono::Duration::hours(8))],
             poll_interval_secs: 900,
             trunk_cooldown_secs: 60,
             shutdown_grace_secs: 60,
@@ -410,8 +446,16 @@ impl Config {
 
     pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
         let config: Config = figment.extract().map_err(|e| {
-            // figment's message names the key ("for key \"default.campaign.max_attempts\"").
-            ConfigError(e.to_string().replace("key \"default.", "key \""))
+            // figment's message names the key ("for key \"default.campaign.max_attempts\"")
+            // and writes list positions as `.0`, where the README writes `[0]`.
+            let msg = e.to_string().replace("key \"default.", "key \"");
+            ConfigError(match msg.split_once("key \"") {
+                Some((before, rest)) => {
+                    let (key, after) = rest.split_once('"').unwrap_or((rest, ""));
+                    format!("{before}key \"{}\"{after}", indexed(key))
+                }
+                None => msg,
+            })
         })?;
         config.validate()?;
         Ok(config)
@@ -542,14 +586,6 @@ impl Config {
                 "campaign.call_timeout_secs",
                 "more seconds than campaign.ring_timeout_secs (and both above 0)",
             );
-        }
-        for (i, t) in c.schedule.iter().enumerate() {
-            if chrono::NaiveTime::parse_from_str(t, "%H:%M").is_err() {
-                return fail(
-                    &format!("campaign.schedule[{i}]"),
-                    &format!("a time like \"08:00\", found {t:?}"),
-                );
-            }
         }
         for (name, hours) in [
             ("weekdays", self.window.weekdays),

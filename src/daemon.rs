@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::NaiveTime;
 use tokio::sync::watch;
 
@@ -64,13 +63,7 @@ pub async fn run_until(
     clock: Option<Arc<dyn Clock>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let schedule: Vec<NaiveTime> = config
-        .campaign
-        .schedule
-        .iter()
-        .map(|t| NaiveTime::parse_from_str(t, "%H:%M"))
-        .collect::<Result<_, _>>()
-        .context("campaign.schedule")?;
+    let schedule: Vec<NaiveTime> = config.campaign.schedule.iter().map(|t| t.0).collect();
     let poll = chrono::Duration::seconds(config.campaign.poll_interval_secs.max(1) as i64);
     let grace = Duration::from_secs(config.campaign.shutdown_grace_secs);
     let window = config.window.clone();
