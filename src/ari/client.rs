@@ -67,7 +67,7 @@ impl AriError {
     /// The request certainly never reached Asterisk (no connection could
     /// be made). A timeout or a connection lost mid-request is not this:
     /// Asterisk may have acted on it.
-    pub fn never_reached_asterisk(&self) -> bool {
+    pub(crate) fn never_reached_asterisk(&self) -> bool {
         matches!(self, AriError::Connect { .. })
     }
 }

@@ -132,7 +132,7 @@ impl EventConnection {
     }
 
     /// Separates the event stream from the handle that stops the supervisor.
-    pub fn into_parts(
+    pub(crate) fn into_parts(
         self,
     ) -> (
         mpsc::Receiver<Envelope>,

@@ -27,7 +27,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Puts back an event taken out to look at, to be handed out next.
-    pub fn unread(&mut self, env: Box<Envelope>) {
+    pub(crate) fn unread(&mut self, env: Box<Envelope>) {
         self.first.push_front(env);
     }
 
@@ -46,7 +46,7 @@ pub struct Router {
 
 /// The channel id an event is about (`None`: about no channel of ours,
 /// such as a `Dial()` run by a dialplan, which is about its far side).
-pub fn channel_of(event: &Event) -> Option<&str> {
+pub(crate) fn channel_of(event: &Event) -> Option<&str> {
     match event {
         Event::Dial {
             caller: Some(_), ..
@@ -66,7 +66,7 @@ impl Router {
     }
 
     /// Starts delivering events of `channel_id` (and its `;2`) to the inbox.
-    pub fn register(&self, channel_id: &str) -> Inbox {
+    pub(crate) fn register(&self, channel_id: &str) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         self.calls().insert(channel_id.to_owned(), tx);
         Inbox {
@@ -77,7 +77,7 @@ impl Router {
 
     /// As `register`, unless somebody already follows `channel_id`; `first`
     /// is handed out before anything routed later.
-    pub fn try_register(&self, channel_id: &str, first: Option<Box<Envelope>>) -> Option<Inbox> {
+    pub(crate) fn try_register(&self, channel_id: &str, first: Option<Box<Envelope>>) -> Option<Inbox> {
         let mut calls = self.calls();
         if calls.contains_key(channel_id) {
             return None;
@@ -90,16 +90,16 @@ impl Router {
         })
     }
 
-    pub fn unregister(&self, channel_id: &str) {
+    pub(crate) fn unregister(&self, channel_id: &str) {
         self.calls().remove(channel_id);
     }
 
-    pub fn is_registered(&self, channel_id: &str) -> bool {
+    pub(crate) fn is_registered(&self, channel_id: &str) -> bool {
         self.calls().contains_key(channel_id)
     }
 
     /// Delivers the event; gives it back when no call claims it.
-    pub fn route(&self, env: Envelope) -> Option<Envelope> {
+    pub(crate) fn route(&self, env: Envelope) -> Option<Envelope> {
         let Some(id) = channel_of(&env.event) else {
             return Some(env);
         };

@@ -71,7 +71,7 @@ pub struct Claim {
 impl Claim {
     /// The attempt a channel id of ours belongs to (`overdue-<client>-<attempt>`,
     /// with `-<try>` on a retry through another trunk); `None` for any other id.
-    pub fn from_channel_id(id: &str) -> Option<Claim> {
+    pub(crate) fn from_channel_id(id: &str) -> Option<Claim> {
         let rest = id.strip_prefix("overdue-")?;
         let mut parts = rest.split('-');
         let client_id = parts.next()?.parse().ok()?;
@@ -122,7 +122,7 @@ pub struct CallRecord {
 impl CallRecord {
     /// An attempt Asterisk never placed (refused by every trunk, the
     /// pass ended first, an invalid number): no attempt is spent.
-    pub fn not_dialled(outcome: Outcome, at: NaiveDateTime, detail: String) -> CallRecord {
+    pub(crate) fn not_dialled(outcome: Outcome, at: NaiveDateTime, detail: String) -> CallRecord {
         CallRecord {
             outcome,
             dialled: false,
@@ -408,7 +408,7 @@ impl Billing {
     /// full record is logged at the first failure, so it survives even if
     /// the process is killed before MySQL comes back. `false` only for an
     /// error retrying cannot fix.
-    pub async fn write_outcome(&self, claim: &Claim, record: &CallRecord) -> bool {
+    pub(crate) async fn write_outcome(&self, claim: &Claim, record: &CallRecord) -> bool {
         let mut wait = std::time::Duration::from_millis(200);
         let mut attempt = 0u32;
         loop {
@@ -443,7 +443,7 @@ impl Billing {
 
     /// Records the channel id of a retry on another trunk before its
     /// originate (the first try's id is written with the claim).
-    pub async fn set_channel(&self, claim: &Claim, channel_id: &str) -> Result<(), BillingError> {
+    pub(crate) async fn set_channel(&self, claim: &Claim, channel_id: &str) -> Result<(), BillingError> {
         self.conn()
             .await?
             .exec_drop(
@@ -526,7 +526,7 @@ pub struct Orphan {
 impl Billing {
     /// One flagged client's facts, for a call adopted after a restart
     /// (its prompt may speak the balance). `None` when not flagged.
-    pub async fn client_facts(&self, client_id: i64) -> Result<Option<ClientFacts>, BillingError> {
+    pub(crate) async fn client_facts(&self, client_id: i64) -> Result<Option<ClientFacts>, BillingError> {
         let row: Option<Row> = self
             .conn()
             .await?
@@ -536,7 +536,7 @@ impl Billing {
     }
 
     /// The attempt's claim when it is still open (claimed, no outcome).
-    pub async fn open_claim(&self, claim: &Claim) -> Result<Option<Orphan>, BillingError> {
+    pub(crate) async fn open_claim(&self, claim: &Claim) -> Result<Option<Orphan>, BillingError> {
         let row: Option<(Option<String>, NaiveDateTime)> = self
             .conn()
             .await?
@@ -554,7 +554,7 @@ impl Billing {
 
     /// Attempts claimed by `host` (or by anyone before `stale_before`)
     /// that never got an outcome.
-    pub async fn orphans(
+    pub(crate) async fn orphans(
         &self,
         host: &str,
         stale_before: NaiveDateTime,

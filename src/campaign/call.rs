@@ -108,7 +108,7 @@ pub fn after(now: Instant, d: Duration) -> Instant {
 
 /// Places the call and follows it to the end. `abort` turning true hangs
 /// the call up and ends it as `aborted`.
-pub async fn place(
+pub(crate) async fn place(
     ari: &AriClient,
     router: &Arc<Router>,
     plan: &CallPlan,

@@ -30,7 +30,7 @@ use crate::rules::phone::normalize;
 
 /// Closes or adopts every orphaned attempt; returns how many there were.
 /// Adopted calls go on in the background (`Campaign::wait_adopted`).
-pub async fn orphans(campaign: &Arc<Campaign>) -> Result<usize, BillingError> {
+pub(crate) async fn orphans(campaign: &Arc<Campaign>) -> Result<usize, BillingError> {
     let now = campaign.clock.now();
     let stale = now - chrono::Duration::minutes(campaign.config.campaign.orphan_after_mins as i64);
     let list: Vec<Orphan> = campaign
@@ -107,7 +107,7 @@ pub async fn orphans(campaign: &Arc<Campaign>) -> Result<usize, BillingError> {
 /// registered by the dispatcher with that `StasisStart` in it. If its
 /// attempt is still open the call is adopted (the callee gets the prompt);
 /// otherwise it is a leftover and is hung up.
-pub async fn adopt_answered(campaign: Arc<Campaign>, channel: Channel, claim: Claim, inbox: Inbox) {
+pub(crate) async fn adopt_answered(campaign: Arc<Campaign>, channel: Channel, claim: Claim, inbox: Inbox) {
     match campaign.billing.open_claim(&claim).await {
         Ok(Some(orphan)) => {
             tracing::info!(client_id = claim.client_id, channel = %channel.id, "answered call of an open attempt nobody followed: adopting it");

@@ -114,7 +114,7 @@ impl TrunkPool {
 
     /// Takes a channel on the best trunk, preferring those not in
     /// `avoid`; waits while every trunk is full or cooling down.
-    pub async fn acquire(&self, avoid: &[usize]) -> (usize, TrunkConfig) {
+    pub(crate) async fn acquire(&self, avoid: &[usize]) -> (usize, TrunkConfig) {
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
@@ -237,7 +237,7 @@ impl TrunkPool {
 
     /// Asterisk restarted: its earlier refusals said nothing about the
     /// trunks, so every cool-down and hold ends now.
-    pub fn clear_cooldowns(&self) {
+    pub(crate) fn clear_cooldowns(&self) {
         let mut state = self.state();
         state.hold_until = None;
         state.hold_step = FIRST_HOLD;
@@ -252,7 +252,7 @@ impl TrunkPool {
 
     /// Blames a trunk after the fact (its congestion turned out to be its
     /// own: another trunk reached the callee): cool it down.
-    pub fn blame(&self, index: usize) {
+    pub(crate) fn blame(&self, index: usize) {
         if let Some(s) = self.state().slots.get_mut(index) {
             s.stats.failed += 1;
             Self::cool(s, self.cooldown);

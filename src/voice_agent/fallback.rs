@@ -11,7 +11,7 @@ use crate::ari::router::Router;
 use crate::ari::{AriClient, Event};
 use crate::rules::phone::mask;
 
-pub async fn handle(
+pub(crate) async fn handle(
     ari: AriClient,
     router: Arc<Router>,
     channel: Channel,
