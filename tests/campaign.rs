@@ -557,23 +557,12 @@ async fn an_inbound_call_on_a_local_half_is_ended_normally() {
 
 /// `overdue-dialer once`, as cron or an operator runs it.
 fn once(rig: &Rig, extra_env: &[(&str, &str)]) -> std::process::Output {
-    let opts = &rig.db.opts;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_overdue-dialer"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MYSQL_SERVER", opts.ip_or_hostname())
-        .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
-        .env("MYSQL_USER", opts.user().unwrap_or("root"))
-        .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
-        .env("MYSQL_DATABASE", &rig.db.name)
-        .env("OVERDUE_ARI__URL", rig.sim.url())
-        .env("ASTERISK_USERNAME", "asterisk")
-        .env("ASTERISK_PASSWORD", "asterisk")
-        .env(
-            "OVERDUE_TRUNKS",
-            r#"[{name="t1",endpoint="Local/{number}@from-voip",max_channels=5,priority=1}]"#,
-        )
-        .args(["once", "--ignore-window"]);
+    let mut cmd = common::daemon_command(&rig.db, &rig.sim);
+    cmd.env(
+        "OVERDUE_TRUNKS",
+        r#"[{name="t1",endpoint="Local/{number}@from-voip",max_channels=5,priority=1}]"#,
+    )
+    .args(["once", "--ignore-window"]);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

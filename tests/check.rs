@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::TestDb;
 use mysql_async::prelude::Queryable;
 use overdue_dialer::ari::{AriClient, Backoff, EventConnection};
@@ -22,19 +20,8 @@ async fn healthy() -> (TestDb, Simulator) {
 }
 
 fn check(db: &TestDb, sim: &Simulator, env: &[(&str, &str)]) -> (bool, String) {
-    let opts = &db.opts;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_overdue-dialer"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MYSQL_SERVER", opts.ip_or_hostname())
-        .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
-        .env("MYSQL_USER", opts.user().unwrap_or("root"))
-        .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
-        .env("MYSQL_DATABASE", &db.name)
-        .env("OVERDUE_ARI__URL", sim.url())
-        .env("ASTERISK_USERNAME", "asterisk")
-        .env("ASTERISK_PASSWORD", "asterisk")
-        .arg("check");
+    let mut cmd = common::daemon_command(db, sim);
+    cmd.arg("check");
     for (k, v) in env {
         cmd.env(k, v);
     }

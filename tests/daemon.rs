@@ -141,19 +141,8 @@ async fn run_dials_only_inside_the_window_and_resumes_on_the_next_allowed_day() 
 }
 
 fn spawn_run(db: &TestDb, sim: &Simulator, grace_secs: u64) -> std::process::Child {
-    let opts = &db.opts;
-    let open_all_week = r#"{weekdays={start="00:00",end="23:59:59"},saturday={start="00:00",end="23:59:59"},sunday={start="00:00",end="23:59:59"},colombian_holidays=false}"#;
-    Command::new(env!("CARGO_BIN_EXE_overdue-dialer"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MYSQL_SERVER", opts.ip_or_hostname())
-        .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
-        .env("MYSQL_USER", opts.user().unwrap_or("root"))
-        .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
-        .env("MYSQL_DATABASE", &db.name)
-        .env("OVERDUE_ARI__URL", sim.url())
-        .env("ASTERISK_PASSWORD", "asterisk")
-        .env("OVERDUE_WINDOW", open_all_week)
+    common::daemon_command(db, sim)
+        .env("OVERDUE_WINDOW", common::OPEN_ALL_WEEK)
         .env(
             "OVERDUE_CAMPAIGN__SHUTDOWN_GRACE_SECS",
             grace_secs.to_string(),
@@ -343,10 +332,10 @@ async fn recv_notification(socket: &tokio::net::UnixDatagram) -> Option<String> 
 async fn systemd_hears_ready_watchdog_and_stopping() {
     let db = TestDb::with_data(&clients(1, "3001238")).await;
     let sim = Simulator::start(SimConfig::default(), 0).await.unwrap();
+    let opts = &db.opts;
     let path = std::env::temp_dir().join(format!("od-notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
-    let opts = &db.opts;
     // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's.
     let child = Command::new("sh")
         .args([

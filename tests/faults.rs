@@ -272,19 +272,8 @@ async fn two_daemons_share_300_clients_and_dial_each_once() {
 /// `overdue-dialer run` as systemd starts it, on a calling window open all
 /// week, with a 1 s poll so passes follow each other quickly.
 fn spawn_run(db: &TestDb, sim: &Simulator, extra_env: &[(&str, &str)]) -> std::process::Child {
-    let opts = &db.opts;
-    let open_all_week = r#"{weekdays={start="00:00",end="23:59:59"},saturday={start="00:00",end="23:59:59"},sunday={start="00:00",end="23:59:59"},colombian_holidays=false}"#;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_overdue-dialer"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MYSQL_SERVER", opts.ip_or_hostname())
-        .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
-        .env("MYSQL_USER", opts.user().unwrap_or("root"))
-        .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
-        .env("MYSQL_DATABASE", &db.name)
-        .env("OVERDUE_ARI__URL", sim.url())
-        .env("ASTERISK_PASSWORD", "asterisk")
-        .env("OVERDUE_WINDOW", open_all_week)
+    let mut cmd = common::daemon_command(db, sim);
+    cmd.env("OVERDUE_WINDOW", common::OPEN_ALL_WEEK)
         .env("OVERDUE_CAMPAIGN__POLL_INTERVAL_SECS", "1")
         .env("OVERDUE_CAMPAIGN__MAX_CONCURRENT_CALLS", "10")
         .env("OVERDUE_CAMPAIGN__CALLS_PER_SECOND", "100")

@@ -77,7 +77,11 @@ impl Router {
 
     /// As `register`, unless somebody already follows `channel_id`; `first`
     /// is handed out before anything routed later.
-    pub(crate) fn try_register(&self, channel_id: &str, first: Option<Box<Envelope>>) -> Option<Inbox> {
+    pub(crate) fn try_register(
+        &self,
+        channel_id: &str,
+        first: Option<Box<Envelope>>,
+    ) -> Option<Inbox> {
         let mut calls = self.calls();
         if calls.contains_key(channel_id) {
             return None;

@@ -443,7 +443,11 @@ impl Billing {
 
     /// Records the channel id of a retry on another trunk before its
     /// originate (the first try's id is written with the claim).
-    pub(crate) async fn set_channel(&self, claim: &Claim, channel_id: &str) -> Result<(), BillingError> {
+    pub(crate) async fn set_channel(
+        &self,
+        claim: &Claim,
+        channel_id: &str,
+    ) -> Result<(), BillingError> {
         self.conn()
             .await?
             .exec_drop(
@@ -526,7 +530,10 @@ pub struct Orphan {
 impl Billing {
     /// One flagged client's facts, for a call adopted after a restart
     /// (its prompt may speak the balance). `None` when not flagged.
-    pub(crate) async fn client_facts(&self, client_id: i64) -> Result<Option<ClientFacts>, BillingError> {
+    pub(crate) async fn client_facts(
+        &self,
+        client_id: i64,
+    ) -> Result<Option<ClientFacts>, BillingError> {
         let row: Option<Row> = self
             .conn()
             .await?

@@ -107,7 +107,12 @@ pub(crate) async fn orphans(campaign: &Arc<Campaign>) -> Result<usize, BillingEr
 /// registered by the dispatcher with that `StasisStart` in it. If its
 /// attempt is still open the call is adopted (the callee gets the prompt);
 /// otherwise it is a leftover and is hung up.
-pub(crate) async fn adopt_answered(campaign: Arc<Campaign>, channel: Channel, claim: Claim, inbox: Inbox) {
+pub(crate) async fn adopt_answered(
+    campaign: Arc<Campaign>,
+    channel: Channel,
+    claim: Claim,
+    inbox: Inbox,
+) {
     match campaign.billing.open_claim(&claim).await {
         Ok(Some(orphan)) => {
             tracing::info!(client_id = claim.client_id, channel = %channel.id, "answered call of an open attempt nobody followed: adopting it");

@@ -136,3 +136,25 @@ pub fn trunk(name: &str, endpoint: &str, priority: u32, max_channels: u32) -> Tr
         caller_id: None,
     }
 }
+
+/// The `overdue-dialer` binary as an operator's shell would start it, with
+/// only the seed script's variables pointing it at this test's database and
+/// simulator (every other variable of the test runner is cleared).
+pub fn daemon_command(db: &TestDb, sim: &Simulator) -> std::process::Command {
+    let opts = &db.opts;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_overdue-dialer"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MYSQL_SERVER", opts.ip_or_hostname())
+        .env("OVERDUE_MYSQL__PORT", opts.tcp_port().to_string())
+        .env("MYSQL_USER", opts.user().unwrap_or("root"))
+        .env("MYSQL_PASSWORD", opts.pass().unwrap_or(""))
+        .env("MYSQL_DATABASE", &db.name)
+        .env("OVERDUE_ARI__URL", sim.url())
+        .env("ASTERISK_USERNAME", "asterisk")
+        .env("ASTERISK_PASSWORD", "asterisk");
+    cmd
+}
+
+/// A calling window open all week, all day (for `run` in tests).
+pub const OPEN_ALL_WEEK: &str = r#"{weekdays={start="00:00",end="23:59:59"},saturday={start="00:00",end="23:59:59"},sunday={start="00:00",end="23:59:59"},colombian_holidays=false}"#;
