@@ -375,6 +375,19 @@ async fn speech_then_silence_commits_and_answers_with_the_known_pattern() {
         item_id
     );
 
+    // The session asked for input transcription: the caller's words come
+    // once the turn is committed.
+    let heard = &events[pos("conversation.item.input_audio_transcription.completed")];
+    assert!(
+        pos("input_audio_buffer.committed")
+            < pos("conversation.item.input_audio_transcription.completed")
+    );
+    assert_eq!(heard["item_id"], item_id);
+    assert_eq!(
+        heard["transcript"],
+        fake.config().caller_transcript.as_str()
+    );
+
     let audio = delta_bytes(&events);
     assert_eq!(audio.len(), 400 * 8);
     assert_eq!(audio, pattern_ulaw(audio.len()));

@@ -383,10 +383,11 @@ impl Conn {
                         "audio_end_ms": self.in_ms,
                         "item_id": item_id,
                     }));
-                    self.commit_item(item_id);
+                    self.commit_item(item_id.clone());
                     if vad.create_response && self.active.is_none() {
                         self.start_response();
                     }
+                    self.transcribe(&item_id);
                 }
             }
         }
@@ -440,8 +441,27 @@ impl Conn {
             Some(s) => s.item_id,
             None => self.new_id("item"),
         };
-        self.commit_item(item_id);
+        self.commit_item(item_id.clone());
+        self.transcribe(&item_id);
         Ok(())
+    }
+
+    /// The caller's words, when the session asked for them. The real
+    /// service transcribes beside the model, so its transcript comes after
+    /// the response has started; clients must not wait for it.
+    fn transcribe(&mut self, item_id: &str) {
+        if self.session["audio"]["input"]["transcription"].is_null() {
+            return;
+        }
+        let transcript = self.cfg().caller_transcript.clone();
+        let seconds = self.in_ms as f64 / 1000.0;
+        self.emit(json!({
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": item_id,
+            "content_index": 0,
+            "transcript": transcript,
+            "usage": { "type": "duration", "seconds": seconds },
+        }));
     }
 
     fn clear(&mut self) {

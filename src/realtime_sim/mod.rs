@@ -14,7 +14,9 @@
 //! paced by [`FakeConfig::audio_chunk_ms`] / [`FakeConfig::chunk_interval`]
 //! (default: real time, 20 ms of audio every 20 ms); barge-in, which with
 //! `interrupt_response` cancels the response (`response.done`, status
-//! `cancelled`, reason `turn_detected`) as the GA reference says.
+//! `cancelled`, reason `turn_detected`) as the GA reference says; and, when
+//! the session asks for input transcription, the caller's words
+//! ([`FakeConfig::caller_transcript`]) after each committed turn.
 //!
 //! Test hooks: make the next response a function call
 //! ([`FakeRealtime::next_response_calls_tool`]), confirm a different output
@@ -82,6 +84,9 @@ pub struct FakeConfig {
     pub tool_call_done_delay: Duration,
     /// The transcript of every audio response.
     pub transcript: String,
+    /// What the caller "said": the transcript of every committed user
+    /// turn, sent when the session asks for input transcription.
+    pub caller_transcript: String,
 }
 
 impl Default for FakeConfig {
@@ -98,6 +103,7 @@ impl Default for FakeConfig {
             chunk_interval: Duration::from_millis(20),
             tool_call_done_delay: Duration::from_millis(50),
             transcript: "Respuesta de prueba del simulador.".into(),
+            caller_transcript: "Hola, quiero pagar mi factura.".into(),
         }
     }
 }
