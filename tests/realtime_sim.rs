@@ -466,6 +466,32 @@ async fn talking_over_a_response_stops_its_audio() {
 }
 
 #[tokio::test]
+async fn with_the_knob_a_talked_over_response_waits_for_the_clients_cancel() {
+    let fake = FakeRealtime::start(FakeConfig {
+        response_audio_ms: 3000,
+        barge_in_cancels: false,
+        ..fast()
+    })
+    .await
+    .unwrap();
+    let mut ws = configured(&fake).await;
+    say_something(&mut ws).await;
+    until(&mut ws, "response.output_audio.delta").await;
+    append(&mut ws, &tone_ulaw(100, 440, 8000.0)).await;
+    until(&mut ws, "input_audio_buffer.speech_started").await;
+    // Silent, but still active.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    assert!(quiet.is_err(), "unexpected event: {quiet:?}");
+    send(&mut ws, json!({ "type": "response.cancel" })).await;
+    let rest = until(&mut ws, "response.done").await;
+    assert!(!types(&rest).contains(&"response.output_audio.delta"));
+    let done = &rest.last().unwrap()["response"];
+    assert_eq!(done["status"], "cancelled");
+    assert_eq!(done["status_details"]["reason"], "client_cancelled");
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn response_cancel_ends_a_response_in_progress() {
     let fake = FakeRealtime::start(FakeConfig {
         response_audio_ms: 3000,

@@ -72,6 +72,8 @@ struct Active {
     format: Format,
     body: Body,
     next_at: Instant,
+    /// Talked over and waiting for the client's `response.cancel`.
+    paused: bool,
 }
 
 enum Done {
@@ -140,7 +142,7 @@ pub async fn run(
         return;
     }
     loop {
-        let tick = c.active.as_ref().map(|a| a.next_at);
+        let tick = c.active.as_ref().filter(|a| !a.paused).map(|a| a.next_at);
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => c.on_text(text.as_str()),
@@ -366,8 +368,13 @@ impl Conn {
                     silence_ms: 0,
                 });
                 if vad.interrupt_response {
-                    if let Some(active) = self.active.take() {
-                        self.finish(active, Done::Cancelled("turn_detected"));
+                    if let Some(mut active) = self.active.take() {
+                        if self.cfg().barge_in_cancels {
+                            self.finish(active, Done::Cancelled("turn_detected"));
+                        } else {
+                            active.paused = true;
+                            self.active = Some(active);
+                        }
                     }
                 }
             }
@@ -767,6 +774,7 @@ impl Conn {
                         step: 0,
                     },
                     next_at: now + self.cfg().chunk_interval,
+                    paused: false,
                 });
                 return;
             }
@@ -821,6 +829,7 @@ impl Conn {
                 chunk,
             },
             next_at: now,
+            paused: false,
         });
     }
 

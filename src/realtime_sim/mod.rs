@@ -20,7 +20,8 @@
 //!
 //! Test hooks: make the next response a function call
 //! ([`FakeRealtime::next_response_calls_tool`]), confirm a different output
-//! format than asked, delay the handshake, refuse every connection. Every
+//! format than asked, delay the handshake, refuse every connection, leave a
+//! talked-over response active until the client cancels it. Every
 //! connection is recorded ([`ConnRecord`]): the client's events in order,
 //! the audio it sent, the sessions announced, truncations, function
 //! outputs, the server's events and errors.
@@ -82,6 +83,12 @@ pub struct FakeConfig {
     /// response's `response.done`, during which a premature
     /// `function_call_output` is refused.
     pub tool_call_done_delay: Duration,
+    /// On barge-in (`interrupt_response`), end the response at once with
+    /// `response.done` (`cancelled`, `turn_detected`), as the GA reference
+    /// describes. `false`: only stop its audio and leave it active until
+    /// the client sends `response.cancel`, so a client is tested against
+    /// both orders of events.
+    pub barge_in_cancels: bool,
     /// The transcript of every audio response.
     pub transcript: String,
     /// What the caller "said": the transcript of every committed user
@@ -102,6 +109,7 @@ impl Default for FakeConfig {
             audio_chunk_ms: 20,
             chunk_interval: Duration::from_millis(20),
             tool_call_done_delay: Duration::from_millis(50),
+            barge_in_cancels: true,
             transcript: "Respuesta de prueba del simulador.".into(),
             caller_transcript: "Hola, quiero pagar mi factura.".into(),
         }
