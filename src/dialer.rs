@@ -131,6 +131,7 @@ impl Dialer {
             adopted: Default::default(),
             adopted_done: Default::default(),
             adopt_abort: watch::channel(false).0,
+            in_flight: Default::default(),
         });
         let dispatcher = tokio::spawn(dispatch(campaign.clone(), rx));
         let restarts = tokio::spawn(watch_restarts(campaign.clone(), state, started_tx));

@@ -245,6 +245,8 @@ async fn eligibility_sql_agrees_with_the_rules() {
     for ended in last_ended.values().take(12) {
         instants.push(*ended + Duration::minutes(45));
         instants.push(*ended + Duration::minutes(90));
+        // Past every retry delay but the same day: an early hang-up still waits.
+        instants.push(*ended + Duration::minutes(150));
     }
     assert!(instants.len() >= 60);
     for p in &policies {

@@ -31,6 +31,11 @@ impl Inbox {
         self.first.push_front(env);
     }
 
+    /// The next event if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<Box<Envelope>> {
+        self.first.pop_front().or_else(|| self.rx.try_recv().ok())
+    }
+
     pub async fn recv(&mut self) -> Option<Box<Envelope>> {
         match self.first.pop_front() {
             Some(env) => Some(env),

@@ -18,6 +18,9 @@ use crate::rules::selection::{ClientFacts, LastAttempt, Policy};
 /// `l` is the client's latest call-log row, if any. The open balance is
 /// NULL exactly when the client has no open invoice with a positive
 /// balance, so one lookup on `factura` answers both questions.
+/// `last_contact` counts reminders marked delivered; a row an older
+/// release wrote (`delivered` NULL) counts when it was `completed` or
+/// `hung_up_early`, as that release decided.
 const FACTS_SELECT: &str = "SELECT a.id, a.telefono, a.corte,
   COALESCE(a.outbound_call_is_sent, 0) <> 0,
   COALESCE(a.outbound_call_attempts, 0),
@@ -25,7 +28,8 @@ const FACTS_SELECT: &str = "SELECT a.id, a.telefono, a.corte,
     WHERE f.`id-afiliado` = a.id AND f.cerrado = 0 AND f.saldo > 0) AS open_balance,
   l.attempt_no, l.outcome, l.ended_at, l.phone_raw,
   (SELECT MAX(c.ended_at) FROM overdue_call_log c
-    WHERE c.client_id = a.id AND c.delivered = 1) AS last_contact
+    WHERE c.client_id = a.id
+      AND COALESCE(c.delivered, c.outcome IN ('completed', 'hung_up_early')) = 1) AS last_contact
 FROM afiliados a
 LEFT JOIN overdue_call_log l ON l.client_id = a.id
   AND l.attempt_no = (SELECT MAX(m.attempt_no) FROM overdue_call_log m WHERE m.client_id = a.id)
@@ -53,16 +57,16 @@ const ELIGIBLE_WHERE: &str = "
   AND (l.id IS NULL OR l.ended_at IS NULL
        OR l.outcome IN ('completed', 'invalid_number')
        OR (l.outcome = 'hung_up_early' AND l.ended_at < ?)
-       OR l.ended_at <= CASE l.outcome
+       OR (l.outcome <> 'hung_up_early' AND l.ended_at <= CASE l.outcome
             WHEN 'busy' THEN ? WHEN 'no_answer' THEN ? WHEN 'rejected' THEN ?
             WHEN 'congestion' THEN ? WHEN 'timeout' THEN ? WHEN 'trunk_error' THEN ?
-            WHEN 'aborted' THEN ? ELSE ? END)
+            WHEN 'aborted' THEN ? ELSE ? END))
 HAVING open_balance IS NOT NULL";
 
 const CONTACT_HAVING: &str = " AND (last_contact IS NULL OR last_contact < ?)";
 
 /// A claimed attempt: ours to dial, nobody else's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Claim {
     pub client_id: i64,
     pub attempt_no: u32,

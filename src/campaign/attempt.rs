@@ -8,6 +8,9 @@ use chrono::NaiveDateTime;
 use tokio::time::Instant;
 
 use super::call::{after, place, CallEnd, CallPlan, Ended};
+
+/// A claim older than this is checked again before its originate.
+const CLAIM_RECHECK_AFTER: Duration = Duration::from_secs(60);
 use super::pass::Shared;
 use super::summary::{CallLine, Skip};
 use super::trunks::{Refusal, Use};
@@ -93,6 +96,7 @@ impl Shared {
             ..record
         };
         let written = camp.billing.write_outcome(&claim, &record).await;
+        camp.hold(&claim, false);
         let mut s = self.summary.lock().await;
         if !written {
             s.unwritten += 1;
@@ -162,7 +166,9 @@ impl Shared {
                 return self.skip(Skip::ClaimFailed).await;
             }
         };
+        camp.hold(&claim, true);
         Self::note(progress, |p| p.claim = Some(claim.clone()));
+        let claimed = Instant::now();
         let media = media_for(&camp.config, &client);
         let mut failover = Failover::new(camp.trunks.len());
         // A refused originate created no channel, so its id is used again;
@@ -172,9 +178,9 @@ impl Shared {
         let mut last_refusal = None;
         let mut abort = self.abort.clone();
         loop {
-            let avoid = failover.avoid();
+            let (avoid, never) = (failover.avoid(), failover.never());
             let acquired = tokio::select! {
-                t = camp.trunks.acquire(&avoid) => Some(t),
+                t = camp.trunks.acquire(&avoid, &never) => Some(t),
                 _ = abort.wait_for(|a| *a) => None,
             };
             let Some((index, trunk)) = acquired else {
@@ -189,6 +195,23 @@ impl Shared {
                     break;
                 }
                 continue;
+            }
+            // After a long wait for a trunk, another host may have taken the
+            // claim for an orphan (campaign.orphan_after_mins): look first.
+            if claimed.elapsed() > CLAIM_RECHECK_AFTER {
+                if let Ok(None) = camp.billing.open_claim(&claim).await {
+                    tracing::warn!(
+                        client_id = client.id,
+                        "the claim was closed elsewhere while waiting for a trunk; not dialling"
+                    );
+                    camp.trunks.release(index, Use::Neutral);
+                    camp.hold(&claim, false);
+                    Self::note(progress, |p| {
+                        p.trunk = None;
+                        p.claim = None;
+                    });
+                    return self.skip(Skip::ClaimedElsewhere).await;
+                }
             }
             Self::note(progress, |p| p.channel = Some(channel_id.clone()));
             let plan = CallPlan {
@@ -274,7 +297,13 @@ impl Shared {
                         }
                     };
                     let answered = end.answered_after.is_some();
-                    camp.trunks.release(index, Use::Placed { answered });
+                    camp.trunks.release(
+                        index,
+                        Use::Placed {
+                            answered,
+                            at: end.started,
+                        },
+                    );
                     // Another trunk got through: the earlier congestion was those trunks' fault.
                     for t in blame {
                         camp.trunks.blame(t);
@@ -349,6 +378,7 @@ impl Shared {
             "call ended"
         );
         let written = camp.billing.write_outcome(claim, &record).await;
+        camp.hold(claim, false);
         Self::note(progress, |p| p.claim = None);
         let mut s = self.summary.lock().await;
         if !written {

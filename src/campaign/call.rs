@@ -9,7 +9,7 @@ use chrono::NaiveDateTime;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
-use crate::ari::router::Router;
+use crate::ari::router::{Inbox, Router};
 use crate::ari::{AriClient, AriError, ConnState, Event, Originate};
 use crate::rules::evidence::{decide, Daemon, Evidence, Lost, Prompt};
 use crate::rules::outcome::Outcome;
@@ -165,10 +165,14 @@ pub(crate) async fn place(
 
 /// Whether an originate whose answer never came was placed: an event of
 /// the call arrives (it is kept for `follow`), or `GET` finds the channel.
-async fn placed(ari: &AriClient, channel_id: &str, inbox: &mut crate::ari::router::Inbox) -> bool {
+/// Only Asterisk's own 404 says the channel is not there; an unanswered
+/// `GET` says nothing, and the call is then taken as placed rather than
+/// risk recording a ringing call as never dialled.
+async fn placed(ari: &AriClient, channel_id: &str, inbox: &mut Inbox) -> bool {
     let give_up = Instant::now() + PLACEMENT_GRACE;
     loop {
         tokio::select! {
+            biased;
             env = inbox.recv() => {
                 if let Some(env) = env {
                     inbox.unread(env);
@@ -177,10 +181,17 @@ async fn placed(ari: &AriClient, channel_id: &str, inbox: &mut crate::ari::route
                 return false;
             }
             _ = tokio::time::sleep(PLACEMENT_POLL) => {
-                match ari.channel(channel_id).await {
+                let absent = match ari.channel(channel_id).await {
                     Ok(_) => return true,
-                    Err(_) if Instant::now() >= give_up => return false,
-                    Err(_) => {}
+                    Err(e) => e.is_not_found(),
+                };
+                if Instant::now() >= give_up {
+                    // An event may have come while the GET waited.
+                    if let Some(env) = inbox.try_recv() {
+                        inbox.unread(env);
+                        return true;
+                    }
+                    return !absent;
                 }
             }
         }
@@ -193,11 +204,14 @@ pub async fn follow(
     ari: &AriClient,
     router: &Arc<Router>,
     plan: &CallPlan,
-    mut inbox: crate::ari::router::Inbox,
+    mut inbox: Inbox,
     started: Instant,
     mut abort: watch::Receiver<bool>,
     mut ari_state: watch::Receiver<ConnState>,
 ) -> Ended {
+    // Only socket changes from now on matter (a clone keeps its source's
+    // last-seen version, which may predate an old reconnect).
+    ari_state.borrow_and_update();
     let local = plan.endpoint.starts_with("Local/");
     let mut lost = false;
     let mut ev = Evidence::new(plan.channel_id.clone());

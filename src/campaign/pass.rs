@@ -44,6 +44,9 @@ pub struct Campaign {
     pub(crate) adopted_done: tokio::sync::Notify,
     /// Raised at shutdown: adopted calls are hung up.
     pub(crate) adopt_abort: watch::Sender<bool>,
+    /// Attempts this process has claimed and not yet written: never an
+    /// orphan, and a stray channel of one is not adopted.
+    pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<crate::billing::Claim>>,
 }
 
 /// Faults tests inject into a running campaign. Empty in production.
@@ -146,6 +149,20 @@ pub(super) struct Shared {
 }
 
 impl Campaign {
+    /// Whether this process holds `claim` right now (see `in_flight`).
+    pub(crate) fn holds(&self, claim: &crate::billing::Claim) -> bool {
+        self.in_flight.lock().is_ok_and(|set| set.contains(claim))
+    }
+
+    pub(crate) fn hold(&self, claim: &crate::billing::Claim, held: bool) {
+        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if held {
+            set.insert(claim.clone());
+        } else {
+            set.remove(claim);
+        }
+    }
+
     pub(super) fn now(&self) -> NaiveDateTime {
         self.clock.now()
     }
@@ -177,6 +194,8 @@ impl Campaign {
         opts: PassOptions,
         abort: watch::Receiver<bool>,
     ) -> Result<PassSummary, PassError> {
+        // Adopted calls first: one still writing its outcome is no orphan.
+        self.wait_adopted(Some(abort.clone())).await;
         super::reconcile::orphans(self)
             .await
             .map_err(PassError::Orphans)?;

@@ -38,8 +38,8 @@ pub(crate) async fn orphans(campaign: &Arc<Campaign>) -> Result<usize, BillingEr
         .orphans(&campaign.host, stale)
         .await?
         .into_iter()
-        // A call this process follows right now is nobody's orphan.
-        .filter(|o| !campaign.router.is_registered(&channel_of(o)))
+        // A call this process follows or holds right now is nobody's orphan.
+        .filter(|o| !campaign.router.is_registered(&channel_of(o)) && !campaign.holds(&o.claim))
         .collect();
     if list.is_empty() {
         return Ok(0);
@@ -72,10 +72,15 @@ pub(crate) async fn orphans(campaign: &Arc<Campaign>) -> Result<usize, BillingEr
                 .await;
             }
             Some(ch) if ch.state == "Up" => {
+                // The dispatcher may have just adopted it: then it is followed.
+                if campaign.router.try_register(&ch.id, None).is_none() {
+                    continue;
+                }
                 tracing::warn!(client_id = orphan.claim.client_id, channel = %ch.id, "call answered before the restart still up: hanging it up");
                 if let Err(e) = campaign.ari.hangup(&ch.id, "normal").await {
                     if !e.is_not_found() {
                         tracing::error!(channel = %ch.id, error = %e, "cannot hang up an orphaned call; it stays claimed until the next check");
+                        campaign.router.unregister(&ch.id);
                         continue;
                     }
                 }
@@ -86,6 +91,7 @@ pub(crate) async fn orphans(campaign: &Arc<Campaign>) -> Result<usize, BillingEr
                     "answered before the daemon restarted: hung up, what the callee heard is unknown",
                 )
                 .await;
+                campaign.router.unregister(&ch.id);
             }
             Some(ch) => {
                 let Some(inbox) = campaign.router.try_register(&ch.id, None) else {
@@ -113,7 +119,14 @@ pub(crate) async fn adopt_answered(
     claim: Claim,
     inbox: Inbox,
 ) {
-    match campaign.billing.open_claim(&claim).await {
+    // This process is closing that attempt itself (an originate found not
+    // placed): the channel is a leftover.
+    let open = if campaign.holds(&claim) {
+        Ok(None)
+    } else {
+        campaign.billing.open_claim(&claim).await
+    };
+    match open {
         Ok(Some(orphan)) => {
             tracing::info!(client_id = claim.client_id, channel = %channel.id, "answered call of an open attempt nobody followed: adopting it");
             spawn_adoption(&campaign, orphan, channel, inbox);

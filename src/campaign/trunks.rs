@@ -30,17 +30,23 @@ struct Slot {
     refusal: Option<Refused>,
 }
 
+/// A trunk's refusals close together: the state before the first (what an
+/// "Asterisk refusing" verdict restores) and how many were counted.
 #[derive(Clone, Copy)]
 struct Refused {
+    first: Instant,
     at: Instant,
+    count: u64,
     failures_before: u32,
     cool_until_before: Option<Instant>,
 }
 
 struct State {
     slots: Vec<Slot>,
-    /// When Asterisk last placed a call on any trunk.
+    /// When Asterisk last accepted an originate on any trunk.
     last_placed: Option<Instant>,
+    /// When refusals were last found to be Asterisk's.
+    last_verdict: Option<Instant>,
     /// While Asterisk itself refuses originates, nobody dials until then.
     hold_until: Option<Instant>,
     hold_step: Duration,
@@ -71,8 +77,9 @@ const MAX_HOLD: Duration = Duration::from_secs(30);
 /// How a use of a trunk went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Use {
-    /// Asterisk placed the call (answered or not).
-    Placed { answered: bool },
+    /// Asterisk placed the call (answered or not); `at`: when it accepted
+    /// the originate.
+    Placed { answered: bool, at: Instant },
     /// The trunk refused or congested before ringing: cool it down.
     TrunkFailed,
     /// Nothing to say about the trunk (ARI down, shutdown, or a
@@ -100,6 +107,7 @@ impl TrunkPool {
             state: Mutex::new(State {
                 slots,
                 last_placed: None,
+                last_verdict: None,
                 hold_until: None,
                 hold_step: FIRST_HOLD,
             }),
@@ -112,9 +120,9 @@ impl TrunkPool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a channel on the best trunk, preferring those not in
-    /// `avoid`; waits while every trunk is full or cooling down.
-    pub(crate) async fn acquire(&self, avoid: &[usize]) -> (usize, TrunkConfig) {
+    /// Takes a channel on the best trunk (`rules::trunks::choose`); waits
+    /// while none may be used (full, cooling down, held, or in `never`).
+    pub(crate) async fn acquire(&self, avoid: &[usize], never: &[usize]) -> (usize, TrunkConfig) {
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
@@ -133,7 +141,7 @@ impl TrunkPool {
                                     && s.cool_until.is_none_or(|t| t <= now)
                             })
                             .collect();
-                        if let Some(i) = choose(&usable, avoid) {
+                        if let Some(i) = choose(&usable, avoid, never) {
                             let s = &mut slots[i];
                             s.in_use += 1;
                             s.stats.attempts += 1;
@@ -162,15 +170,18 @@ impl TrunkPool {
     /// Gives the channel back and books how it went.
     pub fn release(&self, index: usize, how: Use) {
         let mut state = self.state();
-        if matches!(how, Use::Placed { .. }) {
-            state.last_placed = Some(Instant::now());
-            state.hold_until = None;
-            state.hold_step = FIRST_HOLD;
+        if let Use::Placed { at, .. } = how {
+            // When the originate was accepted, not when the call ended:
+            // calls placed before Asterisk began refusing end during it.
+            state.last_placed = state.last_placed.max(Some(at));
+            if state.last_verdict.is_some_and(|v| at > v) {
+                state.hold_step = FIRST_HOLD;
+            }
         }
         if let Some(s) = state.slots.get_mut(index) {
             s.in_use = s.in_use.saturating_sub(1);
             match how {
-                Use::Placed { answered } => {
+                Use::Placed { answered, .. } => {
                     s.failures = 0;
                     if answered {
                         s.stats.answered += 1;
@@ -196,10 +207,20 @@ impl TrunkPool {
             return Refusal::Trunk;
         };
         s.in_use = s.in_use.saturating_sub(1);
-        s.refusal = Some(Refused {
-            at: now,
-            failures_before: s.failures,
-            cool_until_before: s.cool_until,
+        s.refusal = Some(match s.refusal {
+            // Another refusal of the same burst: keep the state before the first.
+            Some(r) if now.saturating_duration_since(r.first) <= REFUSAL_WINDOW => Refused {
+                at: now,
+                count: r.count + 1,
+                ..r
+            },
+            _ => Refused {
+                first: now,
+                at: now,
+                count: 1,
+                failures_before: s.failures,
+                cool_until_before: s.cool_until,
+            },
         });
         s.stats.failed += 1;
         Self::cool(s, self.cooldown);
@@ -216,10 +237,11 @@ impl TrunkPool {
                 if let Some(r) = s.refusal.take() {
                     s.failures = r.failures_before;
                     s.cool_until = r.cool_until_before;
-                    s.stats.failed = s.stats.failed.saturating_sub(1);
+                    s.stats.failed = s.stats.failed.saturating_sub(r.count);
                 }
             }
             let step = state.hold_step;
+            state.last_verdict = Some(now);
             state.hold_until = Some(now + step);
             state.hold_step = (step * 2).min(MAX_HOLD);
             tracing::warn!(
@@ -317,10 +339,10 @@ mod tests {
             &[trunk("a", 1, 2), trunk("b", 2, 2)],
             Duration::from_secs(60),
         );
-        let (i, _) = pool.acquire(&[]).await;
+        let (i, _) = pool.acquire(&[], &[]).await;
         assert_eq!(pool.refused(i), Refusal::Trunk, "b has not refused");
         assert!(pool.is_cooling(0));
-        let (j, t) = pool.acquire(&[0]).await;
+        let (j, t) = pool.acquire(&[0], &[]).await;
         assert_eq!(t.name, "b");
         assert_eq!(pool.refused(j), Refusal::Asterisk);
         assert!(
@@ -329,7 +351,7 @@ mod tests {
         );
         assert_eq!(pool.stats()[0].1.failed, 0);
         // Held for a second, then both trunks are usable again.
-        let held = pool.acquire(&[]);
+        let held = pool.acquire(&[], &[]);
         tokio::pin!(held);
         assert!(
             tokio::time::timeout(Duration::from_millis(900), held.as_mut())
@@ -338,12 +360,24 @@ mod tests {
         );
         let (k, t) = held.await;
         assert_eq!(t.name, "a");
-        pool.release(k, Use::Placed { answered: true });
+        pool.release(
+            k,
+            Use::Placed {
+                answered: true,
+                at: Instant::now(),
+            },
+        );
         // Later, a's refusal alone, with b placing calls, is a's fault.
         tokio::time::advance(Duration::from_secs(10)).await;
-        let (i, _) = pool.acquire(&[]).await;
-        let (j, _) = pool.acquire(&[0]).await;
-        pool.release(j, Use::Placed { answered: false });
+        let (i, _) = pool.acquire(&[], &[]).await;
+        let (j, _) = pool.acquire(&[0], &[]).await;
+        pool.release(
+            j,
+            Use::Placed {
+                answered: false,
+                at: Instant::now(),
+            },
+        );
         assert_eq!(pool.refused(i), Refusal::Trunk);
         assert!(pool.is_cooling(0));
         // An Asterisk restart clears it.
@@ -357,28 +391,40 @@ mod tests {
             &[trunk("b", 2, 1), trunk("a", 1, 2)],
             Duration::from_secs(60),
         );
-        assert_eq!(pool.acquire(&[]).await.1.name, "a");
-        assert_eq!(pool.acquire(&[]).await.1.name, "a");
-        assert_eq!(pool.acquire(&[]).await.1.name, "b", "a is full");
+        assert_eq!(pool.acquire(&[], &[]).await.1.name, "a");
+        assert_eq!(pool.acquire(&[], &[]).await.1.name, "a");
+        assert_eq!(pool.acquire(&[], &[]).await.1.name, "b", "a is full");
         pool.release(0, Use::TrunkFailed);
         // a is cooling down: b is full, so the next caller waits for b.
-        let waiter = pool.acquire(&[]);
+        let waiter = pool.acquire(&[], &[]);
         tokio::pin!(waiter);
         assert!(
             tokio::time::timeout(Duration::from_secs(1), waiter.as_mut())
                 .await
                 .is_err()
         );
-        pool.release(1, Use::Placed { answered: true });
+        pool.release(
+            1,
+            Use::Placed {
+                answered: true,
+                at: Instant::now(),
+            },
+        );
         assert_eq!(waiter.await.1.name, "b");
         // After the cool-down, a is first again; a second failure doubles it.
         tokio::time::advance(Duration::from_secs(61)).await;
-        let (i, t) = pool.acquire(&[]).await;
+        let (i, t) = pool.acquire(&[], &[]).await;
         assert_eq!((i, t.name.as_str()), (0, "a"));
         pool.release(0, Use::TrunkFailed);
-        pool.release(0, Use::Placed { answered: false }); // the other a channel
+        pool.release(
+            0,
+            Use::Placed {
+                answered: false,
+                at: Instant::now(),
+            },
+        ); // the other a channel
         tokio::time::advance(Duration::from_secs(61)).await;
-        let avoid_b = pool.acquire(&[1]);
+        let avoid_b = pool.acquire(&[1], &[]);
         tokio::pin!(avoid_b);
         // b is busy (one channel held), a cools for 120 s now.
         assert!(

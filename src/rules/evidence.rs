@@ -247,10 +247,12 @@ pub struct Decided {
 /// the events (`classify`) unless the daemon's own doings say more.
 pub fn decide(ev: &Evidence, d: &Daemon) -> Decided {
     let mut detail = None;
-    let outcome = if let Some(lost) = d.lost {
-        if ev.answered && ev.prompt == Prompt::Done {
-            Outcome::Completed
-        } else if lost == Lost::InRestart {
+    let outcome = if ev.answered && ev.prompt == Prompt::Done {
+        // Heard to the end: whatever cut the call afterwards (our shutdown,
+        // a timeout, a lost socket) does not take that back.
+        Outcome::Completed
+    } else if let Some(lost) = d.lost {
+        if lost == Lost::InRestart {
             detail = Some(
                 "Asterisk restarted while the ARI event socket was down: the call was cut by the restart"
                     .into(),
@@ -485,6 +487,11 @@ mod tests {
             ..Daemon::default()
         };
         assert_eq!(o(&up(Prompt::Playing), &aborted), Outcome::Aborted);
+        assert_eq!(
+            o(&up(Prompt::Done), &aborted),
+            Outcome::Completed,
+            "a shutdown after the whole prompt was heard"
+        );
         let timed_out = Daemon {
             timed_out: true,
             ..Daemon::default()

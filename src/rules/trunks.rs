@@ -47,9 +47,10 @@ pub fn dial_string(template: &str, national: &str) -> String {
 
 /// The trunk that takes the next call: the first (in priority order) with
 /// a free channel that is not cooling down (`usable`), preferring those not
-/// in `avoid` (trunks this attempt already failed on).
-pub fn choose(usable: &[bool], avoid: &[usize]) -> Option<usize> {
-    let ok = |i: &usize| usable[*i];
+/// in `avoid` (trunks that refused this attempt) and never one in `never`
+/// (trunks this attempt congested on: it waits for an untried trunk).
+pub fn choose(usable: &[bool], avoid: &[usize], never: &[usize]) -> Option<usize> {
+    let ok = |i: &usize| usable[*i] && !never.contains(i);
     (0..usable.len())
         .filter(ok)
         .find(|i| !avoid.contains(i))
@@ -137,13 +138,16 @@ impl Failover {
         }
     }
 
-    /// Trunks the next try should avoid.
+    /// Trunks the next try should avoid if another is free.
     pub fn avoid(&self) -> Vec<usize> {
-        self.refused
-            .iter()
-            .chain(&self.congested)
-            .copied()
-            .collect()
+        self.refused.clone()
+    }
+
+    /// Trunks the next try must not use: it congested there before
+    /// ringing, and an untried trunk is left (or congestion would have
+    /// been the outcome).
+    pub fn never(&self) -> Vec<usize> {
+        self.congested.clone()
     }
 
     pub fn after(&mut self, trunk: usize, how: Try) -> Next {
@@ -216,14 +220,19 @@ mod tests {
 
     #[test]
     fn choice_prefers_untried_trunks_in_priority_order() {
-        assert_eq!(choose(&[true, true], &[]), Some(0));
-        assert_eq!(choose(&[true, true], &[0]), Some(1));
+        assert_eq!(choose(&[true, true], &[], &[]), Some(0));
+        assert_eq!(choose(&[true, true], &[0], &[]), Some(1));
         assert_eq!(
-            choose(&[true, false], &[0]),
+            choose(&[true, false], &[0], &[]),
             Some(0),
             "a tried trunk beats none"
         );
-        assert_eq!(choose(&[false, false], &[]), None);
+        assert_eq!(choose(&[false, false], &[], &[]), None);
+        assert_eq!(
+            choose(&[true, false], &[], &[0]),
+            None,
+            "a congested trunk is not used again: wait for the untried one"
+        );
     }
 
     #[test]
@@ -260,7 +269,7 @@ mod tests {
         let mut f = Failover::new(3);
         assert_eq!(f.after(0, Try::CongestedBeforeRinging), Next::Retry);
         assert_eq!(f.after(1, Try::CongestedBeforeRinging), Next::Retry);
-        assert_eq!(f.avoid(), [0, 1]);
+        assert_eq!(f.never(), [0, 1]);
         assert_eq!(f.after(2, Try::Placed), Next::Finish { blame: vec![0, 1] });
     }
 
