@@ -605,3 +605,37 @@ async fn the_pool_keeps_its_connections_and_their_prepared_statements() {
     drop(c);
     billing.close().await.unwrap();
 }
+
+/// A short listen (`hung_up_early`, not delivered) waits for the next day
+/// in SQL as in the rules: not 2½ hours later the same day, when every
+/// per-outcome retry delay has long passed.
+#[tokio::test]
+async fn an_early_hang_up_waits_for_the_next_day_in_sql_too() {
+    let mut data = demo_data::Data::default();
+    common::due(&mut data, 1, "3001234567", "50000.00");
+    data.clients[0].attempts = 1;
+    data.history.push(demo_data::History {
+        client_id: 1,
+        attempt_no: 1,
+        outcome: Some(Outcome::HungUpEarly),
+        ended_at: at("2026-03-12 09:00"),
+        phone_raw: Some("3001234567".into()),
+    });
+    let db = TestDb::with_data(&data).await;
+    let mut conn = db.conn().await;
+    conn.query_drop("UPDATE overdue_call_log SET delivered = 0, heard_seconds = 1")
+        .await
+        .unwrap();
+    let billing = Billing::new(db.opts.clone());
+    let facts = billing.flagged_clients().await.unwrap();
+    for (now, due) in [("2026-03-12 11:30", false), ("2026-03-13 08:00", true)] {
+        let by_sql = !billing
+            .eligible_clients(at(now), &policy())
+            .await
+            .unwrap()
+            .is_empty();
+        let by_rules = check_client(&facts[0], at(now), &policy()).is_ok();
+        assert_eq!((by_sql, by_rules), (due, due), "at {now}");
+    }
+    billing.close().await.unwrap();
+}
