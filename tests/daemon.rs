@@ -158,15 +158,6 @@ fn spawn_run(db: &TestDb, sim: &Simulator, grace_secs: u64) -> std::process::Chi
         .unwrap()
 }
 
-fn sigterm(child: &std::process::Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 async fn outcomes(db: &TestDb) -> Vec<Option<String>> {
     use mysql_async::prelude::Queryable;
     db.conn()
@@ -210,7 +201,7 @@ async fn sigterm_lets_calls_finish_and_exits_zero() {
     });
     let mut child = spawn_run(&db, &sim, 30);
     wait_calls_up(&sim, 5).await;
-    sigterm(&child);
+    common::sigterm(&child);
     let began = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -242,7 +233,7 @@ async fn sigterm_past_the_grace_period_hangs_up_and_records() {
     });
     let mut child = spawn_run(&db, &sim, 1);
     wait_calls_up(&sim, 3).await;
-    sigterm(&child);
+    common::sigterm(&child);
     let began = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -378,7 +369,7 @@ async fn systemd_hears_ready_watchdog_and_stopping() {
             None => panic!("the daemon stopped talking to systemd; heard {heard:?}"),
         }
     }
-    sigterm(&child.0);
+    common::sigterm(&child.0);
     loop {
         match recv_notification(&socket).await {
             Some(m) if m.contains("STOPPING=1") => break,

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -427,7 +427,7 @@ async fn run_sigkilled_with_calls_up_then_restarted() {
         },
     )
     .await;
-    sigterm(&second);
+    common::sigterm(&second);
     let out = tokio::task::spawn_blocking(move || {
         let status = second.wait();
         let mut err = String::new();
@@ -495,15 +495,6 @@ async fn run_sigkilled_with_calls_up_then_restarted() {
     );
     assert_no_attempt_dialled_twice(&sim);
     assert_no_channel_left(&sim).await;
-}
-
-fn sigterm(child: &std::process::Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 /// Delivered means heard: a callee who hangs up 1 s into the prompt was
@@ -647,25 +638,33 @@ async fn a_panicking_call_task_leaves_nothing_behind() {
     assert_no_channel_left(&sim).await;
 }
 
+/// `n` clients who answer and stay on, a slow simulator playing a prompt
+/// of `prompt` (unscaled), and trunks that cool down for 600 s.
+async fn stayers(n: i64, prefix: &str, prompt: Duration) -> (TestDb, Arc<Simulator>, Config) {
+    let mut data = clients(n);
+    for c in &mut data.clients {
+        c.telefono = Some(format!("{prefix}{}8", c.id));
+    }
+    let db = TestDb::with_data(&data).await;
+    let sim = Arc::new(slow_sim().await);
+    sim.configure(|c| {
+        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
+            s.duration = prompt;
+        }
+    });
+    let mut cfg = config(&db, &sim);
+    cfg.campaign.trunk_cooldown_secs = 600;
+    (db, sim, cfg)
+}
+
 /// `core stop now` while six answered calls are in the prompt: nobody hung
 /// up and nobody heard it, so each is `aborted`, not delivered; after the
 /// restart every client is reached, and the first calls are not held back
 /// by a trunk cool-down (600 s here).
 #[tokio::test(flavor = "multi_thread")]
 async fn asterisk_stopped_mid_prompt_then_restarted() {
-    let mut data = clients(6);
-    for c in &mut data.clients {
-        c.telefono = Some(format!("30033300{}8", c.id)); // answers, stays on
-    }
-    let db = TestDb::with_data(&data).await;
-    let sim = Arc::new(slow_sim().await);
-    sim.configure(|c| {
-        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
-            s.duration = Duration::from_secs(600); // 12 s at this scale
-        }
-    });
-    let mut cfg = config(&db, &sim);
-    cfg.campaign.trunk_cooldown_secs = 600;
+    // A cool-down, were one to happen, would hold the pass for 10 minutes.
+    let (db, sim, cfg) = stayers(6, "30033300", Duration::from_secs(600)).await; // 12 s here
     let dialer = Dialer::connect(cfg, "host-a".into()).await.unwrap();
     let stopper = {
         let sim = sim.clone();
@@ -735,19 +734,7 @@ async fn asterisk_stopped_mid_prompt_then_restarted() {
 /// client is called.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_graceful_asterisk_stop_cools_no_trunk_and_spends_no_attempt() {
-    let mut data = clients(4);
-    for c in &mut data.clients {
-        c.telefono = Some(format!("30044400{}8", c.id)); // answers, stays on
-    }
-    let db = TestDb::with_data(&data).await;
-    let sim = Arc::new(slow_sim().await);
-    sim.configure(|c| {
-        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
-            s.duration = Duration::from_secs(60); // 1.2 s at this scale
-        }
-    });
-    let mut cfg = config(&db, &sim);
-    cfg.campaign.trunk_cooldown_secs = 600;
+    let (db, sim, mut cfg) = stayers(4, "30044400", Duration::from_secs(60)).await; // 1.2 s here
     cfg.campaign.calls_per_second = 2.0;
     let dialer = Dialer::connect(cfg, "host-a".into()).await.unwrap();
     let stopper = {

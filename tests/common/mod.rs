@@ -158,3 +158,12 @@ pub fn daemon_command(db: &TestDb, sim: &Simulator) -> std::process::Command {
 
 /// A calling window open all week, all day (for `run` in tests).
 pub const OPEN_ALL_WEEK: &str = r#"{weekdays={start="00:00",end="23:59:59"},saturday={start="00:00",end="23:59:59"},sunday={start="00:00",end="23:59:59"},colombian_holidays=false}"#;
+
+/// What systemd sends a service it stops.
+pub fn sigterm(child: &std::process::Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot send SIGTERM to {}", child.id());
+}
