@@ -31,6 +31,7 @@ const LEGACY_ENV: &[(&str, &str)] = &[
     ("MYSQL_USER", "mysql.user"),
     ("MYSQL_PASSWORD", "mysql.password"),
     ("MYSQL_DATABASE", "mysql.database"),
+    ("OPENAI_API_KEY", "voice_agent.api_key"),
 ];
 
 /// A configuration problem, always naming the key at fault.
@@ -141,6 +142,9 @@ pub struct Config {
     pub window: CallingWindow,
     pub trunks: Vec<TrunkConfig>,
     pub voice_agent: VoiceAgentConfig,
+    /// Where a caller goes to reach a person (keypad `transfer`, the
+    /// agent's `transferir_a_asesor`).
+    pub transfer: TransferConfig,
     pub logging: LoggingConfig,
 }
 
@@ -155,6 +159,7 @@ impl Default for Config {
             window: CallingWindow::default(),
             trunks: vec![TrunkConfig::default()],
             voice_agent: VoiceAgentConfig::default(),
+            transfer: TransferConfig::default(),
             logging: LoggingConfig::default(),
         }
     }
@@ -336,22 +341,102 @@ impl Default for TrunkConfig {
     }
 }
 
-/// Inbound calls on the inbound app (README "A pass").
+/// Inbound calls on the inbound app (README "The voice agent").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VoiceAgentConfig {
-    /// What a caller hears when the AI agent cannot take the call.
-    pub fallback_media: Vec<String>,
-    /// Longest an inbound call may last, in seconds.
+    /// The Realtime endpoint; `?model=` is appended. `ws://` for a local server.
+    pub url: String,
+    pub model: String,
+    pub voice: String,
+    /// `OPENAI_API_KEY`, or this key. Empty: every caller gets the fallback.
+    pub api_key: Secret,
+    /// Connect, upgrade and session confirmation must all fit in this.
+    pub connect_timeout_ms: u64,
+    /// Agent calls at once; callers beyond it hear the fallback prompt.
+    pub max_concurrent: u32,
+    /// Longest an inbound call may last, in seconds (then a goodbye).
     pub max_call_secs: u64,
+    /// Address of the UDP sockets Asterisk sends the caller's audio to.
+    pub rtp_bind: String,
+    /// `"first-last"`, inclusive: one port per agent call.
+    pub rtp_ports: String,
+    /// The agent's instructions (Spanish); `{cuenta}` becomes what it may
+    /// know about the caller's account.
+    pub instructions: String,
+    /// Input transcription model (`""`: none).
+    pub transcription_model: String,
+    /// Keep both sides' transcripts in `overdue_inbound_log.transcript`.
+    pub store_transcripts: bool,
+    /// What a caller hears when the agent cannot take the call; may use
+    /// `{saldo}` and `{corte}` of a matched client.
+    pub fallback_media: Vec<String>,
+    /// Played when OpenAI is lost mid-call, before the transfer (or hang-up).
+    pub apology_media: Vec<String>,
 }
+
+/// The default instructions: short, Spanish, and bounded to the account.
+pub const DEFAULT_INSTRUCTIONS: &str = "Eres el asistente telefónico de cobranza de un proveedor de internet en Colombia. \
+Habla siempre en español, con frases cortas, amables y claras. Empieza saludando y diciendo que llamas por la factura de internet. \
+{cuenta} \
+Puedes explicar el saldo y la fecha de corte, registrar una promesa de pago con la herramienta registrar_promesa_de_pago \
+(fecha AAAA-MM-DD entre hoy y 60 días; monto opcional en pesos), transferir a un asesor humano con transferir_a_asesor \
+si la persona lo pide, y terminar la llamada con finalizar_llamada después de despedirte. \
+Nunca inventes datos de la cuenta ni hables de otras personas.";
 
 impl Default for VoiceAgentConfig {
     fn default() -> Self {
         VoiceAgentConfig {
-            fallback_media: vec!["sound:morosos_natalia".into()],
+            url: "wss://api.openai.com/v1/realtime".into(),
+            model: "gpt-realtime".into(),
+            voice: "marin".into(),
+            api_key: Secret::default(),
+            connect_timeout_ms: 3_000,
+            max_concurrent: 20,
             max_call_secs: 300,
+            rtp_bind: "127.0.0.1".into(),
+            rtp_ports: "40000-40999".into(),
+            instructions: DEFAULT_INSTRUCTIONS.into(),
+            transcription_model: "gpt-4o-mini-transcribe".into(),
+            store_transcripts: false,
+            fallback_media: vec!["sound:morosos_natalia".into()],
+            apology_media: vec!["sound:an-error-has-occurred".into()],
         }
+    }
+}
+
+impl VoiceAgentConfig {
+    /// `rtp_ports` as an inclusive range (checked by `validate`).
+    pub fn port_range(&self) -> Option<std::ops::RangeInclusive<u16>> {
+        let (a, b) = self.rtp_ports.split_once('-')?;
+        let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (a > 0 && a <= b).then_some(a..=b)
+    }
+}
+
+/// A dialplan destination for a caller who wants a person. Off while
+/// `context` is empty.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    pub context: String,
+    pub extension: String,
+    pub priority: i64,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            context: String::new(),
+            extension: "s".into(),
+            priority: 1,
+        }
+    }
+}
+
+impl TransferConfig {
+    pub fn is_configured(&self) -> bool {
+        !self.context.trim().is_empty()
     }
 }
 
@@ -597,6 +682,56 @@ impl Config {
                     return fail(&format!("window.{name}"), "start before end");
                 }
             }
+        }
+        let va = &self.voice_agent;
+        if !(va.url.starts_with("wss://") || va.url.starts_with("ws://")) {
+            return fail(
+                "voice_agent.url",
+                "a wss:// (or ws:// for a local server) URL such as \"wss://api.openai.com/v1/realtime\"",
+            );
+        }
+        if va.model.trim().is_empty() {
+            return fail("voice_agent.model", "a model name such as \"gpt-realtime\"");
+        }
+        if va.port_range().is_none() {
+            return fail(
+                "voice_agent.rtp_ports",
+                &format!("\"first-last\" UDP ports such as \"40000-40999\", found {:?}", va.rtp_ports),
+            );
+        }
+        if va.rtp_bind.parse::<std::net::IpAddr>().is_err() {
+            return fail(
+                "voice_agent.rtp_bind",
+                &format!("an IP address such as \"127.0.0.1\", found {:?}", va.rtp_bind),
+            );
+        }
+        if !(100..=60_000).contains(&va.connect_timeout_ms) {
+            return fail(
+                "voice_agent.connect_timeout_ms",
+                &format!("a whole number from 100 to 60000, found {}", va.connect_timeout_ms),
+            );
+        }
+        if !(1..=10_000).contains(&va.max_concurrent) {
+            return fail(
+                "voice_agent.max_concurrent",
+                &format!("a whole number from 1 to 10000, found {}", va.max_concurrent),
+            );
+        }
+        for (key, media) in [
+            ("voice_agent.fallback_media", &va.fallback_media),
+            ("voice_agent.apology_media", &va.apology_media),
+        ] {
+            if media.is_empty() || media.iter().any(|m| !m.contains(':')) {
+                return fail(key, "a non-empty list like [\"sound:morosos_natalia\"]");
+            }
+        }
+        if self.transfer.is_configured()
+            && (self.transfer.extension.trim().is_empty() || self.transfer.priority < 1)
+        {
+            return fail(
+                "transfer",
+                "an extension and a priority of 1 or more with the context",
+            );
         }
         if self.trunks.is_empty() {
             return fail("trunks", "at least one [[trunks]] entry");

@@ -149,6 +149,8 @@ pub async fn run_until(
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    // Agent calls get the same grace as outbound calls (README "The daemon").
+    dialer.voice_agent.finish(grace).await;
     dialer.shutdown().await;
     tracing::info!("overdue-dialer stopped");
     Ok(())

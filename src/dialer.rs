@@ -22,9 +22,12 @@ use crate::campaign::reconcile;
 use crate::campaign::trunks::TrunkPool;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::voice_agent::VoiceAgent;
 
 pub struct Dialer {
     pub campaign: Arc<Campaign>,
+    /// Inbound calls on the agent app.
+    pub voice_agent: Arc<VoiceAgent>,
     /// Event counters of the WebSocket (events, malformed, connects).
     pub events: Arc<crate::ari::connection::Stats>,
     supervisor: SupervisorHandle,
@@ -133,10 +136,17 @@ impl Dialer {
             adopt_abort: watch::channel(false).0,
             in_flight: Default::default(),
         });
-        let dispatcher = tokio::spawn(dispatch(campaign.clone(), rx));
+        let voice_agent = VoiceAgent::new(
+            ari.clone(),
+            router.clone(),
+            campaign.billing.clone(),
+            config.clone(),
+        );
+        let dispatcher = tokio::spawn(dispatch(campaign.clone(), voice_agent.clone(), rx));
         let restarts = tokio::spawn(watch_restarts(campaign.clone(), state, started_tx));
         let dialer = Dialer {
             campaign,
+            voice_agent,
             events: stats,
             supervisor,
             dispatcher,
@@ -171,6 +181,8 @@ impl Dialer {
     }
 
     pub async fn shutdown(self) {
+        // Inbound calls still up end now (each records how), while events flow.
+        self.voice_agent.finish(Duration::ZERO).await;
         // Adopted calls are hung up (and recorded) while events still flow.
         self.campaign.adopt_abort.send_replace(true);
         let _ =
@@ -208,7 +220,11 @@ pub async fn one_pass(
 
 /// Hands every event to its call; starts what an unclaimed `StasisStart`
 /// calls for.
-async fn dispatch(campaign: Arc<Campaign>, mut rx: mpsc::Receiver<Envelope>) {
+async fn dispatch(
+    campaign: Arc<Campaign>,
+    voice_agent: Arc<VoiceAgent>,
+    mut rx: mpsc::Receiver<Envelope>,
+) {
     let config = campaign.config.clone();
     while let Some(env) = rx.recv().await {
         let Some(env) = campaign.router.route(env) else {
@@ -218,17 +234,12 @@ async fn dispatch(campaign: Arc<Campaign>, mut rx: mpsc::Receiver<Envelope>) {
             continue;
         };
         let channel = channel.clone();
-        if env.application == config.ari.inbound_app && !campaign.router.is_registered(&channel.id)
+        if env.application == config.ari.inbound_app
+            && !campaign.router.is_registered(&channel.id)
+            // An externalMedia channel nobody follows is a leftover, not a caller.
+            && !channel.name.starts_with("UnicastRTP/")
         {
-            let va = &config.voice_agent;
-            tokio::spawn(crate::voice_agent::fallback::handle(
-                campaign.ari.clone(),
-                campaign.router.clone(),
-                channel,
-                va.fallback_media.clone(),
-                config.campaign.lang.clone(),
-                Duration::from_secs(va.max_call_secs),
-            ));
+            voice_agent.take(channel);
             continue;
         }
         // One of our attempts that nobody follows: never hang up on it

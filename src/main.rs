@@ -185,8 +185,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     config.mysql.host, config.mysql.port
                 )
             })?;
+            // A database whose schema predates the voice agent has no
+            // inbound tables yet: the outcome report still stands.
+            let inbound = billing.inbound_counts(since).await;
             billing.close().await?;
             emit(&overdue_dialer::billing::report::render(&counts));
+            match inbound {
+                Ok(inbound) => emit(&format!(
+                    "\n{}",
+                    overdue_dialer::billing::report::render_inbound(&inbound)
+                )),
+                Err(e) => emit(&format!(
+                    "\ninbound calls: not available ({e}); run `schema apply`\n"
+                )),
+            }
             Ok(())
         }
         Command::Check => {

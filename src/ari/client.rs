@@ -390,6 +390,33 @@ impl AriClient {
             .await
     }
 
+    /// `DELETE /ari/playbacks/{id}`: stops a playback at once. Asterisk
+    /// then reports it `done`, although it was cut (LAB.md fact 15).
+    pub async fn stop_playback(&self, playback_id: &str) -> Result<(), AriError> {
+        self.empty(Method::DELETE, &["playbacks", playback_id], &[])
+            .await
+    }
+
+    /// `POST /ari/channels/{id}/continue`: the channel leaves Stasis and
+    /// runs the dialplan at `context,extension,priority`. `StasisEnd` comes
+    /// at once (even before this answers) but the call goes on; only
+    /// `ChannelDestroyed` ends it (LAB.md fact 16).
+    pub async fn continue_in_dialplan(
+        &self,
+        channel_id: &str,
+        context: &str,
+        extension: &str,
+        priority: i64,
+    ) -> Result<(), AriError> {
+        let q = [
+            ("context", context.to_owned()),
+            ("extension", extension.to_owned()),
+            ("priority", priority.to_string()),
+        ];
+        self.empty(Method::POST, &["channels", channel_id, "continue"], &q)
+            .await
+    }
+
     /// A mixing bridge.
     pub async fn create_bridge(&self, name: &str) -> Result<Bridge, AriError> {
         let q = [("type", "mixing".to_owned()), ("name", name.to_owned())];

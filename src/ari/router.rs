@@ -99,6 +99,17 @@ impl Router {
         })
     }
 
+    /// Delivers `extra`'s events to the inbox already registered under
+    /// `owner` (an agent call's externalMedia channel goes to its caller).
+    pub(crate) fn alias(&self, owner: &str, extra: &str) -> bool {
+        let mut calls = self.calls();
+        let Some(tx) = calls.get(owner).cloned() else {
+            return false;
+        };
+        calls.insert(extra.to_owned(), tx);
+        true
+    }
+
     pub(crate) fn unregister(&self, channel_id: &str) {
         self.calls().remove(channel_id);
     }

@@ -2,6 +2,7 @@
 //! daemon runs. The rules that judge its data are in `rules`.
 
 pub mod demo_data;
+pub mod inbound;
 pub mod report;
 pub mod schema;
 pub mod store;

@@ -34,6 +34,57 @@ impl Billing {
         }
         Ok(counts)
     }
+
+    /// Inbound calls since `since` per day and how they ended, with the
+    /// promises to pay taken per day (README "The voice agent").
+    pub async fn inbound_counts(&self, since: NaiveDateTime) -> Result<InboundCounts, BillingError> {
+        let mut conn = self.conn().await?;
+        let calls: Vec<(NaiveDate, Option<String>, u64)> = conn
+            .exec(
+                "SELECT DATE(started_at), how, COUNT(*) FROM overdue_inbound_log
+                 WHERE started_at >= ? GROUP BY DATE(started_at), how",
+                (since,),
+            )
+            .await?;
+        let promises: Vec<(NaiveDate, u64)> = conn
+            .exec(
+                "SELECT DATE(created_at), COUNT(*) FROM overdue_payment_promise
+                 WHERE created_at >= ? GROUP BY DATE(created_at)",
+                (since,),
+            )
+            .await?;
+        let mut counts = InboundCounts::new();
+        for (day, how, n) in calls {
+            // A call still in progress (or cut by a crash) has no `how` yet.
+            let how = how.unwrap_or_else(|| "in_progress".into());
+            *counts.entry(day).or_default().0.entry(how).or_insert(0) += n;
+        }
+        for (day, n) in promises {
+            counts.entry(day).or_default().1 += n;
+        }
+        Ok(counts)
+    }
+}
+
+/// day → (how the inbound calls ended → count, promises to pay taken).
+pub type InboundCounts = BTreeMap<NaiveDate, (BTreeMap<String, u64>, u64)>;
+
+/// One line per day: inbound calls by how they ended, and promises.
+pub fn render_inbound(counts: &InboundCounts) -> String {
+    let mut out = String::from("INBOUND CALLS (how they ended) AND PROMISES TO PAY\n");
+    if counts.is_empty() {
+        out.push_str("(none)\n");
+    }
+    for (day, (hows, promises)) in counts {
+        let total: u64 = hows.values().sum();
+        let detail: Vec<String> = hows.iter().map(|(h, n)| format!("{h} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "{day}  calls {total:>5}  promises {promises:>4}  ({})",
+            detail.join(", ")
+        );
+    }
+    out
 }
 
 /// A table: one row per day and trunk, one column per outcome seen.

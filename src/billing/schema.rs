@@ -36,6 +36,45 @@ pub const CALL_LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS overdue_call_log (
   KEY ix_overdue_call_log_outcome (outcome, ended_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
 
+/// One row per inbound call on the agent app (README "The voice agent"):
+/// written when the call starts, completed when it ends, so a call cut by
+/// a crash still shows who called and when.
+pub const INBOUND_LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS overdue_inbound_log (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  started_at DATETIME NOT NULL,
+  ended_at DATETIME NULL,
+  caller_e164 VARCHAR(32) NULL,
+  client_id BIGINT NULL,
+  match_detail VARCHAR(255) NULL,
+  seconds INT UNSIGNED NULL,
+  how VARCHAR(24) NULL,
+  tokens_in INT UNSIGNED NULL,
+  tokens_out INT UNSIGNED NULL,
+  channel_id VARCHAR(128) NOT NULL,
+  transcript MEDIUMTEXT NULL,
+  PRIMARY KEY (id),
+  KEY ix_overdue_inbound_log_started (started_at),
+  KEY ix_overdue_inbound_log_client (client_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+/// Promises to pay the agent took, for billing staff to read.
+pub const PAYMENT_PROMISE_DDL: &str = "CREATE TABLE IF NOT EXISTS overdue_payment_promise (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  client_id BIGINT NOT NULL,
+  promised_date DATE NOT NULL,
+  amount BIGINT NULL,
+  inbound_call_id BIGINT UNSIGNED NULL,
+  created_at DATETIME NOT NULL,
+  PRIMARY KEY (id),
+  KEY ix_overdue_payment_promise_client (client_id, promised_date)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+/// Our own tables, created whole when missing.
+const OWN_TABLES: &[(&str, &str)] = &[
+    ("overdue_inbound_log", INBOUND_LOG_DDL),
+    ("overdue_payment_promise", PAYMENT_PROMISE_DDL),
+];
+
 /// The columns the daemon may add to `afiliados`, with their definitions.
 pub const AFILIADOS_COLUMNS: &[(&str, &str)] = &[
     ("outbound_call", "TINYINT(1) NOT NULL DEFAULT 0"),
@@ -98,6 +137,9 @@ pub fn reference_ddl() -> String {
         for t in *then {
             out.push_str(&format!("{t};\n"));
         }
+    }
+    for (table, ddl) in OWN_TABLES {
+        out.push_str(&format!("\n-- {table}:\n{ddl};\n"));
     }
     out.push_str(
         "\n-- Recommended indexes on billing tables (run by a DBA; `check` reports them):\n",
@@ -163,6 +205,11 @@ pub async fn plan(conn: &mut mysql_async::Conn) -> Result<Vec<String>, BillingEr
                 ));
                 todo.extend(then.iter().map(|t| (*t).to_owned()));
             }
+        }
+    }
+    for (table, ddl) in OWN_TABLES {
+        if !table_exists(conn, table).await? {
+            todo.push((*ddl).to_owned());
         }
     }
     Ok(todo)

@@ -166,7 +166,7 @@ pub struct Billing {
     pool: mysql_async::Pool,
 }
 
-fn seconds(t: NaiveDateTime) -> NaiveDateTime {
+pub(super) fn seconds(t: NaiveDateTime) -> NaiveDateTime {
     t.with_nanosecond(0).unwrap_or(t)
 }
 
@@ -597,7 +597,7 @@ impl Billing {
 // between installations, so a surprising value reads as "absent" rather
 // than failing the whole query.
 
-fn as_i64(v: Value) -> Option<i64> {
+pub(super) fn as_i64(v: Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(i),
         Value::UInt(u) => i64::try_from(u).ok(),
@@ -606,7 +606,7 @@ fn as_i64(v: Value) -> Option<i64> {
     }
 }
 
-fn as_string(v: Value) -> Option<String> {
+pub(super) fn as_string(v: Value) -> Option<String> {
     match v {
         Value::NULL => None,
         Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),

@@ -35,19 +35,11 @@ pub(crate) struct Progress {
 
 /// The media list with `{saldo}` and `{corte}` filled in for this client.
 pub(crate) fn media_for(config: &Config, client: &ClientFacts) -> Vec<String> {
-    let saldo = client
-        .open_balance
-        .as_deref()
-        .and_then(|b| b.split('.').next())
-        .unwrap_or("0")
-        .to_owned();
-    let corte = client.corte.map_or_else(String::new, |c| c.to_string());
-    config
-        .campaign
-        .media
-        .iter()
-        .map(|m| m.replace("{saldo}", &saldo).replace("{corte}", &corte))
-        .collect()
+    crate::rules::media::fill(
+        &config.campaign.media,
+        client.open_balance.as_deref(),
+        client.corte,
+    )
 }
 
 impl Shared {

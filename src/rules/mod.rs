@@ -15,12 +15,17 @@
 //!   retry policy and the contact limit;
 //! - `outcome` — the outcomes and "delivered means heard";
 //! - `evidence` — how a call ended, from its events and what the daemon did;
+//! - `media` — a prompt's placeholders filled for one client;
+//! - `inbound` — the voice agent: who is calling, what it may know,
+//!   promises to pay, how an inbound call ended;
 //! - `trunks` — endpoint templates, trunk choice, cool-downs, whose fault a
 //!   refusal was, and failover between trunks.
 
 pub mod cutoff;
 pub mod evidence;
 pub mod holidays;
+pub mod inbound;
+pub mod media;
 pub mod outcome;
 pub mod phone;
 pub mod selection;

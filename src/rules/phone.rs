@@ -81,6 +81,21 @@ pub fn normalize(raw: &str) -> Result<Mobile, PhoneError> {
     Err(first_error.unwrap_or(PhoneError::Empty))
 }
 
+/// Every mobile in a raw `telefono` field, in order, without repeats: an
+/// inbound caller is matched against all of them (README "The voice
+/// agent"), not only the one the campaign dials.
+pub fn mobiles(raw: &str) -> Vec<Mobile> {
+    let mut out: Vec<Mobile> = Vec::new();
+    for part in raw.split(['/', ',', ';']) {
+        if let Ok(m) = normalize_one(part) {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
 fn normalize_one(part: &str) -> Result<Mobile, PhoneError> {
     let mut digits = String::with_capacity(16);
     let mut plus = false;
@@ -223,6 +238,15 @@ mod tests {
         for (raw, want) in INVALID {
             assert_eq!(normalize(raw).as_ref(), Err(want), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn every_mobile_of_a_field() {
+        let all = mobiles("604 444 1234 / 300 123 4567; +57 310-000-0001, 3001234567");
+        let national: Vec<&str> = all.iter().map(Mobile::national).collect();
+        assert_eq!(national, ["3001234567", "3100000001"]);
+        assert!(mobiles("6044441234").is_empty());
+        assert!(mobiles("").is_empty());
     }
 
     #[test]

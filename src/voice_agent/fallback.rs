@@ -1,83 +1,152 @@
-//! The fallback for an inbound call: answer, play the fallback prompt,
-//! hang up, and log who called and how it ended.
+//! When the agent cannot take a call (no API key, OpenAI unreachable or
+//! refusing, too many agent calls, the daemon stopping): the caller hears
+//! `voice_agent.fallback_media` — with `{saldo}` and `{corte}` of the
+//! matched client, if any — and is hung up cleanly. Also the prompt-playing
+//! step the agent uses for its apology when OpenAI is lost mid-call.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 
+use super::media::caller_gone;
+use super::{Caller, End, VoiceAgent};
 use crate::ari::model::Channel;
-use crate::ari::router::Router;
-use crate::ari::{AriClient, Event};
-use crate::rules::phone::mask;
+use crate::ari::router::Inbox;
+use crate::ari::Event;
+use crate::rules::inbound::How;
 
-pub(crate) async fn handle(
-    ari: AriClient,
-    router: Arc<Router>,
-    channel: Channel,
-    media: Vec<String>,
-    lang: String,
-    max_call: Duration,
-) {
-    let started = Instant::now();
-    let id = channel.id.clone();
-    let mut inbox = router.register(&id);
-    let caller = mask(&channel.caller.number);
-    if channel.state != "Up" {
-        if let Err(e) = ari.answer(&id).await {
-            tracing::warn!(channel = %id, error = %e, "cannot answer inbound call");
+/// How a prompt played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Played {
+    /// To its end (or Asterisk could not play it: nothing to wait for).
+    Done,
+    CallerGone,
+    /// The call's time ran out, or the daemon must stop now.
+    Cut,
+}
+
+/// Plays `media` to the caller and waits for it to end.
+pub(crate) async fn play(
+    agent: &VoiceAgent,
+    id: &str,
+    media: &[String],
+    inbox: &mut Inbox,
+    deadline: Instant,
+) -> Played {
+    let lang = agent.config.campaign.lang.clone();
+    if let Err(e) = agent.ari.play(id, media, Some(&lang), None).await {
+        if e.is_not_found() {
+            return Played::CallerGone;
         }
+        tracing::warn!(channel = %id, error = %e, "cannot play a prompt to the inbound caller");
+        return Played::Done;
     }
-    let mut how = "fallback prompt played";
-    match ari.play(&id, &media, Some(&lang), None).await {
-        Ok(_) => {}
-        Err(e) => {
-            how = "fallback prompt refused";
-            tracing::warn!(channel = %id, error = %e, "cannot play the fallback prompt");
-        }
-    }
-    let deadline = started + max_call;
-    let mut hung_up = false;
-    let mut gone = false;
-    if how != "fallback prompt refused" {
-        loop {
-            tokio::select! {
-                env = inbox.recv() => match env.map(|e| e.event) {
-                    Some(Event::PlaybackFinished { playback }) => {
-                        if playback.state != "done" {
-                            how = "caller hung up during the fallback prompt";
-                        }
-                        break;
-                    }
-                    Some(Event::ChannelDestroyed { .. }) => {
-                        how = "caller hung up during the fallback prompt";
-                        gone = true;
-                        break;
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
-                _ = sleep_until(deadline) => {
-                    how = "maximum call length reached";
-                    break;
+    let mut stop = agent.stop.subscribe();
+    loop {
+        tokio::select! {
+            env = inbox.recv() => match env.map(|e| e.event) {
+                Some(Event::PlaybackFinished { playback }) if playback.target_uri == format!("channel:{id}") => {
+                    return Played::Done
                 }
-            }
+                Some(ev) if caller_gone(&ev, id) => return Played::CallerGone,
+                Some(_) => {}
+                None => return Played::Cut,
+            },
+            _ = sleep_until(deadline) => return Played::Cut,
+            _ = super::stopped(&mut stop) => return Played::Cut,
         }
     }
-    if !gone {
-        hung_up = ari.hangup(&id, "normal").await.is_ok();
-        // Wait (briefly) for Asterisk to confirm, so nothing is left behind.
-        let confirm = Instant::now() + Duration::from_secs(2);
-        loop {
-            tokio::select! {
-                env = inbox.recv() => match env.map(|e| e.event) {
-                    Some(Event::StasisEnd { .. }) | Some(Event::ChannelDestroyed { .. }) | None => break,
-                    Some(_) => {}
-                },
-                _ = sleep_until(confirm) => break,
-            }
+}
+
+/// Hangs the caller up and waits (briefly) for Asterisk to confirm, so
+/// nothing is left behind.
+pub(crate) async fn hang_up(agent: &VoiceAgent, id: &str, inbox: &mut Inbox) {
+    match agent.ari.hangup(id, "normal").await {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => return,
+        Err(e) => {
+            tracing::warn!(channel = %id, error = %e, "cannot hang up the inbound caller");
+            return;
         }
     }
-    router.unregister(&id);
-    tracing::info!(caller = %caller, channel = %id, duration_s = started.elapsed().as_secs(), ended = how, hung_up, "inbound call (voice agent not available: fallback)");
+    let confirm = Instant::now() + Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            env = inbox.recv() => match env.map(|e| e.event) {
+                Some(Event::ChannelDestroyed { channel, .. }) if channel.id == id => break,
+                None => break,
+                Some(_) => {}
+            },
+            _ = sleep_until(confirm) => break,
+        }
+    }
+}
+
+/// Answers if needed (the shipped dialplan leaves the caller ringing).
+pub(crate) async fn answer(agent: &VoiceAgent, channel: &Channel) -> bool {
+    if channel.state == "Up" {
+        return true;
+    }
+    match agent.ari.answer(&channel.id).await {
+        Ok(()) => true,
+        Err(e) => {
+            if !e.is_not_found() {
+                tracing::warn!(channel = %channel.id, error = %e, "cannot answer the inbound call");
+            }
+            false
+        }
+    }
+}
+
+/// The whole fallback call.
+pub(crate) async fn run(
+    agent: &VoiceAgent,
+    channel: &Channel,
+    caller: &Caller,
+    how: How,
+    inbox: &mut Inbox,
+) -> End {
+    let id = &channel.id;
+    if !answer(agent, channel).await {
+        return End::just(How::CallerHungUp);
+    }
+    play_fallback(agent, id, caller, how, inbox).await
+}
+
+/// The fallback prompt on an answered caller, then the hang-up.
+pub(crate) async fn play_fallback(
+    agent: &VoiceAgent,
+    id: &str,
+    caller: &Caller,
+    how: How,
+    inbox: &mut Inbox,
+) -> End {
+    let va = &agent.config.voice_agent;
+    let (balance, corte) = match &caller.account {
+        Some(a) => (Some(a.balance_pesos.to_string()), a.corte.map(i64::from)),
+        None => (None, None),
+    };
+    // Without a matched client, items that would speak account details
+    // are left out rather than read as zero.
+    let media: Vec<String> = match &caller.account {
+        Some(_) => crate::rules::media::fill(&va.fallback_media, balance.as_deref(), corte),
+        None => va
+            .fallback_media
+            .iter()
+            .filter(|m| !m.contains("{saldo}") && !m.contains("{corte}"))
+            .cloned()
+            .collect(),
+    };
+    if media.is_empty() {
+        hang_up(agent, id, inbox).await;
+        return End::just(how);
+    }
+    let deadline = Instant::now() + Duration::from_secs(va.max_call_secs);
+    match play(agent, id, &media, inbox, deadline).await {
+        Played::CallerGone => End::just(how),
+        Played::Done | Played::Cut => {
+            hang_up(agent, id, inbox).await;
+            End::just(how)
+        }
+    }
 }

@@ -1,0 +1,553 @@
+//! One agent call (README "The voice agent"): OpenAI Realtime session
+//! first (the caller keeps ringing meanwhile), then answer, bridge and
+//! externalMedia, then the conversation until someone ends it.
+//!
+//! The loop owns everything of the call, so no lock is held anywhere on
+//! the audio path: caller RTP in → `input_audio_buffer.append`;
+//! `response.output_audio.delta` → the paced outbound queue → RTP to
+//! Asterisk. The hard part is barge-in: on `speech_started` the queue is
+//! dropped at once, the response cancelled, and the item truncated at
+//! exactly what went out to Asterisk (8 bytes of μ-law per ms), so the
+//! model forgets what the caller never heard. Tool results go back only
+//! after their response's `response.done`, as the GA protocol requires.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::{sleep_until, Instant};
+
+use super::fallback::{self, Played};
+use super::media::{self, caller_gone, Created, SetupError};
+use super::realtime::{self, ConnectError, ServerEvent, Session, SessionSpec};
+use super::rtp::{accept, Outbound};
+use super::tools::{self, Tool};
+use super::{Caller, End, VoiceAgent};
+use crate::ari::model::Channel;
+use crate::ari::router::Inbox;
+use crate::clock::local_now;
+use crate::rules::inbound::{check_promise, instructions, How};
+
+/// Longest wait for a goodbye (or "I'll transfer you") to be spoken.
+const LAST_WORDS: Duration = Duration::from_secs(10);
+/// A caller who picked up must not sit in silence longer than this while
+/// OpenAI connects (README "The voice agent").
+const MAX_SILENCE: Duration = Duration::from_millis(1900);
+
+/// What the call does once the agent's last words have been played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    HangUp(How),
+    Transfer,
+}
+
+/// Where the call is in its ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Talking.
+    No,
+    /// Waiting for the response with the last words to finish.
+    AwaitingWords(Then, Instant),
+    /// Last words generated; act once they have been played.
+    Draining(Then, Instant),
+}
+
+struct Conversation<'a> {
+    agent: &'a VoiceAgent,
+    caller: &'a Caller,
+    caller_id: &'a str,
+    row: Option<u64>,
+    session: Session,
+    out: Outbound,
+    response_active: bool,
+    response_audio: bool,
+    /// Items the caller talked over: their late deltas are dropped.
+    cut: HashSet<String>,
+    current_item: Option<Arc<str>>,
+    /// Function calls of the response in progress.
+    calls: Vec<(String, String, String)>,
+    tokens_in: u64,
+    tokens_out: u64,
+    transcript: Option<String>,
+    ending: Ending,
+}
+
+pub(crate) async fn run(
+    agent: &Arc<VoiceAgent>,
+    channel: &Channel,
+    caller: &Caller,
+    row: Option<u64>,
+    inbox: &mut Inbox,
+) -> End {
+    let id = channel.id.as_str();
+    let va = &agent.config.voice_agent;
+    let today = local_now(agent.config.timezone).date();
+    let instructions = instructions(&va.instructions, caller.account.as_ref(), today);
+    let spec = SessionSpec {
+        url: &va.url,
+        model: &va.model,
+        api_key: va.api_key.expose(),
+        voice: &va.voice,
+        instructions: &instructions,
+        transcription_model: &va.transcription_model,
+        tools: tools::declarations(
+            agent.config.transfer.is_configured(),
+            caller.account.is_some(),
+        ),
+    };
+    let mut timeout = Duration::from_millis(va.connect_timeout_ms);
+    if channel.state == "Up" {
+        timeout = timeout.min(MAX_SILENCE);
+    }
+    let connecting = realtime::connect(&spec, timeout);
+    tokio::pin!(connecting);
+    let session = loop {
+        tokio::select! {
+            r = &mut connecting => break r,
+            env = inbox.recv() => match env {
+                Some(env) if caller_gone(&env.event, id) => return End::just(How::CallerHungUp),
+                Some(_) => {}
+                None => return End::just(How::Error),
+            },
+        }
+    };
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            let how = match e {
+                ConnectError::Unreachable(_) => How::FallbackUnreachable,
+                ConnectError::Refused(_) => How::FallbackRefused,
+            };
+            tracing::warn!(channel = %id, caller = %caller.masked, error = %e, "voice agent not available: fallback prompt");
+            return fallback::run(agent, channel, caller, how, inbox).await;
+        }
+    };
+    if !fallback::answer(agent, channel).await {
+        session.close().await;
+        return End::just(How::CallerHungUp);
+    }
+    let mut created = Created::default();
+    let media = match media::setup(agent, id, inbox, &mut created).await {
+        Ok(m) => m,
+        Err(e) => {
+            session.close().await;
+            let gone = media::teardown(agent, id, inbox, &mut created).await;
+            return match e {
+                SetupError::CallerGone => End::just(How::CallerHungUp),
+                SetupError::Failed(why) => {
+                    tracing::error!(channel = %id, error = %why, "cannot set up the agent's audio path: fallback prompt");
+                    if gone {
+                        End::just(How::Error)
+                    } else {
+                        fallback::play_fallback(agent, id, caller, How::Error, inbox).await
+                    }
+                }
+            };
+        }
+    };
+    // The instructions open with the greeting.
+    session.send(realtime::respond(None));
+    let mut conv = Conversation {
+        agent,
+        caller,
+        caller_id: id,
+        row,
+        session,
+        out: Outbound::new(),
+        response_active: false,
+        response_audio: false,
+        cut: HashSet::new(),
+        current_item: None,
+        calls: Vec::new(),
+        tokens_in: 0,
+        tokens_out: 0,
+        transcript: va.store_transcripts.then(String::new),
+        ending: Ending::No,
+    };
+    let outcome = conv.talk(&media, inbox).await;
+    let Conversation {
+        session,
+        out,
+        tokens_in,
+        tokens_out,
+        transcript,
+        ..
+    } = conv;
+    agent
+        .stats
+        .late_rtp
+        .fetch_add(out.late_packets, Ordering::Relaxed);
+    session.close().await;
+    drop(media);
+    let how = match outcome {
+        Finish::CallerGone => {
+            media::teardown(agent, id, inbox, &mut created).await;
+            How::CallerHungUp
+        }
+        Finish::HangUp(how) => {
+            media::teardown(agent, id, inbox, &mut created).await;
+            fallback::hang_up(agent, id, inbox).await;
+            how
+        }
+        Finish::Transfer => {
+            let t = &agent.config.transfer;
+            // The caller leaves the bridge by itself when it continues.
+            match agent
+                .ari
+                .continue_in_dialplan(id, &t.context, &t.extension, t.priority)
+                .await
+            {
+                Ok(()) => {
+                    media::teardown(agent, id, inbox, &mut created).await;
+                    How::Transferred
+                }
+                Err(e) => {
+                    tracing::error!(channel = %id, error = %e, "cannot transfer the caller; hanging up");
+                    media::teardown(agent, id, inbox, &mut created).await;
+                    fallback::hang_up(agent, id, inbox).await;
+                    How::Error
+                }
+            }
+        }
+        Finish::OpenAiLost => {
+            // A short apology, then a person if there is one to go to.
+            let gone = media::teardown(agent, id, inbox, &mut created).await;
+            let va = &agent.config.voice_agent;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let played = if gone {
+                Played::CallerGone
+            } else {
+                fallback::play(agent, id, &va.apology_media, inbox, deadline).await
+            };
+            let t = &agent.config.transfer;
+            match played {
+                Played::CallerGone => How::CallerHungUp,
+                _ if t.is_configured() => match agent
+                    .ari
+                    .continue_in_dialplan(id, &t.context, &t.extension, t.priority)
+                    .await
+                {
+                    Ok(()) => How::Transferred,
+                    Err(e) => {
+                        tracing::error!(channel = %id, error = %e, "cannot transfer the caller; hanging up");
+                        fallback::hang_up(agent, id, inbox).await;
+                        How::Error
+                    }
+                },
+                _ => {
+                    fallback::hang_up(agent, id, inbox).await;
+                    How::Error
+                }
+            }
+        }
+    };
+    End {
+        how,
+        tokens_in,
+        tokens_out,
+        transcript,
+    }
+}
+
+/// How the conversation ended.
+enum Finish {
+    CallerGone,
+    HangUp(How),
+    Transfer,
+    OpenAiLost,
+}
+
+impl Conversation<'_> {
+    async fn talk(&mut self, media: &media::Media, inbox: &mut Inbox) -> Finish {
+        let va = &self.agent.config.voice_agent;
+        let max_length = Instant::now() + Duration::from_secs(va.max_call_secs);
+        let mut stop = self.agent.stop.subscribe();
+        let mut buf = [0u8; 2048];
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            // Acting on the ending comes first: once the last words have
+            // been played (or took too long), do what was decided.
+            match self.ending {
+                Ending::Draining(then, cap) if self.out.queued() == 0 || Instant::now() >= cap => {
+                    // Let the last packet be heard before the line goes.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return match then {
+                        Then::HangUp(how) => Finish::HangUp(how),
+                        Then::Transfer => Finish::Transfer,
+                    };
+                }
+                Ending::AwaitingWords(then, cap) if Instant::now() >= cap => {
+                    self.ending = Ending::Draining(then, cap);
+                    continue;
+                }
+                _ => {}
+            }
+            let due = self.out.due();
+            let ending_cap = match self.ending {
+                Ending::No => far_future,
+                Ending::AwaitingWords(_, cap) | Ending::Draining(_, cap) => cap,
+            };
+            tokio::select! {
+                biased;
+                _ = sleep_until(due.unwrap_or(far_future)), if due.is_some() => {
+                    let now = Instant::now();
+                    if let Some(packet) = self.out.packet(now) {
+                        if let Err(e) = media.sock.send_to(packet, media.asterisk).await {
+                            tracing::debug!(channel = %self.caller_id, error = %e, "RTP send failed");
+                        }
+                    }
+                }
+                r = media.sock.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r {
+                        match accept(&buf[..n], from, media.asterisk) {
+                            Ok(audio) => self.session.send(realtime::append(audio)),
+                            Err(why) => {
+                                self.agent.stats.dropped_rtp.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(channel = %self.caller_id, %from, ?why, "RTP datagram dropped");
+                            }
+                        }
+                    }
+                }
+                ev = self.session.next() => match ev {
+                    Some(ev) => self.on_server(ev).await,
+                    None => {
+                        return match self.ending {
+                            // The session may close once the last words are out.
+                            Ending::Draining(then, _) | Ending::AwaitingWords(then, _) => {
+                                self.ending = Ending::Draining(then, Instant::now() + LAST_WORDS);
+                                continue;
+                            }
+                            Ending::No => {
+                                tracing::warn!(channel = %self.caller_id, "OpenAI closed the session mid-call");
+                                Finish::OpenAiLost
+                            }
+                        };
+                    }
+                },
+                env = inbox.recv() => match env {
+                    Some(env) if caller_gone(&env.event, self.caller_id) => return Finish::CallerGone,
+                    Some(env) => {
+                        if let crate::ari::Event::ChannelDestroyed { channel, .. } = &env.event {
+                            if channel.id == media::unicast_id(self.caller_id) {
+                                tracing::error!(channel = %self.caller_id, "externalMedia channel gone mid-call");
+                                return Finish::HangUp(How::Error);
+                            }
+                        }
+                    }
+                    None => return Finish::HangUp(How::Error),
+                },
+                _ = sleep_until(max_length), if self.ending == Ending::No => {
+                    self.last_words(Then::HangUp(How::MaxLength), "Se acabó el tiempo de la llamada: despídete en una frase.");
+                }
+                _ = sleep_until(ending_cap), if self.ending != Ending::No => {}
+                _ = super::stopped(&mut stop) => return Finish::HangUp(How::Error),
+            }
+        }
+    }
+
+    /// Asks for a last sentence, then does `then`.
+    fn last_words(&mut self, then: Then, instructions: &str) {
+        if self.response_active {
+            self.session.send(realtime::cancel());
+        }
+        self.session
+            .send(realtime::respond(Some(instructions)));
+        self.ending = Ending::AwaitingWords(then, Instant::now() + LAST_WORDS);
+    }
+
+    async fn on_server(&mut self, ev: ServerEvent) {
+        match ev {
+            ServerEvent::Audio { item_id, audio } => {
+                if self.cut.contains(&item_id) {
+                    return;
+                }
+                self.response_audio = true;
+                let item = match &self.current_item {
+                    Some(i) if **i == *item_id => i.clone(),
+                    _ => {
+                        let i: Arc<str> = Arc::from(item_id.as_str());
+                        self.current_item = Some(i.clone());
+                        i
+                    }
+                };
+                self.out.push(&item, audio);
+            }
+            ServerEvent::SpeechStarted => self.barge_in(),
+            ServerEvent::ResponseCreated { .. } => {
+                self.response_active = true;
+                self.response_audio = false;
+                self.calls.clear();
+            }
+            ServerEvent::FunctionItem { call_id, name } => {
+                if let Some(c) = self.calls.iter_mut().find(|c| c.0 == call_id) {
+                    c.1 = name;
+                } else {
+                    self.calls.push((call_id, name, String::new()));
+                }
+            }
+            ServerEvent::FunctionArgs {
+                call_id,
+                name,
+                arguments,
+            } => {
+                if let Some(c) = self.calls.iter_mut().find(|c| c.0 == call_id) {
+                    c.2 = arguments;
+                    if let Some(n) = name {
+                        c.1 = n;
+                    }
+                } else {
+                    self.calls
+                        .push((call_id, name.unwrap_or_default(), arguments));
+                }
+            }
+            ServerEvent::ResponseDone {
+                status,
+                tokens_in,
+                tokens_out,
+                calls,
+                ..
+            } => {
+                self.response_active = false;
+                self.tokens_in += tokens_in;
+                self.tokens_out += tokens_out;
+                for (call_id, name, arguments) in calls {
+                    if let Some(c) = self.calls.iter_mut().find(|c| c.0 == call_id) {
+                        if c.1.is_empty() {
+                            c.1 = name;
+                        }
+                        if c.2.is_empty() {
+                            c.2 = arguments;
+                        }
+                    } else {
+                        self.calls.push((call_id, name, arguments));
+                    }
+                }
+                if let Ending::AwaitingWords(then, cap) = self.ending {
+                    self.ending = Ending::Draining(then, cap);
+                    self.calls.clear();
+                    return;
+                }
+                // A cancelled response's tool calls were never meant.
+                if status == "cancelled" {
+                    self.calls.clear();
+                    return;
+                }
+                let calls = std::mem::take(&mut self.calls);
+                self.run_tools(calls).await;
+            }
+            ServerEvent::Transcript { agent, text } => {
+                if let Some(t) = &mut self.transcript {
+                    t.push_str(if agent { "agente: " } else { "cliente: " });
+                    t.push_str(&text);
+                    t.push('\n');
+                }
+            }
+            ServerEvent::Error { code, message } => {
+                if code == "response_cancel_not_active" {
+                    tracing::debug!(channel = %self.caller_id, "cancel with no response in progress (harmless)");
+                } else {
+                    tracing::warn!(channel = %self.caller_id, %code, %message, "OpenAI error event; the call goes on");
+                }
+            }
+            ServerEvent::Other(kind) => {
+                tracing::trace!(channel = %self.caller_id, event = %kind, "OpenAI event not acted on");
+            }
+        }
+    }
+
+    /// The caller talks over the agent: stop at once, and make the model
+    /// forget what was not heard.
+    fn barge_in(&mut self) {
+        let unplayed = self.out.queued() > 0;
+        if let Some((item, sent_ms)) = self.out.clear() {
+            if unplayed {
+                self.cut.insert(item.to_string());
+                self.session.send(realtime::truncate(&item, sent_ms));
+            }
+        }
+        if self.response_active {
+            self.session.send(realtime::cancel());
+        }
+        // During last words the caller is still heard out: the ending
+        // stands (a goodbye is not repeated).
+    }
+
+    async fn run_tools(&mut self, calls: Vec<(String, String, String)>) {
+        if calls.is_empty() {
+            return;
+        }
+        let mut ask_again = false;
+        for (call_id, name, arguments) in calls {
+            let output = match Tool::from_call(&name, &arguments) {
+                Tool::Promise { arguments } => self.promise(&arguments).await,
+                Tool::Transfer if self.agent.config.transfer.is_configured() => {
+                    self.session
+                        .send(realtime::function_output(&call_id, r#"{"ok":true}"#));
+                    self.finish_with(Then::Transfer, "Dile en una frase que lo transfieres con un asesor ahora.");
+                    return;
+                }
+                Tool::Transfer => {
+                    json!({"ok": false, "error": "no hay asesores disponibles por esta línea"})
+                        .to_string()
+                }
+                Tool::HangUp => {
+                    self.session
+                        .send(realtime::function_output(&call_id, r#"{"ok":true}"#));
+                    self.finish_with(Then::HangUp(How::Agent), "Despídete en una frase.");
+                    return;
+                }
+                Tool::Unknown(name) => {
+                    tracing::warn!(channel = %self.caller_id, tool = %name, "the model called a tool it was not given");
+                    json!({"ok": false, "error": format!("la herramienta {name} no existe")})
+                        .to_string()
+                }
+            };
+            self.session
+                .send(realtime::function_output(&call_id, &output));
+            ask_again = true;
+        }
+        if ask_again {
+            self.session.send(realtime::respond(None));
+        }
+    }
+
+    /// Transfer or hang up after the agent's last words: if the response
+    /// that called the tool already spoke them, once they are played;
+    /// otherwise after one more short response.
+    fn finish_with(&mut self, then: Then, instructions: &str) {
+        if self.response_audio {
+            self.ending = Ending::Draining(then, Instant::now() + LAST_WORDS);
+        } else {
+            self.last_words(then, instructions);
+        }
+    }
+
+    async fn promise(&mut self, arguments: &str) -> String {
+        let Some(account) = &self.caller.account else {
+            return json!({"ok": false, "error": "cliente no identificado: no se puede registrar"})
+                .to_string();
+        };
+        let now = local_now(self.agent.config.timezone);
+        match check_promise(arguments, now.date()) {
+            Err(why) => json!({"ok": false, "error": why}).to_string(),
+            Ok(p) => match self
+                .agent
+                .billing
+                .insert_promise(account.client_id, &p, self.row, now)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(channel = %self.caller_id, client_id = account.client_id, date = %p.date, amount = ?p.amount, "promise to pay recorded");
+                    json!({"ok": true, "fecha": p.date.to_string(), "monto": p.amount}).to_string()
+                }
+                Err(e) => {
+                    tracing::error!(channel = %self.caller_id, client_id = account.client_id, date = %p.date, amount = ?p.amount, error = %e, "PROMISE TO PAY NOT WRITTEN");
+                    json!({"ok": false, "error": "no se pudo registrar ahora; un asesor la registrará"})
+                        .to_string()
+                }
+            },
+        }
+    }
+}

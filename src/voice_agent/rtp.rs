@@ -1,0 +1,378 @@
+//! The agent call's audio path to Asterisk (README "The voice agent"): one
+//! UDP port per call from `voice_agent.rtp_ports`, the caller's audio in,
+//! the agent's audio out paced at 160 bytes every 20 ms.
+//!
+//! Packets are parsed and built with `rtp-types`. Out: payload type 0,
+//! RFC 3550 sequence (+1 a packet), timestamp (+160 a packet, and jumping
+//! over silences so it keeps following the clock), one random SSRC, the
+//! marker bit on the first packet of each talk spurt. In: only packets
+//! from the address Asterisk announced (`UNICASTRTP_LOCAL_ADDRESS:PORT`)
+//! are taken, so nobody else can talk into a call.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rtp_types::{RtpPacket, RtpPacketBuilder};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// μ-law bytes in one 20 ms packet.
+pub const FRAME: usize = 160;
+pub const PTIME: Duration = Duration::from_millis(20);
+/// μ-law silence, to pad an item's last packet.
+pub const SILENCE: u8 = 0xFF;
+/// Payload type 0: PCMU.
+const PCMU: u8 = 0;
+
+/// The ports agent calls may bind, each in use by one call at a time.
+pub struct PortPool {
+    ip: IpAddr,
+    range: RangeInclusive<u16>,
+    state: Mutex<(u16, HashSet<u16>)>,
+}
+
+/// A bound port, given back to the pool when dropped.
+pub struct Lease {
+    pool: Arc<PortPool>,
+    port: u16,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1.remove(&self.port);
+    }
+}
+
+impl PortPool {
+    pub fn new(ip: IpAddr, range: RangeInclusive<u16>) -> Arc<PortPool> {
+        let start = *range.start();
+        Arc::new(PortPool {
+            ip,
+            range,
+            state: Mutex::new((start, HashSet::new())),
+        })
+    }
+
+    /// Binds the next free port (round robin, so a port just released is
+    /// not reused at once while stray packets may still reach it). Ports
+    /// another program holds are skipped.
+    pub fn bind(self: &Arc<Self>) -> std::io::Result<(UdpSocket, Lease)> {
+        let (first, last) = (*self.range.start(), *self.range.end());
+        let size = usize::from(last - first) + 1;
+        for _ in 0..size {
+            let port = {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let port = st.0;
+                st.0 = if port >= last { first } else { port + 1 };
+                if !st.1.insert(port) {
+                    continue;
+                }
+                port
+            };
+            let lease = Lease {
+                pool: self.clone(),
+                port,
+            };
+            match std::net::UdpSocket::bind((self.ip, port)) {
+                Ok(sock) => {
+                    sock.set_nonblocking(true)?;
+                    return Ok((UdpSocket::from_std(sock)?, lease));
+                }
+                Err(_) => drop(lease),
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "no free UDP port in voice_agent.rtp_ports {first}-{last} on {}",
+                self.ip
+            ),
+        ))
+    }
+}
+
+/// The caller's audio out of one received datagram, or why it was dropped.
+pub fn accept(datagram: &[u8], from: SocketAddr, asterisk: SocketAddr) -> Result<&[u8], Drop_> {
+    if from != asterisk {
+        return Err(Drop_::Stranger);
+    }
+    let packet = RtpPacket::parse(datagram).map_err(|_| Drop_::Malformed)?;
+    if packet.payload_type() != PCMU {
+        return Err(Drop_::NotPcmu(packet.payload_type()));
+    }
+    let payload = &datagram[packet.payload_offset()..packet.payload_offset() + packet.payload_len()];
+    Ok(payload)
+}
+
+/// Why a received datagram was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop_ {
+    /// Not from Asterisk's address.
+    Stranger,
+    Malformed,
+    NotPcmu(u8),
+}
+
+/// A piece of agent audio and the response item it belongs to.
+struct Chunk {
+    item: Arc<str>,
+    data: Vec<u8>,
+    at: usize,
+}
+
+/// The agent's audio waiting to be sent, and the RTP state of the stream.
+pub struct Outbound {
+    ssrc: u32,
+    seq: u16,
+    ts_base: u32,
+    /// Timestamp of the last packet sent.
+    last_ts: Option<u32>,
+    origin: Instant,
+    queue: VecDeque<Chunk>,
+    queued: usize,
+    /// When the next packet is (or was) due.
+    next: Option<Instant>,
+    /// The next packet starts a talk spurt.
+    spurt_start: bool,
+    /// The item now being sent and how many of its bytes have gone out
+    /// (for `conversation.item.truncate`).
+    current: Option<(Arc<str>, usize)>,
+    buf: Vec<u8>,
+    pub packets_sent: u64,
+    /// Packets sent more than one packet time after they were due.
+    pub late_packets: u64,
+}
+
+impl Outbound {
+    pub fn new() -> Outbound {
+        let mut rng = rand::thread_rng();
+        Outbound {
+            ssrc: rng.gen(),
+            seq: rng.gen(),
+            ts_base: rng.gen(),
+            last_ts: None,
+            origin: Instant::now(),
+            queue: VecDeque::new(),
+            queued: 0,
+            next: None,
+            spurt_start: true,
+            current: None,
+            buf: Vec::with_capacity(12 + FRAME),
+            packets_sent: 0,
+            late_packets: 0,
+        }
+    }
+
+    /// Queues audio of response item `item`.
+    pub fn push(&mut self, item: &Arc<str>, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        self.queued += data.len();
+        self.queue.push_back(Chunk {
+            item: item.clone(),
+            data,
+            at: 0,
+        });
+    }
+
+    /// Bytes waiting.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Drops everything queued (barge-in) and returns the item that was
+    /// being sent with the milliseconds of it that went out.
+    pub fn clear(&mut self) -> Option<(Arc<str>, u64)> {
+        self.queue.clear();
+        self.queued = 0;
+        self.next = None;
+        self.current
+            .take()
+            .map(|(item, bytes)| (item, (bytes / 8) as u64))
+    }
+
+    /// When the next packet is due, if there is audio. Audio that arrives
+    /// while the previous packet's slot is still current continues the
+    /// talk spurt; after a longer gap a new spurt starts now.
+    pub fn due(&mut self) -> Option<Instant> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        match self.next {
+            Some(n) if n + PTIME >= now => Some(n),
+            _ => {
+                self.spurt_start = true;
+                self.next = Some(now);
+                Some(now)
+            }
+        }
+    }
+
+    /// The next packet to send (call when `due` has passed). The first
+    /// packet of a spurt carries the marker bit.
+    pub fn packet(&mut self, now: Instant) -> Option<&[u8]> {
+        let due = self.due()?;
+        let marker = std::mem::take(&mut self.spurt_start);
+        let chunk = self.queue.front_mut()?;
+        let take = FRAME.min(chunk.data.len() - chunk.at);
+        let mut payload = [SILENCE; FRAME];
+        payload[..take].copy_from_slice(&chunk.data[chunk.at..chunk.at + take]);
+        chunk.at += take;
+        self.queued -= take;
+        match &mut self.current {
+            Some((item, bytes)) if Arc::ptr_eq(item, &chunk.item) => *bytes += take,
+            _ => self.current = Some((chunk.item.clone(), take)),
+        }
+        if chunk.at >= chunk.data.len() {
+            self.queue.pop_front();
+        }
+        // The timestamp follows the clock: +160 per 20 ms since the stream
+        // began, never less than the previous packet's + 160.
+        let elapsed = due.saturating_duration_since(self.origin);
+        let ticks = (elapsed.as_micros() / PTIME.as_micros()) as u32;
+        let by_clock = self.ts_base.wrapping_add(ticks.wrapping_mul(FRAME as u32));
+        let ts = match self.last_ts {
+            Some(prev) if (by_clock.wrapping_sub(prev) as i32) < FRAME as i32 => {
+                prev.wrapping_add(FRAME as u32)
+            }
+            _ => by_clock,
+        };
+        self.last_ts = Some(ts);
+        self.seq = self.seq.wrapping_add(1);
+        if now.saturating_duration_since(due) > PTIME {
+            self.late_packets += 1;
+        }
+        // Deadlines advance from the previous one (a monotonic schedule),
+        // unless we fell far behind: then start afresh rather than burst.
+        let next = due + PTIME;
+        self.next = Some(if now > next + 3 * PTIME { now } else { next });
+        self.packets_sent += 1;
+        self.buf.clear();
+        RtpPacketBuilder::<&[u8], &[u8]>::new()
+            .payload_type(PCMU)
+            .marker_bit(marker)
+            .sequence_number(self.seq)
+            .timestamp(ts)
+            .ssrc(self.ssrc)
+            .payload(&payload[..])
+            .write_into_vec(&mut self.buf)
+            .ok()?;
+        Some(&self.buf)
+    }
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Outbound::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(p: &[u8]) -> (bool, u16, u32, u32, Vec<u8>) {
+        let r = RtpPacket::parse(p).unwrap();
+        (
+            r.marker_bit(),
+            r.sequence_number(),
+            r.timestamp(),
+            r.ssrc(),
+            r.payload().to_vec(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn packets_follow_rfc3550_and_mark_each_spurt() {
+        let mut out = Outbound::new();
+        let item: Arc<str> = Arc::from("item_1");
+        out.push(&item, vec![1; 400]);
+        let mut got = Vec::new();
+        while let Some(due) = out.due() {
+            tokio::time::sleep_until(due).await;
+            let now = Instant::now();
+            got.push(parse(out.packet(now).unwrap()));
+        }
+        assert_eq!(got.len(), 3);
+        assert!(got[0].0 && !got[1].0 && !got[2].0);
+        assert_eq!(got[1].1, got[0].1.wrapping_add(1));
+        assert_eq!(got[1].2, got[0].2.wrapping_add(160));
+        assert!(got.iter().all(|g| g.3 == got[0].3 && g.4.len() == FRAME));
+        // The last 80 bytes are padded with silence.
+        assert_eq!(&got[2].4[..80], &[1; 80][..]);
+        assert_eq!(&got[2].4[80..], &[SILENCE; 80][..]);
+
+        // A second spurt a second later: marker again, timestamp jumped by
+        // the silence (about 8000 samples), sequence still +1.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        out.push(&item, vec![2; 160]);
+        let due = out.due().unwrap();
+        tokio::time::sleep_until(due).await;
+        let p = parse(out.packet(Instant::now()).unwrap());
+        assert!(p.0);
+        assert_eq!(p.1, got[2].1.wrapping_add(1));
+        let jump = p.2.wrapping_sub(got[2].2);
+        assert!((7_900..=8_400).contains(&jump), "{jump}");
+        assert_eq!(jump % 160, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clearing_reports_what_of_the_item_went_out() {
+        let mut out = Outbound::new();
+        let item: Arc<str> = Arc::from("item_7");
+        out.push(&item, vec![1; 8000]);
+        for _ in 0..5 {
+            let due = out.due().unwrap();
+            tokio::time::sleep_until(due).await;
+            out.packet(Instant::now()).unwrap();
+        }
+        let (cut, ms) = out.clear().unwrap();
+        assert_eq!(&*cut, "item_7");
+        assert_eq!(ms, 100);
+        assert_eq!(out.queued(), 0);
+        assert!(out.due().is_none());
+    }
+
+    #[test]
+    fn only_asterisk_may_talk() {
+        let asterisk: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+        let stranger: SocketAddr = "127.0.0.1:10001".parse().unwrap();
+        let mut buf = Vec::new();
+        RtpPacketBuilder::<&[u8], &[u8]>::new()
+            .payload_type(0)
+            .sequence_number(1)
+            .timestamp(160)
+            .ssrc(9)
+            .payload(&[7u8; 160][..])
+            .write_into_vec(&mut buf)
+            .unwrap();
+        assert_eq!(accept(&buf, asterisk, asterisk), Ok(&[7u8; 160][..]));
+        assert_eq!(accept(&buf, stranger, asterisk), Err(Drop_::Stranger));
+        assert_eq!(accept(&buf[..5], asterisk, asterisk), Err(Drop_::Malformed));
+        let mut pt8 = Vec::new();
+        RtpPacketBuilder::<&[u8], &[u8]>::new()
+            .payload_type(8)
+            .payload(&[7u8; 160][..])
+            .write_into_vec(&mut pt8)
+            .unwrap();
+        assert_eq!(accept(&pt8, asterisk, asterisk), Err(Drop_::NotPcmu(8)));
+    }
+
+    #[tokio::test]
+    async fn ports_are_leased_one_call_each() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 47000..=47001);
+        let (a, la) = pool.bind().unwrap();
+        let (b, _lb) = pool.bind().unwrap();
+        assert_ne!(a.local_addr().unwrap(), b.local_addr().unwrap());
+        assert!(pool.bind().is_err());
+        drop((a, la));
+        assert!(pool.bind().is_ok());
+    }
+}
