@@ -817,10 +817,12 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("MYSQL_PASSWORD", "hunter2");
             jail.set_env("ASTERISK_PASSWORD", "ari-pass");
+            jail.set_env("OPENAI_API_KEY", "sk-live-123");
             let c = load_in(jail, "[mysql]\ndatabase = \"b\"\n").unwrap();
+            assert_eq!(c.voice_agent.api_key.expose(), "sk-live-123");
             let dbg = format!("{c:?}");
             assert!(
-                !dbg.contains("hunter2") && !dbg.contains("ari-pass"),
+                !dbg.contains("hunter2") && !dbg.contains("ari-pass") && !dbg.contains("sk-live"),
                 "{dbg}"
             );
             Ok(())
@@ -954,6 +956,33 @@ mod tests {
             assert!(msg.contains(key), "{toml:?} → {msg}");
             assert!(msg.contains("from"), "{toml:?} names no range: {msg}");
         }
+    }
+
+    #[test]
+    fn voice_agent_keys_are_checked() {
+        let db = "[mysql]\ndatabase = \"b\"\n";
+        for (toml, key) in [
+            ("[voice_agent]\nurl = \"https://api.openai.com\"", "voice_agent.url"),
+            ("[voice_agent]\nrtp_ports = \"40999-40000\"", "voice_agent.rtp_ports"),
+            ("[voice_agent]\nrtp_ports = \"40000\"", "voice_agent.rtp_ports"),
+            ("[voice_agent]\nrtp_bind = \"localhost\"", "voice_agent.rtp_bind"),
+            ("[voice_agent]\nconnect_timeout_ms = 0", "voice_agent.connect_timeout_ms"),
+            ("[voice_agent]\nmax_concurrent = 0", "voice_agent.max_concurrent"),
+            ("[voice_agent]\nfallback_media = []", "voice_agent.fallback_media"),
+            ("[voice_agent]\nmodel = \"\"", "voice_agent.model"),
+            ("[transfer]\ncontext = \"agents\"\npriority = 0", "transfer"),
+            ("[transfer]\nqueue = \"600\"", "queue"),
+        ] {
+            let msg = error_of(&format!("{db}{toml}\n"));
+            assert!(msg.contains(key), "{toml:?} → {msg}");
+        }
+        let ok = Figment::new().merge(Toml::string(&format!(
+            "{db}[voice_agent]\nrtp_ports = \"41000-41009\"\n[transfer]\ncontext = \"agents\"\nextension = \"600\"\n"
+        )));
+        let c = Config::from_figment(&ok).unwrap();
+        assert_eq!(c.voice_agent.port_range(), Some(41000..=41009));
+        assert!(c.transfer.is_configured());
+        assert!(!Config::default().transfer.is_configured());
     }
 
     #[test]

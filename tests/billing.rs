@@ -55,7 +55,17 @@ async fn schema_apply_adds_what_is_missing_and_is_idempotent() {
         .unwrap();
 
     let first = schema::apply(&mut conn).await.unwrap();
-    assert_eq!(first.len(), 5, "{first:#?}");
+    assert_eq!(first.len(), 7, "{first:#?}");
+    for table in ["overdue_call_log", "overdue_inbound_log", "overdue_payment_promise"] {
+        let n: Option<u64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                (table,),
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, Some(1), "{table} created");
+    }
     let after_first = snapshot(&mut conn).await;
     let second = schema::apply(&mut conn).await.unwrap();
     assert!(second.is_empty(), "second apply ran {second:#?}");
@@ -637,5 +647,67 @@ async fn an_early_hang_up_waits_for_the_next_day_in_sql_too() {
         let by_rules = check_client(&facts[0], at(now), &policy()).is_ok();
         assert_eq!((by_sql, by_rules), (due, due), "at {now}");
     }
+    billing.close().await.unwrap();
+}
+
+/// The voice agent's lookup: every spelling of the caller's mobile among
+/// the numbers of `telefono` is found; only an exact mobile matches; the
+/// account holds open invoices only, and a `corte` typed as text reads as
+/// unknown rather than failing.
+#[tokio::test]
+async fn the_caller_is_found_by_every_spelling_of_the_number() {
+    use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
+    use overdue_dialer::rules::inbound::{match_caller, CallerMatch};
+    use overdue_dialer::rules::phone::normalize;
+    let client = |id: i64, tel: &str| Client {
+        id,
+        nombre: format!("c{id}"),
+        telefono: Some(tel.to_owned()),
+        corte: Some(15),
+        outbound_call: false,
+        is_sent: false,
+        attempts: 0,
+        completed_at: None,
+    };
+    let inv = |client_id: i64, saldo: &str, cerrado: bool| Invoice {
+        client_id,
+        saldo: saldo.into(),
+        cerrado,
+    };
+    let data = Data {
+        clients: vec![
+            client(1, "604 444 1234 / (300) 123-4567"),
+            client(2, "+57 310 000 0001"),
+            client(3, "30012345678"),
+            client(4, "3100000001"),
+        ],
+        invoices: vec![
+            inv(1, "50000.00", false),
+            inv(1, "35000.50", false),
+            inv(1, "99999.00", true),
+        ],
+        history: vec![],
+    };
+    let db = TestDb::with_data(&data).await;
+    let billing = Billing::new(db.opts.clone());
+    let caller = normalize("3001234567").unwrap();
+    let candidates = billing.caller_candidates(&caller).await.unwrap();
+    assert!(candidates.iter().any(|(id, _)| *id == 3), "the LIKE superset");
+    assert_eq!(match_caller(&caller, &candidates), CallerMatch::One(1));
+    let shared = normalize("3100000001").unwrap();
+    let candidates = billing.caller_candidates(&shared).await.unwrap();
+    assert_eq!(match_caller(&shared, &candidates), CallerMatch::Several(vec![2, 4]));
+
+    let since = NaiveDateTime::parse_from_str("2026-01-01 00:00:00", "%Y-%m-%d %H:%M:%S").unwrap();
+    let a = billing.account(1, since).await.unwrap().unwrap();
+    assert_eq!((a.balance_pesos, a.open_invoices, a.corte), (85000, 2, Some(15)));
+    assert!(!a.reminder_delivered);
+    let mut conn = db.conn().await;
+    conn.query_drop("ALTER TABLE afiliados MODIFY corte VARCHAR(10)").await.unwrap();
+    conn.query_drop("UPDATE afiliados SET corte = 'quince' WHERE id = 1").await.unwrap();
+    let a = billing.account(1, since).await.unwrap().unwrap();
+    assert_eq!(a.corte, None);
+    assert_eq!(billing.account(99, since).await.unwrap(), None);
+    conn.disconnect().await.unwrap();
     billing.close().await.unwrap();
 }
