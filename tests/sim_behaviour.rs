@@ -1,6 +1,7 @@
 //! Simulator behaviour the recordings do not cover but README "A pass" relies on:
 //! direct trunk endpoints, ring delays, prompts, unregistered apps, and
-//! the faults around Asterisk stopping and originates going astray.
+//! the faults around Asterisk stopping and originates going astray; the
+//! RTP of externalMedia channels.
 
 use std::time::{Duration, Instant};
 
@@ -1001,4 +1002,295 @@ async fn a_per_number_answer_delay_is_honoured() {
         }
     }
     until_no_channels(&r.sim).await;
+}
+
+// ---- externalMedia's RTP (facts 12, 19, 20) ----
+
+/// An inbound caller in `openai-app` and an externalMedia channel sending
+/// to `daemon`, both in Stasis; not bridged yet.
+struct Media {
+    r: Rig,
+    caller: String,
+    rtp: overdue_dialer::ari::model::Channel,
+    daemon: tokio::net::UdpSocket,
+}
+
+async fn media_rig() -> Media {
+    let mut r = rig(fast()).await;
+    let daemon = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let caller = r.sim.inbound_local_call("5512345678").unwrap();
+    until_stasis(&mut r.events, &caller).await;
+    let em = overdue_dialer::ari::ExternalMedia {
+        app: "openai-app".into(),
+        external_host: daemon.local_addr().unwrap().to_string(),
+        format: "ulaw".into(),
+        channel_id: None,
+        data: Some(caller.clone()),
+    };
+    let rtp = r.ari.external_media(&em).await.unwrap();
+    until_stasis(&mut r.events, &rtp.id).await;
+    Media {
+        r,
+        caller,
+        rtp,
+        daemon,
+    }
+}
+
+impl Media {
+    async fn bridge(&self) -> String {
+        let bridge = self.r.ari.create_bridge("agent").await.unwrap();
+        self.r
+            .ari
+            .add_to_bridge(&bridge.id, &self.caller)
+            .await
+            .unwrap();
+        self.r
+            .ari
+            .add_to_bridge(&bridge.id, &self.rtp.id)
+            .await
+            .unwrap();
+        bridge.id
+    }
+
+    /// `UNICASTRTP_LOCAL_ADDRESS`:`UNICASTRTP_LOCAL_PORT`.
+    fn unicast(&self) -> std::net::SocketAddr {
+        let vars = self.rtp.channelvars.clone().unwrap();
+        format!(
+            "{}:{}",
+            vars["UNICASTRTP_LOCAL_ADDRESS"], vars["UNICASTRTP_LOCAL_PORT"]
+        )
+        .parse()
+        .unwrap()
+    }
+
+    /// The next datagram the daemon gets, if one comes within `wait`.
+    async fn next(&self, wait: Duration) -> Option<(Instant, std::net::SocketAddr, Vec<u8>)> {
+        let mut buf = vec![0u8; 2048];
+        let (n, from) = tokio::time::timeout(wait, self.daemon.recv_from(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        buf.truncate(n);
+        Some((Instant::now(), from, buf))
+    }
+}
+
+/// `BRIDGEPEER` and `STASISSTATUS` aside.
+fn no_varsets(evs: Vec<Event>) -> Vec<Event> {
+    evs.into_iter()
+        .filter(|e| !matches!(e, Event::ChannelVarset { .. }))
+        .collect()
+}
+
+/// An RTP packet as a daemon sends it.
+fn packet(seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Vec<u8> {
+    rtp_types::RtpPacketBuilder::<&[u8], &[u8]>::new()
+        .payload_type(0)
+        .sequence_number(seq)
+        .timestamp(ts)
+        .ssrc(0xD00D)
+        .marker_bit(marker)
+        .payload(payload)
+        .write_vec()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_callers_speech_reaches_the_daemon_as_paced_rtp() {
+    let m = media_rig().await;
+    // The real socket, where the channel variables say.
+    assert_eq!(m.r.sim.external_media_addr(&m.rtp.id), Some(m.unicast()));
+    assert_ne!(m.unicast().port(), 0);
+    m.bridge().await;
+    assert!(
+        m.next(Duration::from_millis(200)).await.is_none(),
+        "nothing while the caller is silent"
+    );
+    // 50 frames and a part frame, never silence, each byte telling its place.
+    let speech: Vec<u8> = (0..50 * 160 + 100).map(|i| (i % 251) as u8).collect();
+    m.r.sim.caller_says(&m.caller, speech.clone());
+    let mut got = Vec::new();
+    for n in 0..51 {
+        got.push(
+            m.next(Duration::from_secs(2))
+                .await
+                .unwrap_or_else(|| panic!("packet {n} never came")),
+        );
+    }
+    assert!(
+        m.next(Duration::from_millis(200)).await.is_none(),
+        "nothing once the speech is said"
+    );
+    let mut payload = Vec::new();
+    let mut first = None;
+    for (k, (_, from, bytes)) in got.iter().enumerate() {
+        assert_eq!(*from, m.unicast(), "sent from the channel's own socket");
+        assert_eq!(bytes.len(), 172);
+        let p = rtp_types::RtpPacket::parse(bytes).unwrap();
+        assert_eq!(
+            (p.version(), p.payload_type(), p.marker_bit(), p.n_csrcs()),
+            (2, 0, false, 0)
+        );
+        assert!(!p.extension_bit() && p.padding().is_none());
+        let (seq0, ssrc) = *first.get_or_insert((p.sequence_number(), p.ssrc()));
+        assert_eq!(p.sequence_number(), seq0.wrapping_add(k as u16));
+        assert_eq!(p.ssrc(), ssrc, "one SSRC");
+        assert_eq!(p.timestamp(), 160 * (k as u32 + 1), "timestamps from 160");
+        payload.extend_from_slice(p.payload());
+    }
+    let mut padded = speech;
+    padded.resize(51 * 160, 0xFF);
+    assert_eq!(
+        payload, padded,
+        "the speech intact, in order, padded with silence"
+    );
+    let mut gaps: Vec<Duration> = got.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median >= Duration::from_millis(15) && median <= Duration::from_millis(25),
+        "one packet every 20 ms: median gap {median:?}"
+    );
+    let span = got[50].0 - got[0].0;
+    assert!(
+        span >= Duration::from_millis(800),
+        "paced, not sent at once: {span:?}"
+    );
+}
+
+#[tokio::test]
+async fn what_the_daemon_sends_is_heard_by_the_bridged_caller() {
+    let m = media_rig().await;
+    let to = m.unicast();
+    let me = m.daemon.local_addr().unwrap();
+    // Not bridged yet: nobody hears it.
+    m.daemon
+        .send_to(&packet(1, 0, false, &[0x11; 160]), to)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(m.r.sim.heard(&m.caller).is_empty());
+    m.bridge().await;
+    let sent = [
+        (7u16, 160u32, true, vec![0x01u8; 160]),
+        (8, 320, false, vec![0x02; 160]),
+        (9, 480, false, vec![0x03; 80]),
+    ];
+    for (seq, ts, marker, payload) in &sent {
+        m.daemon
+            .send_to(&packet(*seq, *ts, *marker, payload), to)
+            .await
+            .unwrap();
+    }
+    m.daemon.send_to(b"not rtp", to).await.unwrap();
+    for _ in 0..200 {
+        if m.r.sim.heard(&m.caller).len() == 3 && m.r.sim.bad_rtp() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let heard = m.r.sim.heard(&m.caller);
+    let got: Vec<(u16, u32, bool, Vec<u8>)> = heard
+        .iter()
+        .map(|h| (h.seq, h.ts, h.marker, h.payload.clone()))
+        .collect();
+    assert_eq!(got, sent.to_vec());
+    for h in &heard {
+        assert_eq!((h.from, h.ssrc, h.payload_type), (me, 0xD00D, 0));
+    }
+    assert!(heard.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(
+        m.r.sim.bad_rtp(),
+        1,
+        "the datagram that is no RTP is counted, not heard"
+    );
+    assert!(m.r.sim.heard(&m.rtp.id).is_empty());
+}
+
+#[tokio::test]
+async fn after_the_caller_hangs_up_the_rtp_channel_stays_up_and_silent() {
+    let mut m = media_rig().await;
+    let bridge = m.bridge().await;
+    let to = m.unicast();
+    m.daemon
+        .send_to(&packet(1, 160, false, &[0x55; 160]), to)
+        .await
+        .unwrap();
+    // Two seconds of speech; the caller hangs up a few packets in.
+    m.r.sim.caller_says(&m.caller, vec![0x2A; 100 * 160]);
+    for _ in 0..5 {
+        m.next(Duration::from_secs(2))
+            .await
+            .expect("speech never came");
+    }
+    drain(&mut m.r.events, Duration::from_millis(20)).await;
+    m.r.sim.hang_up_caller(&m.caller);
+    let evs = no_varsets(drain(&mut m.r.events, Duration::from_millis(100)).await);
+    assert!(
+        matches!(evs.as_slice(), [
+            Event::ChannelHangupRequest { cause: 16, .. },
+            Event::ChannelLeftBridge { channel: left, .. },
+            Event::StasisEnd { channel: ended },
+        ] if left.id == m.caller && ended.id == m.caller),
+        "only the caller leaves: {evs:?}"
+    );
+    // Packets sent before the hang-up may wait in the socket; then nothing.
+    let mut buf = [0u8; 2048];
+    while m.daemon.try_recv_from(&mut buf).is_ok() {}
+    assert!(
+        m.next(Duration::from_millis(300)).await.is_none(),
+        "no RTP once the caller is gone"
+    );
+    let ch = m.r.ari.channel(&m.rtp.id).await.unwrap();
+    assert_eq!(ch.state, "Up");
+    let b: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/ari/bridges/{bridge}", m.r.sim.url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["channels"], serde_json::json!([m.rtp.id]));
+    // What the caller heard stays readable; later packets reach nobody.
+    m.daemon
+        .send_to(&packet(2, 320, false, &[0x55; 160]), to)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(m.r.sim.heard(&m.caller).len(), 1);
+
+    m.r.ari.hangup(&m.rtp.id, "normal").await.unwrap();
+    let evs = no_varsets(drain(&mut m.r.events, Duration::from_millis(100)).await);
+    assert!(
+        matches!(
+            evs.as_slice(),
+            [
+                Event::ChannelHangupRequest {
+                    cause: 32,
+                    soft: Some(true),
+                    ..
+                },
+                Event::ChannelLeftBridge { .. },
+                Event::StasisEnd { .. },
+                Event::ChannelDestroyed { cause: 16, .. },
+            ]
+        ),
+        "{evs:?}"
+    );
+    assert_eq!(m.r.sim.external_media_addr(&m.rtp.id), None);
+    // The socket is closed: its port can be bound again.
+    let mut rebound = false;
+    for _ in 0..50 {
+        if std::net::UdpSocket::bind(to).is_ok() {
+            rebound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(rebound, "the externalMedia socket stayed open");
+    m.r.ari.destroy_bridge(&bridge).await.unwrap();
+    assert_eq!((m.r.sim.live_channels(), m.r.sim.live_bridges()), (0, 0));
 }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::call::{self, Call};
 use super::dialplan::{route, Callee, Route};
+use super::media;
 use super::state::{new_channel, now_stamp, BridgePlayback, Chan, Ctl, Request, WsOut};
 use super::Shared;
 use crate::ari::model::{Bridge, CallerId, DialplanCep};
@@ -73,7 +74,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ari/channels/{id}/answer", post(answer))
         .route("/ari/channels/{id}/variable", post(set_variable))
         .route("/ari/bridges", post(create_bridge))
-        .route("/ari/bridges/{id}", delete(destroy_bridge))
+        .route("/ari/bridges/{id}", get(get_bridge).delete(destroy_bridge))
         .route("/ari/bridges/{id}/addChannel", post(add_channel))
         .route("/ari/bridges/{id}/play", post(play_bridge))
         .route("/ari/playbacks/{id}", delete(stop_playback))
@@ -554,6 +555,14 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
     let args: Vec<String> = param(&q, "data")
         .map(|d| vec![d.to_owned()])
         .unwrap_or_default();
+    // chan_rtp takes a numeric address only; its failure is the originate's.
+    let Ok(remote) = host.parse::<SocketAddr>() else {
+        return allocation_failed();
+    };
+    let Ok(stream) = media::bind(remote).await else {
+        return allocation_failed();
+    };
+    let local = stream.local;
     let id = {
         let mut inner = sim.inner();
         // Asterisk makes this channel through its originate code: refused alike.
@@ -585,14 +594,14 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
             home.clone(),
             CallerId::default(),
         );
-        let port = 10_000 + (seq % 10_000) * 2;
+        // Where the daemon sends audio back (fact 12): the real socket.
         ch.channelvars = Some(
             [
                 (
                     "UNICASTRTP_LOCAL_ADDRESS".to_owned(),
-                    "127.0.0.1".to_owned(),
+                    local.ip().to_string(),
                 ),
-                ("UNICASTRTP_LOCAL_PORT".to_owned(), port.to_string()),
+                ("UNICASTRTP_LOCAL_PORT".to_owned(), local.port().to_string()),
             ]
             .into(),
         );
@@ -605,6 +614,7 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
             is_call: false,
             via_dialplan: false,
         });
+        media::attach(&sim, &mut inner, &id, stream);
         id
     };
     let dialstring = format!("{host}/c({format})");
@@ -777,6 +787,14 @@ async fn stop_playback(State(sim): Sim, Path(id): Path<String>) -> Response {
         StatusCode::NO_CONTENT.into_response()
     } else {
         message(StatusCode::NOT_FOUND, "Playback not found")
+    }
+}
+
+/// `GET /bridges/{id}`: fact 19 reads what is left in the bridge this way.
+async fn get_bridge(State(sim): Sim, Path(id): Path<String>) -> Response {
+    match sim.inner().bridges.get(&id) {
+        Some(b) => Json(json!(b)).into_response(),
+        None => message(StatusCode::NOT_FOUND, "Bridge not found"),
     }
 }
 

@@ -20,10 +20,15 @@
 //! (`hang_up_caller`); and counters of live channels, bridges and
 //! requests. A time scale shrinks every simulated duration so tests run
 //! fast.
+//!
+//! Media: externalMedia channels carry real RTP on loopback (`media`), so a
+//! caller can speak to the daemon (`caller_says`) and a test can read what
+//! the caller heard back (`heard`).
 
 mod call;
 pub mod dialplan;
 mod http;
+mod media;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +40,7 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 pub use dialplan::Callee;
+pub use media::Heard;
 pub use state::Request;
 use state::{Ctl, Emit, Inner, WsOut};
 
@@ -505,6 +511,43 @@ impl Simulator {
         if let Some(ctl) = ctl {
             let _ = ctl.send(Ctl::FarEndHangup);
         }
+    }
+
+    /// The caller on `caller_channel_id` says `ulaw` (8 kHz μ-law), after
+    /// whatever it still has to say; padded with silence (0xFF) to whole
+    /// 20 ms frames. It reaches the daemon as RTP from every externalMedia
+    /// channel bridged with the caller, one frame every 20 ms; speech
+    /// waits while the caller is in no such bridge, and is lost when the
+    /// caller hangs up. Unknown channels are ignored.
+    pub fn caller_says(&self, caller_channel_id: &str, ulaw: Vec<u8>) {
+        media::say(&mut self.shared.inner(), caller_channel_id, ulaw);
+    }
+
+    /// Every RTP packet the caller on `caller_channel_id` heard: those that
+    /// reached an externalMedia channel while it was bridged with the
+    /// caller, in arrival order. Still there after the caller hung up.
+    pub fn heard(&self, caller_channel_id: &str) -> Vec<Heard> {
+        self.shared
+            .inner()
+            .heard
+            .get(caller_channel_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Datagrams that reached an externalMedia channel but were not RTP.
+    pub fn bad_rtp(&self) -> usize {
+        self.shared.inner().bad_rtp
+    }
+
+    /// The RTP socket of a live externalMedia channel
+    /// (`UNICASTRTP_LOCAL_ADDRESS`:`UNICASTRTP_LOCAL_PORT`).
+    pub fn external_media_addr(&self, unicast_channel_id: &str) -> Option<SocketAddr> {
+        self.shared
+            .inner()
+            .media
+            .get(unicast_channel_id)
+            .map(|m| m.local)
     }
 
     pub async fn shutdown(self) {

@@ -3,15 +3,17 @@
 //!
 //! Everything sits behind one mutex held only for short, non-async
 //! sections. Emitting under the lock keeps every connection's events in
-//! the order they happened, as Asterisk does.
+//! the order they happened, as Asterisk does. The media of externalMedia
+//! channels lives here too, so a channel's socket goes with the channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::media::{Heard, Stream};
 use crate::ari::model::{Bridge, CallerId, Channel, DialplanCep};
 
 /// Commands from the REST side to the task that plays a call.
@@ -104,6 +106,17 @@ pub struct Inner {
     /// Channel playbacks queued or playing, by playback id: the channel
     /// they play on, for `DELETE /playbacks/{id}`.
     pub playbacks: HashMap<String, String>,
+    /// The RTP socket of every live externalMedia channel, by channel id.
+    pub media: HashMap<String, Stream>,
+    /// The clock that paces RTP is running.
+    pub media_clock: bool,
+    /// μ-law each caller has still to say, by channel id.
+    pub speech: HashMap<String, VecDeque<u8>>,
+    /// What each caller heard from externalMedia, by channel id; kept
+    /// after the caller is gone.
+    pub heard: HashMap<String, Vec<Heard>>,
+    /// Datagrams on externalMedia sockets that were not RTP.
+    pub bad_rtp: usize,
 }
 
 pub struct BridgePlayback {
@@ -217,6 +230,9 @@ impl Inner {
         }
         // Queued playbacks of a channel that is gone never start.
         self.playbacks.retain(|_, ch| ch != id);
+        // Its socket closes; what it had still to say is never said.
+        self.media.remove(id);
+        self.speech.remove(id);
         Some(chan)
     }
 }
