@@ -443,10 +443,17 @@ async fn agent(sim: &Shared, call: &mut Call) {
         tokio::select! {
             _ = sleep_until(enter_at), if !entered => {
                 entered = true;
+                let ulaw = sim.cfg().inbound_sets_ulaw;
                 sim.with(|e| {
-                    e.stasis_start(&b, &inbound_app, &[]);
-                    // The lab's openai-app did not get these two: it follows ;2 only after them.
+                    if ulaw {
+                        e.dialplan(&b, "Set", "CHANNEL(audioreadformat)=ulaw");
+                        e.dialplan(&b, "Set", "CHANNEL(audiowriteformat)=ulaw");
+                    }
+                    // The lab's openai-app did not get these: it follows ;2
+                    // only after them. Shown first so StasisStart carries
+                    // the priority `Stasis()` runs at.
                     e.dialplan(&b, "Stasis", &inbound_app);
+                    e.stasis_start(&b, &inbound_app, &[]);
                     e.varset(&b, "STASISSTATUS", "");
                     e.subscribe(&b, &inbound_app);
                 });
@@ -520,7 +527,18 @@ fn agent_a_gone(e: &mut Emit, a: &str, b: &str, play_a: &Player, play_b: &Player
     e.stasis_end(a, false);
     e.varset(a, "STASISSTATUS", "SUCCESS");
     e.hangup_request(b, 16, false);
-    e.destroyed(a, 16);
+    // A `;2` bridged with someone else took that party's caller id as its
+    // connected line; `;1` shows it as its caller id, after its ChannelDestroyed.
+    let relayed = match (e.inner.channels.get(a), e.inner.channels.get(b)) {
+        (Some(one), Some(two)) if one.ch.caller != two.ch.connected => {
+            Some(two.ch.connected.clone())
+        }
+        _ => None,
+    };
+    match relayed {
+        Some(caller) => e.destroyed_then_caller_id(a, 16, caller),
+        None => e.destroyed(a, 16),
+    }
     playback_interrupted(e, b, play_b.current());
     leave_stasis(e, b, true);
     e.hangup_request(b, 16, true);

@@ -622,7 +622,16 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
         e.dial(&id, "", &dialstring);
         e.state(&id, "Up");
         e.dial(&id, "ANSWER", &dialstring);
+        // `Stasis(app,data)` already runs as STASISSTATUS is cleared.
+        if let Some(c) = e.inner.channels.get_mut(&id) {
+            c.ch.dialplan.app_name = "Stasis".into();
+            c.ch.dialplan.app_data = std::iter::once(app.to_owned())
+                .chain(args.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         e.varset(&id, "STASISSTATUS", "");
+
         e.stasis_start(&id, app, &args);
         e.inner.channels.get(&id).map(|c| json!(c.ch))
     });
@@ -676,6 +685,7 @@ async fn add_channel(State(sim): Sim, Path(id): Path<String>, Query(q): Params) 
         }
         e.bridge_event("ChannelEnteredBridge", &snapshot, Some(&channel), &app);
         e.bridge_peers(&snapshot, None);
+        e.bridge_connected_lines(&snapshot, &channel);
         Ok(())
     });
     match result {
@@ -916,7 +926,10 @@ pub fn inbound_local_call(sim: &Arc<Shared>, caller_number: &str) -> Option<Stri
 }
 
 fn inbound(sim: &Arc<Shared>, caller_number: &str, local: bool) -> Option<String> {
-    let app = sim.cfg().inbound_app.clone();
+    let (app, ulaw) = {
+        let cfg = sim.cfg();
+        (cfg.inbound_app.clone(), cfg.inbound_sets_ulaw)
+    };
     let number = super::dialplan::AGENT_NUMBER;
     let (ctl, ctl_rx) = mpsc::unbounded_channel();
     let (id, pair) = sim.with(|e| {
@@ -932,7 +945,8 @@ fn inbound(sim: &Arc<Shared>, caller_number: &str, local: bool) -> Option<String
         let in_stasis = DialplanCep {
             context: "from-voip".into(),
             exten: number.into(),
-            priority: 2,
+            // After `Answer()`, and the two `Set()`s of the later lab.
+            priority: if ulaw { 4 } else { 2 },
             app_name: "Stasis".into(),
             app_data: app.clone(),
         };

@@ -82,6 +82,13 @@ pub struct SimConfig {
     /// Numbers whose originates never reach Asterisk: the request is
     /// recorded, nothing is placed, and no answer ever comes.
     pub lost_originates: HashSet<String>,
+    /// The later lab's `from-voip` (recording
+    /// `inbound-caller-hangs-up-with-externalmedia`): the inbound number runs
+    /// `Set(CHANNEL(audioreadformat)=ulaw)` and
+    /// `Set(CHANNEL(audiowriteformat)=ulaw)` before `Stasis()`, which it
+    /// then reaches at priority 4. Off: straight to `Stasis()` at priority 2
+    /// (recording `inbound`, fact 11).
+    pub inbound_sets_ulaw: bool,
 }
 
 impl Default for SimConfig {
@@ -92,6 +99,14 @@ impl Default for SimConfig {
             SoundSpec {
                 languages: vec!["es_MX".into()],
                 duration: Duration::from_millis(4380),
+            },
+        );
+        // Asterisk's core sound, as the lab's `agents` context plays it.
+        sounds.insert(
+            "hello-world".to_owned(),
+            SoundSpec {
+                languages: vec!["en".into()],
+                duration: Duration::from_millis(1420),
             },
         );
         SimConfig {
@@ -109,6 +124,7 @@ impl Default for SimConfig {
             inbound_app: "openai-app".into(),
             late_originate_answers: HashMap::new(),
             lost_originates: HashSet::new(),
+            inbound_sets_ulaw: false,
         }
     }
 }

@@ -337,9 +337,13 @@ impl Emit<'_> {
     }
 
     pub fn destroyed(&mut self, id: &str, cause: i64) {
+        // Out of Stasis, the snapshot shows the application the channel was
+        // created with, at the place the dialplan had reached (recordings
+        // `callee-dtmf`, `inbound-caller-hangs-up-with-externalmedia`).
         if let Some(c) = self.inner.channels.get_mut(id) {
             if c.stasis.is_none() {
-                c.ch.dialplan = c.home.clone();
+                c.ch.dialplan.app_name = c.home.app_name.clone();
+                c.ch.dialplan.app_data = c.home.app_data.clone();
             }
         }
         self.channel_event(
@@ -348,6 +352,37 @@ impl Emit<'_> {
             json!({ "cause": cause, "cause_txt": cause_txt(cause) }),
         );
         self.inner.remove_channel(id);
+    }
+
+    /// `ChannelDestroyed`, then a `ChannelCallerId` showing `caller`: the
+    /// order `chan_local` sent them for a `;1` whose `;2` had taken a new
+    /// connected line in a bridge (recording
+    /// `inbound-caller-hangs-up-with-externalmedia`).
+    pub fn destroyed_then_caller_id(&mut self, id: &str, cause: i64, caller: CallerId) {
+        let Some(c) = self.inner.channels.get_mut(id) else {
+            return;
+        };
+        c.ch.caller = caller;
+        if c.stasis.is_none() {
+            c.ch.dialplan.app_name = c.home.app_name.clone();
+            c.ch.dialplan.app_data = c.home.app_data.clone();
+        }
+        let subscribers = c.subscribers.clone();
+        let snap = self.inner.snapshot(id);
+        self.destroyed(id, cause);
+        let Some(snap) = snap else {
+            return;
+        };
+        let ev = Self::with(
+            Self::with(
+                Self::base("ChannelCallerId"),
+                json!({ "caller_presentation": 0, "caller_presentation_txt": "Presentation Allowed, Not Screened" }),
+            ),
+            json!({ "channel": snap }),
+        );
+        for app in &subscribers {
+            self.inner.emit_app(app, ev.clone(), self.asterisk_id);
+        }
     }
 
     pub fn caller_id(&mut self, id: &str) {
@@ -369,7 +404,11 @@ impl Emit<'_> {
         };
         c.stasis = Some(app.to_owned());
         c.ch.dialplan.app_name = "Stasis".into();
-        c.ch.dialplan.app_data = app.to_owned();
+        // `Stasis(app,args…)`: externalMedia's `data` shows here (fact 19).
+        c.ch.dialplan.app_data = std::iter::once(app)
+            .chain(args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(",");
         let Some(snap) = self.inner.snapshot(id) else {
             return false;
         };
@@ -490,6 +529,39 @@ impl Emit<'_> {
                     .map(|c| self.inner.channel_name(c)),
             );
             self.varset(id, "BRIDGEPEER", &peers.join(","));
+        }
+    }
+}
+
+impl Emit<'_> {
+    /// A two-party bridge swaps connected lines: `joined` and the channel
+    /// already there each take the other's caller id, with a
+    /// `ChannelConnectedLine` where it changed, `joined` first (recording
+    /// `inbound-caller-hangs-up-with-externalmedia`; none in `externalmedia`,
+    /// where both caller ids were empty).
+    pub fn bridge_connected_lines(&mut self, bridge: &Bridge, joined: &str) {
+        let [x, y] = bridge.channels.as_slice() else {
+            return;
+        };
+        let other = if x == joined { y } else { x };
+        let caller_of =
+            |inner: &Inner, id: &str| inner.channels.get(id).map(|c| c.ch.caller.clone());
+        let (Some(joined_caller), Some(other_caller)) =
+            (caller_of(self.inner, joined), caller_of(self.inner, other))
+        else {
+            return;
+        };
+        for (id, caller) in [(joined, other_caller), (other.as_str(), joined_caller)] {
+            let changed = match self.inner.channels.get_mut(id) {
+                Some(c) if c.ch.connected != caller => {
+                    c.ch.connected = caller;
+                    true
+                }
+                _ => false,
+            };
+            if changed {
+                self.connected_line(id);
+            }
         }
     }
 }
