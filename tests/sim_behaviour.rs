@@ -1,7 +1,7 @@
 //! Simulator behaviour the recordings do not cover but README "A pass" relies on:
 //! direct trunk endpoints, ring delays, prompts, unregistered apps, and
 //! the faults around Asterisk stopping and originates going astray; the
-//! RTP of externalMedia channels.
+//! RTP of externalMedia channels, and the far end's keys.
 
 use std::time::{Duration, Instant};
 
@@ -1293,4 +1293,117 @@ async fn after_the_caller_hangs_up_the_rtp_channel_stays_up_and_silent() {
     assert!(rebound, "the externalMedia socket stayed open");
     m.r.ari.destroy_bridge(&bridge).await.unwrap();
     assert_eq!((m.r.sim.live_channels(), m.r.sim.live_bridges()), (0, 0));
+}
+
+// ---- the far end's keys (fact 15) ----
+
+/// A callee who stays on, its call in Stasis: (`;1`, `;2`).
+async fn stasis_call(r: &mut Rig) -> (String, String) {
+    let a = r
+        .ari
+        .originate(&originate("Local/3001234568@sim-pstn"))
+        .await
+        .unwrap()
+        .id;
+    until_stasis(&mut r.events, &a).await;
+    let b = r
+        .ari
+        .channels()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id != a)
+        .unwrap()
+        .id;
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_key_pressed_reaches_the_channel_in_stasis() {
+    let mut r = rig(fast()).await;
+    let (a, b) = stasis_call(&mut r).await;
+    drain(&mut r.events, Duration::from_millis(20)).await;
+    // On `;1` itself, and from the callee's `;2`: both reported on `;1`.
+    for (pressed, digit) in [(&a, '5'), (&b, '#')] {
+        let at = Instant::now();
+        r.sim.press(pressed, digit);
+        let mut seen = Vec::new();
+        let got = wait_for(&mut r.events, &mut seen, |_, e| {
+            matches!(e, Event::ChannelDtmfReceived { .. })
+        })
+        .await;
+        let Some((
+            app,
+            Event::ChannelDtmfReceived {
+                channel,
+                digit: d,
+                duration_ms,
+            },
+        )) = seen.pop()
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (app.as_str(), channel.id.as_str(), d, duration_ms),
+            ("overdue-app", a.as_str(), digit.to_string(), 100)
+        );
+        assert!(
+            got - at >= r.sim.scaled(Duration::from_millis(200)),
+            "as the digit ends"
+        );
+    }
+    r.ari.hangup(&a, "normal").await.unwrap();
+    until_no_channels(&r.sim).await;
+}
+
+#[tokio::test]
+async fn the_dtmf_callee_presses_1_and_the_prompt_plays_on_until_stopped() {
+    let mut r = rig(SimConfig {
+        time_scale: 0.05,
+        ..SimConfig::default()
+    })
+    .await;
+    r.sim.configure(|c| {
+        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
+            s.duration = Duration::from_millis(20_180);
+        }
+    });
+    let a = r
+        .ari
+        .originate(&originate("Local/3001234561@sim-pstn-dtmf"))
+        .await
+        .unwrap()
+        .id;
+    until_stasis(&mut r.events, &a).await;
+    let pb = r
+        .ari
+        .play(&a, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    wait_for(&mut r.events, &mut seen, |_, e| {
+        matches!(e, Event::ChannelDtmfReceived { channel, digit, .. } if channel.id == a && digit == "1")
+    })
+    .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, e)| matches!(e, Event::PlaybackFinished { .. })),
+        "the prompt goes on: {seen:?}"
+    );
+    let stop = reqwest::Client::new()
+        .delete(format!("{}/ari/playbacks/{}", r.sim.url(), pb.id))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status().as_u16(), 204);
+    wait_for(
+        &mut r.events,
+        &mut seen,
+        |_, e| matches!(e, Event::PlaybackFinished { playback } if playback.state == "done"),
+    )
+    .await;
+    r.ari.hangup(&a, "normal").await.unwrap();
+    until_no_channels(&r.sim).await;
 }

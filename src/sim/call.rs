@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use super::dialplan::{Callee, Route};
-use super::state::{new_channel, Ctl, Emit};
+use super::state::{new_channel, Ctl, Emit, Inner};
 use super::Shared;
 use crate::ari::model::{CallerId, Channel, DialplanCep};
 
@@ -52,6 +52,7 @@ enum Rang {
 pub async fn run(sim: Arc<Shared>, mut call: Call) {
     match call.route.clone() {
         Route::LocalPstn { number } => pstn(&sim, &mut call, &number).await,
+        Route::LocalPstnDtmf { number } => pstn_dtmf(&sim, &mut call, &number).await,
         Route::LocalFromVoip { number } => from_voip(&sim, &mut call, &number).await,
         Route::Direct {
             number, dialstring, ..
@@ -162,7 +163,8 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
                 '8' => "300",
                 _ => "20",
             };
-            answered(sim, call, Style::Pstn, hangs_up_after, Some(wait)).await;
+            let script = callee_script(sim, hangs_up_after, Some(wait));
+            answered(sim, call, Style::Pstn, script).await;
         }
         Callee::Busy | Callee::Congestion => {
             let (app, data, status, cause) = if call.callee == Callee::Busy {
@@ -218,6 +220,41 @@ fn pstn_ring_timeout(e: &mut Emit, a: &str, b: &str) {
     e.destroyed(a, 19);
     e.hangup_request(b, 16, true);
     e.destroyed(b, 19);
+}
+
+/// `Local/<n>@sim-pstn-dtmf` (recording `callee-dtmf`): the callee
+/// answers, `Wait(2)`, presses 1 (`SendDTMF(1)`, reported on `;1` as the
+/// digit ends), `Wait(10)`, `Hangup()`.
+async fn pstn_dtmf(sim: &Shared, call: &mut Call, number: &str) {
+    let (a, b) = (call.a.clone(), call.b.clone().unwrap_or_default());
+    let ds = format!("{number}@sim-pstn-dtmf");
+    let in_stasis = sim.with(|e| {
+        e.dial(&a, "", &ds);
+        e.dialplan(&b, "Answer", "");
+        e.state(&b, "Up");
+        e.state(&a, "Up");
+        e.dial(&a, "ANSWER", &ds);
+        e.varset(&a, "STASISSTATUS", "");
+        e.stasis_start(&a, &call.app, &[])
+    });
+    if !in_stasis {
+        return sim.with(|e| stasis_failed(e, &a, Some(&b)));
+    }
+    let waits = Instant::now() + sim.dialplan_lag();
+    let sends = waits + sim.scaled(Duration::from_secs(2));
+    // `SendDTMF()` returned 0.45 s after it started, the digit and its gap.
+    let sent = sends + sim.scaled(Duration::from_millis(452));
+    let script = VecDeque::from([
+        (waits, CalleeStep::App("Wait", "2".into())),
+        (sends, CalleeStep::App("SendDTMF", "1".into())),
+        (sends + sim.scaled(DTMF_LENGTH), CalleeStep::Dtmf('1')),
+        (sent, CalleeStep::App("Wait", "10".into())),
+        (
+            sent + sim.scaled(Duration::from_secs(10)),
+            CalleeStep::HangUp,
+        ),
+    ]);
+    answered(sim, call, Style::Pstn, script).await;
 }
 
 /// The answered call's app is not registered: `Stasis()` fails and the
@@ -337,7 +374,8 @@ async fn from_voip(sim: &Shared, call: &mut Call, number: &str) {
             if !in_stasis {
                 return sim.with(|e| stasis_failed(e, &a, Some(&b)));
             }
-            answered(sim, call, Style::FromVoip, hangs_up_after, None).await;
+            let script = callee_script(sim, hangs_up_after, None);
+            answered(sim, call, Style::FromVoip, script).await;
         }
     }
 }
@@ -406,7 +444,8 @@ async fn direct(sim: &Shared, call: &mut Call, number: &str, ds: &str) {
             if !in_stasis {
                 return sim.with(|e| stasis_failed(e, &a, None));
             }
-            answered(sim, call, Style::Direct, hangs_up_after, None).await;
+            let script = callee_script(sim, hangs_up_after, None);
+            answered(sim, call, Style::Direct, script).await;
         }
     }
 }
@@ -679,37 +718,68 @@ impl Player {
     }
 }
 
-/// The answered call in Stasis: prompts, the callee's own hang-up, our DELETE.
-async fn answered(
-    sim: &Shared,
-    call: &mut Call,
-    style: Style,
-    hangs_up_after: Duration,
-    wait: Option<&str>,
-) {
+/// What the callee's side does once the call is answered, at set times.
+enum CalleeStep {
+    /// A dialplan application on `;2` (`ChannelDialplan`).
+    App(&'static str, String),
+    /// A digit the callee sent ends: the channel facing the app (`;1`)
+    /// reports it (fact 15).
+    Dtmf(char),
+    /// The callee hangs up.
+    HangUp,
+}
+
+type Script = VecDeque<(Instant, CalleeStep)>;
+
+/// A callee that shows `Wait(<wait>)` a moment after the answer and hangs
+/// up after `hangs_up_after` (scaled): the `sim-pstn` table.
+fn callee_script(sim: &Shared, hangs_up_after: Duration, wait: Option<&str>) -> Script {
+    let answered_at = Instant::now();
+    // The callee's `Wait()` shows a few ms after the answer (4–12 ms in the lab).
+    let mut steps: Vec<(Instant, CalleeStep)> = wait
+        .map(|w| {
+            (
+                answered_at + sim.dialplan_lag(),
+                CalleeStep::App("Wait", w.to_owned()),
+            )
+        })
+        .into_iter()
+        .collect();
+    steps.push((answered_at + sim.scaled(hangs_up_after), CalleeStep::HangUp));
+    // A callee hanging up before its `Wait()` showed never shows it.
+    steps.sort_by_key(|(at, _)| *at);
+    steps.into()
+}
+
+/// The answered call in Stasis: prompts, the callee's own steps and
+/// hang-up, our DELETE.
+async fn answered(sim: &Shared, call: &mut Call, style: Style, mut script: Script) {
     let a = call.a.clone();
     let b = call.b.clone();
     let answered_at = Instant::now();
-    let callee_hangs_up = answered_at + sim.scaled(hangs_up_after);
-    // The callee's `Wait()` shows a few ms after the answer (4–12 ms in the lab).
-    let mut wait_event = wait.map(|w| (answered_at + sim.dialplan_lag(), w.to_owned()));
     let mut player = Player::new(&a);
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         let play_until = player.until();
-        let wait_at = wait_event.as_ref().map_or(far, |(t, _)| *t);
+        let callee_at = script.front().map(|(t, _)| *t);
         tokio::select! {
-            _ = sleep_until(wait_at), if wait_event.is_some() => {
-                if let (Some((_, w)), Some(b)) = (wait_event.take(), &b) {
-                    sim.with(|e| e.dialplan(b, "Wait", &w));
+            _ = sleep_until(callee_at.unwrap_or(far)), if callee_at.is_some() => {
+                let Some((_, step)) = script.pop_front() else { continue };
+                match step {
+                    CalleeStep::App(app, data) => {
+                        if let Some(b) = &b {
+                            sim.with(|e| e.dialplan(b, app, &data));
+                        }
+                    }
+                    CalleeStep::Dtmf(digit) => sim.with(|e| e.dtmf(&a, digit)),
+                    CalleeStep::HangUp => {
+                        let billed = answered_at.elapsed();
+                        return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), player.current(), billed));
+                    }
                 }
             }
             _ = sleep_until(play_until.unwrap_or(far)), if play_until.is_some() => {
                 player.advance(sim);
-            }
-            _ = sleep_until(callee_hangs_up) => {
-                let billed = answered_at.elapsed();
-                return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), player.current(), billed));
             }
             cmd = call.ctl.recv() => match cmd {
                 None => return,
@@ -737,6 +807,24 @@ async fn answered(
             }
         }
     }
+}
+
+/// How long a key press lasts before Asterisk reports it: `SendDTMF(1)`
+/// in the lab gave `ChannelDtmfReceived` 0.2 s after it started.
+pub const DTMF_LENGTH: Duration = Duration::from_millis(200);
+
+/// The channel that reports a key pressed behind `id`: `id` if it is in
+/// Stasis, else its Local partner if that one is, else `id` (fact 15).
+pub fn dtmf_target(inner: &Inner, id: &str) -> Option<String> {
+    let c = inner.channels.get(id)?;
+    if c.stasis.is_none() {
+        if let Some(p) = inner.local_partner(id) {
+            if inner.channels.get(&p).is_some_and(|c| c.stasis.is_some()) {
+                return Some(p);
+            }
+        }
+    }
+    Some(id.to_owned())
 }
 
 /// Time-related variables `Dial()` sets on `;2` when its call ends.

@@ -237,6 +237,7 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
     let r = route(endpoint);
     let number = match &r {
         Route::LocalPstn { number }
+        | Route::LocalPstnDtmf { number }
         | Route::LocalFromVoip { number }
         | Route::LocalUnknownContext { number, .. }
         | Route::Direct { number, .. } => number.clone(),

@@ -21,9 +21,10 @@
 //! requests. A time scale shrinks every simulated duration so tests run
 //! fast.
 //!
-//! Media: externalMedia channels carry real RTP on loopback (`media`), so a
-//! caller can speak to the daemon (`caller_says`) and a test can read what
-//! the caller heard back (`heard`).
+//! Media and the far end's keys: externalMedia channels carry real RTP on
+//! loopback (`media`), so a caller can speak to the daemon (`caller_says`)
+//! and a test can read what the caller heard back (`heard`); a party can
+//! press a key (`press`, `ChannelDtmfReceived`).
 
 mod call;
 pub mod dialplan;
@@ -564,6 +565,27 @@ impl Simulator {
             .media
             .get(unicast_channel_id)
             .map(|m| m.local)
+    }
+
+    /// The party behind `channel_id` presses `digit`: as the digit ends,
+    /// 0.2 s later (scaled, as `SendDTMF` in the lab), the channel facing
+    /// the app gets `ChannelDtmfReceived` (duration 100 ms, fact 15): the
+    /// channel itself if it is in Stasis, else its Local partner if that
+    /// one is (the callee presses on `;2`, the app hears it on `;1`), else
+    /// the channel itself, whose followers still hear it. Needs a Tokio
+    /// runtime; nothing happens for a channel gone meanwhile.
+    pub fn press(&self, channel_id: &str, digit: char) {
+        let shared = self.shared.clone();
+        let id = channel_id.to_owned();
+        let after = self.shared.scaled(call::DTMF_LENGTH);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            shared.with(|e| {
+                if let Some(target) = call::dtmf_target(e.inner, &id) {
+                    e.dtmf(&target, digit);
+                }
+            });
+        });
     }
 
     pub async fn shutdown(self) {

@@ -235,6 +235,20 @@ impl Inner {
         self.speech.remove(id);
         Some(chan)
     }
+
+    /// The other half of a Local pair (`…;1` ↔ `…;2`), if it is alive.
+    pub fn local_partner(&self, id: &str) -> Option<String> {
+        let name = &self.channels.get(id)?.ch.name;
+        let other = if let Some(base) = name.strip_suffix(";1") {
+            format!("{base};2")
+        } else {
+            format!("{};1", name.strip_suffix(";2")?)
+        };
+        self.channels
+            .iter()
+            .find(|(_, c)| c.ch.name == other)
+            .map(|(id, _)| id.clone())
+    }
 }
 
 impl Inner {
@@ -391,6 +405,16 @@ impl Emit<'_> {
 
     pub fn connected_line(&mut self, id: &str) {
         self.channel_event(id, "ChannelConnectedLine", json!({}));
+    }
+
+    /// The far end sent DTMF: `ChannelDtmfReceived` once the digit ends
+    /// (fact 15), to every app following the channel.
+    pub fn dtmf(&mut self, id: &str, digit: char) {
+        self.channel_event(
+            id,
+            "ChannelDtmfReceived",
+            json!({ "digit": digit.to_string(), "duration_ms": 100 }),
+        );
     }
 
     /// Enters Stasis of `app`. `false` when the app is not registered: the
