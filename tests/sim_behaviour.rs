@@ -1,7 +1,7 @@
 //! Simulator behaviour the recordings do not cover but README "A pass" relies on:
 //! direct trunk endpoints, ring delays, prompts, unregistered apps, and
 //! the faults around Asterisk stopping and originates going astray; the
-//! RTP of externalMedia channels, and the far end's keys.
+//! RTP of externalMedia channels, the far end's keys, and `continue`.
 
 use std::time::{Duration, Instant};
 
@@ -1295,7 +1295,7 @@ async fn after_the_caller_hangs_up_the_rtp_channel_stays_up_and_silent() {
     assert_eq!((m.r.sim.live_channels(), m.r.sim.live_bridges()), (0, 0));
 }
 
-// ---- the far end's keys (fact 15) ----
+// ---- the far end's keys and `continue` (facts 15, 16) ----
 
 /// A callee who stays on, its call in Stasis: (`;1`, `;2`).
 async fn stasis_call(r: &mut Rig) -> (String, String) {
@@ -1316,6 +1316,16 @@ async fn stasis_call(r: &mut Rig) -> (String, String) {
         .unwrap()
         .id;
     (a, b)
+}
+
+async fn post(sim: &Simulator, path: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/ari/{path}", sim.url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
 #[tokio::test]
@@ -1405,5 +1415,166 @@ async fn the_dtmf_callee_presses_1_and_the_prompt_plays_on_until_stopped() {
     )
     .await;
     r.ari.hangup(&a, "normal").await.unwrap();
+    until_no_channels(&r.sim).await;
+}
+
+/// Raw events (from `raw_events`) until one of type `kind`, of channel
+/// `of` if given; keeps them all.
+async fn raw_until(
+    raw: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    seen: &mut Vec<serde_json::Value>,
+    kind: &str,
+    of: Option<&str>,
+) {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind}: {seen:#?}"))
+            .unwrap();
+        let hit = ev["type"] == kind && of.is_none_or(|id| ev["channel"]["id"] == id);
+        seen.push(ev);
+        if hit {
+            return;
+        }
+    }
+}
+
+fn kinds(seen: &[serde_json::Value]) -> Vec<&str> {
+    seen.iter().filter_map(|e| e["type"].as_str()).collect()
+}
+
+#[tokio::test]
+async fn continue_waits_for_the_prompt_leaves_the_bridge_then_stasis() {
+    // Read raw, with no other connection holding the apps.
+    let sim = Simulator::start(fast(), 0).await.unwrap();
+    let ari = AriClient::new(
+        &sim.url(),
+        "asterisk",
+        Secret::new("asterisk"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let mut raw = raw_events(&sim).await;
+    let mut seen = Vec::new();
+    let a = ari
+        .originate(&originate("Local/3001234568@sim-pstn"))
+        .await
+        .unwrap()
+        .id;
+    raw_until(&mut raw, &mut seen, "StasisStart", None).await;
+    let bridge = ari.create_bridge("hold").await.unwrap();
+    ari.add_to_bridge(&bridge.id, &a).await.unwrap();
+    ari.play(&a, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+        .await
+        .unwrap();
+    raw_until(&mut raw, &mut seen, "PlaybackStarted", None).await;
+    let (status, _) = post(
+        &sim,
+        &format!("channels/{a}/continue?context=overdue-queue&priority=1"),
+    )
+    .await;
+    assert_eq!(status, 204, "answered at once");
+    assert_eq!(
+        sim.continued_to(&a),
+        None,
+        "still in Stasis while the prompt plays"
+    );
+    seen.clear();
+    raw_until(&mut raw, &mut seen, "ChannelDialplan", Some(&a)).await;
+    // The callee's `;2` goes on with its own dialplan meanwhile.
+    seen.retain(|e| e["channel"]["id"] == a.as_str() || e.get("playback").is_some());
+    assert_eq!(
+        kinds(&seen),
+        vec![
+            "PlaybackFinished",
+            "ChannelVarset",
+            "ChannelLeftBridge",
+            "StasisEnd",
+            "ChannelDialplan"
+        ]
+    );
+    assert_eq!(
+        seen[0]["playback"]["state"], "done",
+        "the prompt played to its end"
+    );
+    let dp = &seen[4]["channel"]["dialplan"];
+    assert_eq!(
+        (&dp["context"], &dp["exten"], &dp["priority"]),
+        (&"overdue-queue".into(), &"s".into(), &1.into())
+    );
+    assert_eq!(
+        sim.continued_to(&a),
+        Some(("overdue-queue".into(), "s".into(), 1))
+    );
+    // Out of Stasis: up, no longer in the bridge, refused by Stasis commands.
+    assert_eq!(ari.channel(&a).await.unwrap().state, "Up");
+    assert!(sim.live_bridges() == 1 && ari.channels().await.unwrap().len() == 2);
+    assert_eq!(
+        post(&sim, &format!("channels/{a}/continue")).await,
+        (
+            409,
+            r#"{"message":"Channel not in Stasis application"}"#.into()
+        )
+    );
+    assert_eq!(
+        post(&sim, "channels/no-such-channel/continue").await,
+        (404, r#"{"message":"Channel not found"}"#.into())
+    );
+    // The far end hangs up in the queue: the app, still following, hears it.
+    seen.clear();
+    sim.hang_up_caller(&a);
+    raw_until(&mut raw, &mut seen, "ChannelDestroyed", Some(&a)).await;
+    let of_a: Vec<(&str, String)> = seen
+        .iter()
+        .filter(|e| e["channel"]["id"] == a.as_str())
+        .map(|e| {
+            let detail = match e["type"].as_str() {
+                Some("ChannelVarset") => e["variable"].as_str().unwrap_or("").to_owned(),
+                _ => e["cause"].to_string(),
+            };
+            (e["type"].as_str().unwrap_or(""), detail)
+        })
+        .collect();
+    assert_eq!(
+        of_a,
+        vec![
+            ("ChannelHangupRequest", "16".into()),
+            ("ChannelVarset", "STASISSTATUS".into()),
+            ("ChannelDestroyed", "16".into()),
+        ]
+    );
+    assert!(seen.iter().all(|e| e["type"] != "StasisEnd"));
+    until_no_channels(&sim).await;
+    ari.destroy_bridge(&bridge.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_continued_call_ends_when_its_queue_hangs_up() {
+    let mut r = rig(fast()).await;
+    r.sim
+        .configure(|c| c.continue_hangup_after = Some(Duration::from_secs(5)));
+    let (a, _) = stasis_call(&mut r).await;
+    let at = Instant::now();
+    let (status, _) = post(
+        &r.sim,
+        &format!("channels/{a}/continue?context=overdue-queue"),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let evs = until_destroyed(&mut r.events, &a).await;
+    assert!(at.elapsed() >= r.sim.scaled(Duration::from_secs(5)));
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, Event::StasisEnd { channel } if channel.id == a)));
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, Event::ChannelHangupRequest { channel, .. } if channel.id == a)),
+        "Hangup() in the dialplan: no hangup request for `;1`: {evs:?}"
+    );
+    assert_eq!(destroyed_cause(&evs, &a), 16);
+    assert_eq!(
+        r.sim.continued_to(&a),
+        Some(("overdue-queue".into(), "s".into(), 1))
+    );
     until_no_channels(&r.sim).await;
 }

@@ -991,3 +991,68 @@ async fn inbound_caller_hangs_up_with_externalmedia_as_recorded() {
     assert_equivalent(scenario, &want, &got);
     assert_eq!((lab.sim.live_channels(), lab.sim.live_bridges()), (0, 0));
 }
+
+/// The callee presses 1 during the prompt (fact 15): we stop the prompt
+/// (`done`) and `continue` the call to the human agents (fact 16), whose
+/// dialplan plays, waits and hangs up.
+#[tokio::test]
+async fn callee_dtmf() {
+    let scenario = "callee-dtmf";
+    let want = recorded(scenario);
+    let mut lab = lab_with(long_prompt).await;
+    let id = "rec-callee-dtmf-1";
+    lab.ari
+        .originate(&rec_originate("Local/3001234561@sim-pstn-dtmf", id))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut playback = None;
+    let mut destroyed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while destroyed < 2 {
+        let ev = next_event(&mut lab, deadline).await.unwrap();
+        got.push(token(&ev));
+        match ev["type"].as_str().unwrap_or("") {
+            "StasisStart" => {
+                let pb = lab
+                    .ari
+                    .play(id, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+                    .await
+                    .unwrap();
+                playback = Some(pb.id);
+            }
+            "ChannelDtmfReceived" => {
+                assert_eq!(
+                    (ev["channel"]["id"].as_str(), ev["digit"].as_str()),
+                    (Some(id), Some("1"))
+                );
+                assert_eq!(ev["duration_ms"], 100);
+                let pb = playback.as_deref().expect("no prompt");
+                assert_eq!(
+                    rest(
+                        &lab.sim,
+                        reqwest::Method::DELETE,
+                        &format!("playbacks/{pb}")
+                    )
+                    .await,
+                    204
+                );
+                let path =
+                    format!("channels/{id}/continue?context=agents&extension=100&priority=1");
+                assert_eq!(rest(&lab.sim, reqwest::Method::POST, &path).await, 204);
+            }
+            "ChannelDestroyed" => destroyed += 1,
+            _ => {}
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(ev) = lab.events.try_recv() {
+        got.push(token(&ev));
+    }
+    assert_equivalent(scenario, &want, &got);
+    assert_eq!(
+        lab.sim.continued_to(id),
+        Some(("agents".into(), "100".into(), 1))
+    );
+    assert_eq!(lab.sim.live_channels(), 0);
+}

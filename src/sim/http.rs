@@ -1,5 +1,8 @@
 //! The simulator's HTTP side: ARI's REST endpoints and the event
 //! WebSocket, with Asterisk's status codes and bodies (`tests/fixtures/ari/LAB.md`).
+//! Where no recording shows an answer, the status and message are those
+//! of Asterisk 22's `resource_channels.c` (`continue` on a channel out of
+//! Stasis: 409).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::call::{self, Call};
 use super::dialplan::{route, Callee, Route};
 use super::media;
-use super::state::{new_channel, now_stamp, BridgePlayback, Chan, Ctl, Request, WsOut};
+use super::state::{new_channel, now_stamp, BridgePlayback, Chan, Ctl, Request, Target, WsOut};
 use super::Shared;
 use crate::ari::model::{Bridge, CallerId, DialplanCep};
 
@@ -72,6 +75,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ari/channels/{id}", get(get_channel).delete(hangup))
         .route("/ari/channels/{id}/play", post(play))
         .route("/ari/channels/{id}/answer", post(answer))
+        .route("/ari/channels/{id}/continue", post(continue_in_dialplan))
         .route("/ari/channels/{id}/variable", post(set_variable))
         .route("/ari/bridges", post(create_bridge))
         .route("/ari/bridges/{id}", get(get_bridge).delete(destroy_bridge))
@@ -511,6 +515,74 @@ fn uuid_like(sim: &Shared) -> String {
     )
 }
 
+/// `POST /channels/{id}/continue` (fact 16): 204; the channel leaves
+/// Stasis for the dialplan (`StasisEnd` can come before the 204), after
+/// the playbacks queued before it. Defaults as Asterisk's: no context
+/// keeps the channel's context and extension; a context alone goes to its
+/// `s`; no priority is 1, or the next priority when neither context nor
+/// extension is given.
+async fn continue_in_dialplan(
+    State(sim): Sim,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Response {
+    let not_in_stasis = || message(StatusCode::CONFLICT, "Channel not in Stasis application");
+    let (ctl, target) = {
+        let inner = sim.inner();
+        let Some(c) = inner.channels.get(&id) else {
+            return message(StatusCode::NOT_FOUND, "Channel not found");
+        };
+        if c.stasis.is_none() {
+            return not_in_stasis();
+        }
+        let given = |k: &str| param(&q, k).filter(|v| !v.is_empty());
+        let (context, exten) = (given("context"), given("extension"));
+        // Asterisk reads a priority that is no number as none.
+        let priority = given("priority")
+            .and_then(|p| p.parse::<i64>().ok())
+            .filter(|p| *p != 0);
+        let here = &c.ch.dialplan;
+        let target = Target {
+            context: context.unwrap_or(&here.context).to_owned(),
+            exten: match (exten, context) {
+                (Some(x), _) => x.to_owned(),
+                (None, Some(_)) => "s".to_owned(),
+                (None, None) => here.exten.clone(),
+            },
+            priority: match (priority, context, exten) {
+                (Some(p), _, _) => p,
+                (None, None, None) => here.priority + 1,
+                _ => 1,
+            },
+        };
+        (c.ctl.clone(), target)
+    };
+    match ctl {
+        Some(ctl) => {
+            let (ack, acked) = oneshot::channel();
+            let sent = ctl.send(Ctl::Continue {
+                channel: id.clone(),
+                target,
+                ack,
+            });
+            if sent.is_err() || acked.await.is_err() {
+                // The call ended or left Stasis meanwhile.
+                return if sim.inner().channels.contains_key(&id) {
+                    not_in_stasis()
+                } else {
+                    message(StatusCode::NOT_FOUND, "Channel not found")
+                };
+            }
+        }
+        // A channel no call task plays (externalMedia) leaves here.
+        None => {
+            let continued = call::leave_for(&sim, &id, target);
+            tokio::spawn(call::lone_continued(sim.clone(), continued));
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn answer(State(sim): Sim, Path(id): Path<String>) -> Response {
     let up = match sim.inner().channels.get(&id) {
         None => return message(StatusCode::NOT_FOUND, "Channel not found"),
@@ -632,7 +704,6 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
                 .join(",");
         }
         e.varset(&id, "STASISSTATUS", "");
-
         e.stasis_start(&id, app, &args);
         e.inner.channels.get(&id).map(|c| json!(c.ch))
     });

@@ -24,7 +24,8 @@
 //! Media and the far end's keys: externalMedia channels carry real RTP on
 //! loopback (`media`), so a caller can speak to the daemon (`caller_says`)
 //! and a test can read what the caller heard back (`heard`); a party can
-//! press a key (`press`, `ChannelDtmfReceived`).
+//! press a key (`press`, `ChannelDtmfReceived`); and where `continue` sent
+//! a channel is kept (`continued_to`).
 
 mod call;
 pub mod dialplan;
@@ -83,6 +84,11 @@ pub struct SimConfig {
     /// Numbers whose originates never reach Asterisk: the request is
     /// recorded, nothing is placed, and no answer ever comes.
     pub lost_originates: HashSet<String>,
+    /// A channel that `continue` sent to a context the lab's dialplan does
+    /// not define (anything but `agents`) waits there, as in a queue, until
+    /// the far end hangs up, we `DELETE` it, or after this long (unscaled,
+    /// like `answer_delay`) the dialplan's `Hangup()` ends it. `None`: it waits.
+    pub continue_hangup_after: Option<Duration>,
     /// The later lab's `from-voip` (recording
     /// `inbound-caller-hangs-up-with-externalmedia`): the inbound number runs
     /// `Set(CHANNEL(audioreadformat)=ulaw)` and
@@ -125,6 +131,7 @@ impl Default for SimConfig {
             inbound_app: "openai-app".into(),
             late_originate_answers: HashMap::new(),
             lost_originates: HashSet::new(),
+            continue_hangup_after: None,
             inbound_sets_ulaw: false,
         }
     }
@@ -195,6 +202,14 @@ impl Shared {
 
     fn inbound_app(&self) -> String {
         self.cfg().inbound_app.clone()
+    }
+
+    /// How long a continued channel waits in an unknown context before its
+    /// `Hangup()`, already scaled.
+    fn continue_hangup_after(&self) -> Option<Duration> {
+        let cfg = self.cfg();
+        cfg.continue_hangup_after
+            .map(|d| d.mul_f64(cfg.time_scale.max(0.0)))
     }
 
     /// Whether a media URI can be played in `lang`, and until when.
@@ -565,6 +580,16 @@ impl Simulator {
             .media
             .get(unicast_channel_id)
             .map(|m| m.local)
+    }
+
+    /// Where `continue` sent `channel_id`: (context, extension, priority),
+    /// once it left Stasis; kept after the channel is gone.
+    pub fn continued_to(&self, channel_id: &str) -> Option<(String, String, i64)> {
+        self.shared
+            .inner()
+            .continued
+            .get(channel_id)
+            .map(|t| (t.context.clone(), t.exten.clone(), t.priority))
     }
 
     /// The party behind `channel_id` presses `digit`: as the digit ends,

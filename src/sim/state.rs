@@ -42,6 +42,22 @@ pub enum Ctl {
     },
     /// `core stop now`: tear the call down at once, whatever its state.
     Shutdown,
+    /// `POST /channels/{id}/continue` on `channel`, in Stasis: it leaves
+    /// Stasis for `target` once its playbacks have ended (they run before
+    /// the continue in Asterisk's command queue), then acks.
+    Continue {
+        channel: String,
+        target: Target,
+        ack: oneshot::Sender<()>,
+    },
+}
+
+/// Where `continue` sends a channel in the dialplan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub context: String,
+    pub exten: String,
+    pub priority: i64,
 }
 
 /// What the WebSocket writer of one connection is told.
@@ -117,6 +133,9 @@ pub struct Inner {
     pub heard: HashMap<String, Vec<Heard>>,
     /// Datagrams on externalMedia sockets that were not RTP.
     pub bad_rtp: usize,
+    /// Where each channel went with `continue`, by channel id; kept after
+    /// the channel is gone.
+    pub continued: HashMap<String, Target>,
 }
 
 pub struct BridgePlayback {
