@@ -1,6 +1,7 @@
 //! Simulator behaviour the recordings do not cover but README "A pass" relies on:
 //! direct trunk endpoints, ring delays, prompts, unregistered apps, and
-//! the faults around Asterisk stopping and originates going astray.
+//! the faults around Asterisk stopping and originates going astray; the
+//! RTP of externalMedia channels, the far end's keys, and `continue`.
 
 use std::time::{Duration, Instant};
 
@@ -1000,5 +1001,580 @@ async fn a_per_number_answer_delay_is_honoured() {
             until_destroyed(&mut r.events, &ch.id).await;
         }
     }
+    until_no_channels(&r.sim).await;
+}
+
+// ---- externalMedia's RTP (facts 12, 19, 20) ----
+
+/// An inbound caller in `openai-app` and an externalMedia channel sending
+/// to `daemon`, both in Stasis; not bridged yet.
+struct Media {
+    r: Rig,
+    caller: String,
+    rtp: overdue_dialer::ari::model::Channel,
+    daemon: tokio::net::UdpSocket,
+}
+
+async fn media_rig() -> Media {
+    let mut r = rig(fast()).await;
+    let daemon = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let caller = r.sim.inbound_local_call("5512345678").unwrap();
+    until_stasis(&mut r.events, &caller).await;
+    let em = overdue_dialer::ari::ExternalMedia {
+        app: "openai-app".into(),
+        external_host: daemon.local_addr().unwrap().to_string(),
+        format: "ulaw".into(),
+        channel_id: None,
+        data: Some(caller.clone()),
+    };
+    let rtp = r.ari.external_media(&em).await.unwrap();
+    until_stasis(&mut r.events, &rtp.id).await;
+    Media {
+        r,
+        caller,
+        rtp,
+        daemon,
+    }
+}
+
+impl Media {
+    async fn bridge(&self) -> String {
+        let bridge = self.r.ari.create_bridge("agent").await.unwrap();
+        self.r
+            .ari
+            .add_to_bridge(&bridge.id, &self.caller)
+            .await
+            .unwrap();
+        self.r
+            .ari
+            .add_to_bridge(&bridge.id, &self.rtp.id)
+            .await
+            .unwrap();
+        bridge.id
+    }
+
+    /// `UNICASTRTP_LOCAL_ADDRESS`:`UNICASTRTP_LOCAL_PORT`.
+    fn unicast(&self) -> std::net::SocketAddr {
+        let vars = self.rtp.channelvars.clone().unwrap();
+        format!(
+            "{}:{}",
+            vars["UNICASTRTP_LOCAL_ADDRESS"], vars["UNICASTRTP_LOCAL_PORT"]
+        )
+        .parse()
+        .unwrap()
+    }
+
+    /// The next datagram the daemon gets, if one comes within `wait`.
+    async fn next(&self, wait: Duration) -> Option<(Instant, std::net::SocketAddr, Vec<u8>)> {
+        let mut buf = vec![0u8; 2048];
+        let (n, from) = tokio::time::timeout(wait, self.daemon.recv_from(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        buf.truncate(n);
+        Some((Instant::now(), from, buf))
+    }
+}
+
+/// `BRIDGEPEER` and `STASISSTATUS` aside.
+fn no_varsets(evs: Vec<Event>) -> Vec<Event> {
+    evs.into_iter()
+        .filter(|e| !matches!(e, Event::ChannelVarset { .. }))
+        .collect()
+}
+
+/// An RTP packet as a daemon sends it.
+fn packet(seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Vec<u8> {
+    rtp_types::RtpPacketBuilder::<&[u8], &[u8]>::new()
+        .payload_type(0)
+        .sequence_number(seq)
+        .timestamp(ts)
+        .ssrc(0xD00D)
+        .marker_bit(marker)
+        .payload(payload)
+        .write_vec()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_callers_speech_reaches_the_daemon_as_paced_rtp() {
+    let m = media_rig().await;
+    // The real socket, where the channel variables say.
+    assert_eq!(m.r.sim.external_media_addr(&m.rtp.id), Some(m.unicast()));
+    assert_ne!(m.unicast().port(), 0);
+    m.bridge().await;
+    assert!(
+        m.next(Duration::from_millis(200)).await.is_none(),
+        "nothing while the caller is silent"
+    );
+    // 50 frames and a part frame, never silence, each byte telling its place.
+    let speech: Vec<u8> = (0..50 * 160 + 100).map(|i| (i % 251) as u8).collect();
+    m.r.sim.caller_says(&m.caller, speech.clone());
+    let mut got = Vec::new();
+    for n in 0..51 {
+        got.push(
+            m.next(Duration::from_secs(2))
+                .await
+                .unwrap_or_else(|| panic!("packet {n} never came")),
+        );
+    }
+    assert!(
+        m.next(Duration::from_millis(200)).await.is_none(),
+        "nothing once the speech is said"
+    );
+    let mut payload = Vec::new();
+    let mut first = None;
+    for (k, (_, from, bytes)) in got.iter().enumerate() {
+        assert_eq!(*from, m.unicast(), "sent from the channel's own socket");
+        assert_eq!(bytes.len(), 172);
+        let p = rtp_types::RtpPacket::parse(bytes).unwrap();
+        assert_eq!(
+            (p.version(), p.payload_type(), p.marker_bit(), p.n_csrcs()),
+            (2, 0, false, 0)
+        );
+        assert!(!p.extension_bit() && p.padding().is_none());
+        let (seq0, ssrc) = *first.get_or_insert((p.sequence_number(), p.ssrc()));
+        assert_eq!(p.sequence_number(), seq0.wrapping_add(k as u16));
+        assert_eq!(p.ssrc(), ssrc, "one SSRC");
+        assert_eq!(p.timestamp(), 160 * (k as u32 + 1), "timestamps from 160");
+        payload.extend_from_slice(p.payload());
+    }
+    let mut padded = speech;
+    padded.resize(51 * 160, 0xFF);
+    assert_eq!(
+        payload, padded,
+        "the speech intact, in order, padded with silence"
+    );
+    let mut gaps: Vec<Duration> = got.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median >= Duration::from_millis(15) && median <= Duration::from_millis(25),
+        "one packet every 20 ms: median gap {median:?}"
+    );
+    let span = got[50].0 - got[0].0;
+    assert!(
+        span >= Duration::from_millis(800),
+        "paced, not sent at once: {span:?}"
+    );
+}
+
+#[tokio::test]
+async fn what_the_daemon_sends_is_heard_by_the_bridged_caller() {
+    let m = media_rig().await;
+    let to = m.unicast();
+    let me = m.daemon.local_addr().unwrap();
+    // Not bridged yet: nobody hears it.
+    m.daemon
+        .send_to(&packet(1, 0, false, &[0x11; 160]), to)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(m.r.sim.heard(&m.caller).is_empty());
+    m.bridge().await;
+    let sent = [
+        (7u16, 160u32, true, vec![0x01u8; 160]),
+        (8, 320, false, vec![0x02; 160]),
+        (9, 480, false, vec![0x03; 80]),
+    ];
+    for (seq, ts, marker, payload) in &sent {
+        m.daemon
+            .send_to(&packet(*seq, *ts, *marker, payload), to)
+            .await
+            .unwrap();
+    }
+    m.daemon.send_to(b"not rtp", to).await.unwrap();
+    for _ in 0..200 {
+        if m.r.sim.heard(&m.caller).len() == 3 && m.r.sim.bad_rtp() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let heard = m.r.sim.heard(&m.caller);
+    let got: Vec<(u16, u32, bool, Vec<u8>)> = heard
+        .iter()
+        .map(|h| (h.seq, h.ts, h.marker, h.payload.clone()))
+        .collect();
+    assert_eq!(got, sent.to_vec());
+    for h in &heard {
+        assert_eq!((h.from, h.ssrc, h.payload_type), (me, 0xD00D, 0));
+    }
+    assert!(heard.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(
+        m.r.sim.bad_rtp(),
+        1,
+        "the datagram that is no RTP is counted, not heard"
+    );
+    assert!(m.r.sim.heard(&m.rtp.id).is_empty());
+}
+
+#[tokio::test]
+async fn after_the_caller_hangs_up_the_rtp_channel_stays_up_and_silent() {
+    let mut m = media_rig().await;
+    let bridge = m.bridge().await;
+    let to = m.unicast();
+    m.daemon
+        .send_to(&packet(1, 160, false, &[0x55; 160]), to)
+        .await
+        .unwrap();
+    // Two seconds of speech; the caller hangs up a few packets in.
+    m.r.sim.caller_says(&m.caller, vec![0x2A; 100 * 160]);
+    for _ in 0..5 {
+        m.next(Duration::from_secs(2))
+            .await
+            .expect("speech never came");
+    }
+    drain(&mut m.r.events, Duration::from_millis(20)).await;
+    m.r.sim.hang_up_caller(&m.caller);
+    let evs = no_varsets(drain(&mut m.r.events, Duration::from_millis(100)).await);
+    assert!(
+        matches!(evs.as_slice(), [
+            Event::ChannelHangupRequest { cause: 16, .. },
+            Event::ChannelLeftBridge { channel: left, .. },
+            Event::StasisEnd { channel: ended },
+        ] if left.id == m.caller && ended.id == m.caller),
+        "only the caller leaves: {evs:?}"
+    );
+    // Packets sent before the hang-up may wait in the socket; then nothing.
+    let mut buf = [0u8; 2048];
+    while m.daemon.try_recv_from(&mut buf).is_ok() {}
+    assert!(
+        m.next(Duration::from_millis(300)).await.is_none(),
+        "no RTP once the caller is gone"
+    );
+    let ch = m.r.ari.channel(&m.rtp.id).await.unwrap();
+    assert_eq!(ch.state, "Up");
+    let b: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/ari/bridges/{bridge}", m.r.sim.url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["channels"], serde_json::json!([m.rtp.id]));
+    // What the caller heard stays readable; later packets reach nobody.
+    m.daemon
+        .send_to(&packet(2, 320, false, &[0x55; 160]), to)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(m.r.sim.heard(&m.caller).len(), 1);
+
+    m.r.ari.hangup(&m.rtp.id, "normal").await.unwrap();
+    let evs = no_varsets(drain(&mut m.r.events, Duration::from_millis(100)).await);
+    assert!(
+        matches!(
+            evs.as_slice(),
+            [
+                Event::ChannelHangupRequest {
+                    cause: 32,
+                    soft: Some(true),
+                    ..
+                },
+                Event::ChannelLeftBridge { .. },
+                Event::StasisEnd { .. },
+                Event::ChannelDestroyed { cause: 16, .. },
+            ]
+        ),
+        "{evs:?}"
+    );
+    assert_eq!(m.r.sim.external_media_addr(&m.rtp.id), None);
+    // The socket is closed: its port can be bound again.
+    let mut rebound = false;
+    for _ in 0..50 {
+        if std::net::UdpSocket::bind(to).is_ok() {
+            rebound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(rebound, "the externalMedia socket stayed open");
+    m.r.ari.destroy_bridge(&bridge).await.unwrap();
+    assert_eq!((m.r.sim.live_channels(), m.r.sim.live_bridges()), (0, 0));
+}
+
+// ---- the far end's keys and `continue` (facts 15, 16) ----
+
+/// A callee who stays on, its call in Stasis: (`;1`, `;2`).
+async fn stasis_call(r: &mut Rig) -> (String, String) {
+    let a = r
+        .ari
+        .originate(&originate("Local/3001234568@sim-pstn"))
+        .await
+        .unwrap()
+        .id;
+    until_stasis(&mut r.events, &a).await;
+    let b = r
+        .ari
+        .channels()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id != a)
+        .unwrap()
+        .id;
+    (a, b)
+}
+
+async fn post(sim: &Simulator, path: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/ari/{path}", sim.url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_key_pressed_reaches_the_channel_in_stasis() {
+    let mut r = rig(fast()).await;
+    let (a, b) = stasis_call(&mut r).await;
+    drain(&mut r.events, Duration::from_millis(20)).await;
+    // On `;1` itself, and from the callee's `;2`: both reported on `;1`.
+    for (pressed, digit) in [(&a, '5'), (&b, '#')] {
+        let at = Instant::now();
+        r.sim.press(pressed, digit);
+        let mut seen = Vec::new();
+        let got = wait_for(&mut r.events, &mut seen, |_, e| {
+            matches!(e, Event::ChannelDtmfReceived { .. })
+        })
+        .await;
+        let Some((
+            app,
+            Event::ChannelDtmfReceived {
+                channel,
+                digit: d,
+                duration_ms,
+            },
+        )) = seen.pop()
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (app.as_str(), channel.id.as_str(), d, duration_ms),
+            ("overdue-app", a.as_str(), digit.to_string(), 100)
+        );
+        assert!(
+            got - at >= r.sim.scaled(Duration::from_millis(200)),
+            "as the digit ends"
+        );
+    }
+    r.ari.hangup(&a, "normal").await.unwrap();
+    until_no_channels(&r.sim).await;
+}
+
+#[tokio::test]
+async fn the_dtmf_callee_presses_1_and_the_prompt_plays_on_until_stopped() {
+    let mut r = rig(SimConfig {
+        time_scale: 0.05,
+        ..SimConfig::default()
+    })
+    .await;
+    r.sim.configure(|c| {
+        if let Some(s) = c.sounds.get_mut("morosos_natalia") {
+            s.duration = Duration::from_millis(20_180);
+        }
+    });
+    let a = r
+        .ari
+        .originate(&originate("Local/3001234561@sim-pstn-dtmf"))
+        .await
+        .unwrap()
+        .id;
+    until_stasis(&mut r.events, &a).await;
+    let pb = r
+        .ari
+        .play(&a, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    wait_for(&mut r.events, &mut seen, |_, e| {
+        matches!(e, Event::ChannelDtmfReceived { channel, digit, .. } if channel.id == a && digit == "1")
+    })
+    .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, e)| matches!(e, Event::PlaybackFinished { .. })),
+        "the prompt goes on: {seen:?}"
+    );
+    let stop = reqwest::Client::new()
+        .delete(format!("{}/ari/playbacks/{}", r.sim.url(), pb.id))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status().as_u16(), 204);
+    wait_for(
+        &mut r.events,
+        &mut seen,
+        |_, e| matches!(e, Event::PlaybackFinished { playback } if playback.state == "done"),
+    )
+    .await;
+    r.ari.hangup(&a, "normal").await.unwrap();
+    until_no_channels(&r.sim).await;
+}
+
+/// Raw events (from `raw_events`) until one of type `kind`, of channel
+/// `of` if given; keeps them all.
+async fn raw_until(
+    raw: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    seen: &mut Vec<serde_json::Value>,
+    kind: &str,
+    of: Option<&str>,
+) {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind}: {seen:#?}"))
+            .unwrap();
+        let hit = ev["type"] == kind && of.is_none_or(|id| ev["channel"]["id"] == id);
+        seen.push(ev);
+        if hit {
+            return;
+        }
+    }
+}
+
+fn kinds(seen: &[serde_json::Value]) -> Vec<&str> {
+    seen.iter().filter_map(|e| e["type"].as_str()).collect()
+}
+
+#[tokio::test]
+async fn continue_waits_for_the_prompt_leaves_the_bridge_then_stasis() {
+    // Read raw, with no other connection holding the apps.
+    let sim = Simulator::start(fast(), 0).await.unwrap();
+    let ari = AriClient::new(
+        &sim.url(),
+        "asterisk",
+        Secret::new("asterisk"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let mut raw = raw_events(&sim).await;
+    let mut seen = Vec::new();
+    let a = ari
+        .originate(&originate("Local/3001234568@sim-pstn"))
+        .await
+        .unwrap()
+        .id;
+    raw_until(&mut raw, &mut seen, "StasisStart", None).await;
+    let bridge = ari.create_bridge("hold").await.unwrap();
+    ari.add_to_bridge(&bridge.id, &a).await.unwrap();
+    ari.play(&a, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+        .await
+        .unwrap();
+    raw_until(&mut raw, &mut seen, "PlaybackStarted", None).await;
+    let (status, _) = post(
+        &sim,
+        &format!("channels/{a}/continue?context=overdue-queue&priority=1"),
+    )
+    .await;
+    assert_eq!(status, 204, "answered at once");
+    assert_eq!(
+        sim.continued_to(&a),
+        None,
+        "still in Stasis while the prompt plays"
+    );
+    seen.clear();
+    raw_until(&mut raw, &mut seen, "ChannelDialplan", Some(&a)).await;
+    // The callee's `;2` goes on with its own dialplan meanwhile.
+    seen.retain(|e| e["channel"]["id"] == a.as_str() || e.get("playback").is_some());
+    assert_eq!(
+        kinds(&seen),
+        vec![
+            "PlaybackFinished",
+            "ChannelVarset",
+            "ChannelLeftBridge",
+            "StasisEnd",
+            "ChannelDialplan"
+        ]
+    );
+    assert_eq!(
+        seen[0]["playback"]["state"], "done",
+        "the prompt played to its end"
+    );
+    let dp = &seen[4]["channel"]["dialplan"];
+    assert_eq!(
+        (&dp["context"], &dp["exten"], &dp["priority"]),
+        (&"overdue-queue".into(), &"s".into(), &1.into())
+    );
+    assert_eq!(
+        sim.continued_to(&a),
+        Some(("overdue-queue".into(), "s".into(), 1))
+    );
+    // Out of Stasis: up, no longer in the bridge, refused by Stasis commands.
+    assert_eq!(ari.channel(&a).await.unwrap().state, "Up");
+    assert!(sim.live_bridges() == 1 && ari.channels().await.unwrap().len() == 2);
+    assert_eq!(
+        post(&sim, &format!("channels/{a}/continue")).await,
+        (
+            409,
+            r#"{"message":"Channel not in Stasis application"}"#.into()
+        )
+    );
+    assert_eq!(
+        post(&sim, "channels/no-such-channel/continue").await,
+        (404, r#"{"message":"Channel not found"}"#.into())
+    );
+    // The far end hangs up in the queue: the app, still following, hears it.
+    seen.clear();
+    sim.hang_up_caller(&a);
+    raw_until(&mut raw, &mut seen, "ChannelDestroyed", Some(&a)).await;
+    let of_a: Vec<(&str, String)> = seen
+        .iter()
+        .filter(|e| e["channel"]["id"] == a.as_str())
+        .map(|e| {
+            let detail = match e["type"].as_str() {
+                Some("ChannelVarset") => e["variable"].as_str().unwrap_or("").to_owned(),
+                _ => e["cause"].to_string(),
+            };
+            (e["type"].as_str().unwrap_or(""), detail)
+        })
+        .collect();
+    assert_eq!(
+        of_a,
+        vec![
+            ("ChannelHangupRequest", "16".into()),
+            ("ChannelVarset", "STASISSTATUS".into()),
+            ("ChannelDestroyed", "16".into()),
+        ]
+    );
+    assert!(seen.iter().all(|e| e["type"] != "StasisEnd"));
+    until_no_channels(&sim).await;
+    ari.destroy_bridge(&bridge.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_continued_call_ends_when_its_queue_hangs_up() {
+    let mut r = rig(fast()).await;
+    r.sim
+        .configure(|c| c.continue_hangup_after = Some(Duration::from_secs(5)));
+    let (a, _) = stasis_call(&mut r).await;
+    let at = Instant::now();
+    let (status, _) = post(
+        &r.sim,
+        &format!("channels/{a}/continue?context=overdue-queue"),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let evs = until_destroyed(&mut r.events, &a).await;
+    assert!(at.elapsed() >= r.sim.scaled(Duration::from_secs(5)));
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, Event::StasisEnd { channel } if channel.id == a)));
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, Event::ChannelHangupRequest { channel, .. } if channel.id == a)),
+        "Hangup() in the dialplan: no hangup request for `;1`: {evs:?}"
+    );
+    assert_eq!(destroyed_cause(&evs, &a), 16);
+    assert_eq!(
+        r.sim.continued_to(&a),
+        Some(("overdue-queue".into(), "s".into(), 1))
+    );
     until_no_channels(&r.sim).await;
 }

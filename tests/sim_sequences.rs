@@ -5,7 +5,8 @@
 //! Tolerated differences, as between two real runs: events of different
 //! channels stamped in the same millisecond may swap; the callee's `Wait()`
 //! dialplan event floats (the lab saw it 4 to 500 ms after the answer);
-//! values that are times or ids are not compared.
+//! values that are times, ids or ports are not compared (an externalMedia
+//! channel is named after its `external_host`, whose port a test picks).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +43,9 @@ fn role(ev: &Value) -> String {
         return "-".into();
     };
     if let Some(rest) = name.strip_prefix("UnicastRTP/") {
-        return format!("UnicastRTP/{}", rest.split('-').next().unwrap_or(""));
+        let host = rest.split('-').next().unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(ip, _)| ip);
+        return format!("UnicastRTP/{host}");
     }
     match name.rsplit_once('-') {
         Some((base, tail)) => match tail.split_once(';') {
@@ -87,10 +90,16 @@ fn floats(t: &Token) -> bool {
 }
 
 fn recorded(scenario: &str) -> Vec<(Token, String)> {
+    recorded_for(scenario, None)
+}
+
+/// The recording, or only what `app` received.
+fn recorded_for(scenario: &str, app: Option<&str>) -> Vec<(Token, String)> {
     EVENTS
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|r| r["scenario"] == scenario)
+        .filter(|r| app.is_none_or(|a| r["event"]["application"] == a))
         .map(|r| {
             (
                 token(&r["event"]),
@@ -714,5 +723,336 @@ async fn shutdown_graceful_mid_prompt() {
     assert_eq!(lab.ended.await.unwrap(), WsEnd::Close(Some(1000)));
     stop.expect("never played").await.unwrap().unwrap();
     assert!(!lab.sim.is_stopping());
+    assert_eq!(lab.sim.live_channels(), 0);
+}
+
+/// A REST call the lab's client has no method for; the status it got.
+async fn rest(sim: &Simulator, method: reqwest::Method, path: &str) -> u16 {
+    reqwest::Client::new()
+        .request(method, format!("{}/ari/{path}", sim.url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn rest_json(sim: &Simulator, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/ari/{path}", sim.url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Where an externalMedia channel takes audio back (fact 12).
+fn unicast_addr(ch: &overdue_dialer::ari::model::Channel) -> std::net::SocketAddr {
+    let vars = ch.channelvars.clone().unwrap();
+    format!(
+        "{}:{}",
+        vars["UNICASTRTP_LOCAL_ADDRESS"], vars["UNICASTRTP_LOCAL_PORT"]
+    )
+    .parse()
+    .unwrap()
+}
+
+/// Fact 19, as the daemon's agent sees it: an inbound caller reaching
+/// `openai-app` through a Local channel is bridged with an externalMedia
+/// channel, speaks, and hangs up; the RTP channel stays up in the bridge,
+/// silent, until we delete it and the bridge. Compared with what
+/// `openai-app` received in the lab (the lab's caller was a Local pair that
+/// `overdue-app` originated: the scenario below replays that whole).
+#[tokio::test]
+async fn inbound_caller_hangs_up_with_externalmedia() {
+    let scenario = "inbound-caller-hangs-up-with-externalmedia";
+    let want = recorded_for(scenario, Some("openai-app"));
+    let mut lab = lab_with(|c| c.inbound_sets_ulaw = true).await;
+    let daemon = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let caller = lab.sim.inbound_local_call("5512345678").unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let ev = next_event(&mut lab, deadline).await.unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["channel"]["id"].as_str()),
+        (Some("StasisStart"), Some(caller.as_str()))
+    );
+    got.push(token(&ev));
+    assert_eq!(
+        rest(
+            &lab.sim,
+            reqwest::Method::POST,
+            &format!("channels/{caller}/answer")
+        )
+        .await,
+        204
+    );
+    let bridge = lab.ari.create_bridge("agent").await.unwrap();
+    lab.ari.add_to_bridge(&bridge.id, &caller).await.unwrap();
+    let em = overdue_dialer::ari::ExternalMedia {
+        app: "openai-app".into(),
+        external_host: daemon.local_addr().unwrap().to_string(),
+        format: "ulaw".into(),
+        channel_id: Some(format!("{caller}-rtp")),
+        data: Some(caller.clone()),
+    };
+    let rtp = lab.ari.external_media(&em).await.unwrap();
+    assert_eq!(
+        Some(unicast_addr(&rtp)),
+        lab.sim.external_media_addr(&rtp.id)
+    );
+    loop {
+        let ev = next_event(&mut lab, deadline).await.unwrap();
+        got.push(token(&ev));
+        if ev["type"] == "StasisStart" {
+            // `data` comes back whole, `;` included (fact 19).
+            assert_eq!(ev["args"], serde_json::json!([caller]));
+            assert_eq!(
+                ev["channel"]["dialplan"]["app_data"],
+                format!("openai-app,{caller}")
+            );
+            break;
+        }
+    }
+    lab.ari.add_to_bridge(&bridge.id, &rtp.id).await.unwrap();
+
+    // The lab's 50 packets of μ-law silence: heard by the caller, and
+    // (the bridge being silent) no packet back.
+    let to = unicast_addr(&rtp);
+    for n in 0..50u16 {
+        let packet = rtp_types::RtpPacketBuilder::<&[u8], &[u8]>::new()
+            .payload_type(0)
+            .sequence_number(1000 + n)
+            .timestamp(160 * u32::from(n))
+            .ssrc(0x5eed)
+            .payload([0xFFu8; 160].as_slice())
+            .write_vec()
+            .unwrap();
+        daemon.send_to(&packet, to).await.unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    for _ in 0..100 {
+        if lab.sim.heard(&caller).len() == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(lab.sim.heard(&caller).len(), 50);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), daemon.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "silence sends nothing"
+    );
+    // 1.42 s of speech: 71 packets, as the lab's `hello-world` gave.
+    lab.sim.caller_says(&caller, vec![0x2A; 71 * 160]);
+    for n in 0..71 {
+        let (len, from) = tokio::time::timeout(Duration::from_secs(2), daemon.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("packet {n} never came"))
+            .unwrap();
+        assert_eq!((len, from), (172, to));
+    }
+
+    lab.sim.hang_up_caller(&caller);
+    let mut destroy_at = None;
+    loop {
+        let ev = match destroy_at {
+            Some(at) => match tokio::time::timeout_at(at, lab.events.recv()).await {
+                Ok(ev) => ev.unwrap(),
+                Err(_) => {
+                    // 5 s on: no RTP since the caller went (every packet of
+                    // its speech came before); the RTP channel is alone in
+                    // the bridge, up.
+                    assert!(
+                        daemon.try_recv_from(&mut buf).is_err(),
+                        "RTP after the caller went"
+                    );
+                    let b = rest_json(&lab.sim, &format!("bridges/{}", bridge.id)).await;
+                    assert_eq!(b["channels"], serde_json::json!([rtp.id]));
+                    let c = rest_json(&lab.sim, &format!("channels/{}", rtp.id)).await;
+                    assert_eq!(c["state"], "Up");
+                    lab.ari.hangup(&rtp.id, "normal").await.unwrap();
+                    lab.ari.destroy_bridge(&bridge.id).await.unwrap();
+                    destroy_at = Some(deadline);
+                    continue;
+                }
+            },
+            None => next_event(&mut lab, deadline).await.unwrap(),
+        };
+        got.push(token(&ev));
+        match ev["type"].as_str().unwrap_or("") {
+            "StasisEnd" if ev["channel"]["id"] == caller.as_str() => {
+                destroy_at =
+                    Some(tokio::time::Instant::now() + lab.sim.scaled(Duration::from_secs(5)));
+            }
+            "BridgeDestroyed" => break,
+            _ => {}
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(ev) = lab.events.try_recv() {
+        got.push(token(&ev));
+    }
+    assert_equivalent(scenario, &want, &got);
+    assert_eq!(
+        lab.sim.heard(&caller).len(),
+        50,
+        "still readable after the hang-up"
+    );
+    assert_eq!((lab.sim.live_channels(), lab.sim.live_bridges()), (0, 0));
+}
+
+/// The same scenario driven as the lab drove it: `overdue-app` originates
+/// the Local pair whose `;2` reaches `openai-app`, and the caller's hang-up
+/// is our `DELETE` of `;1`.
+#[tokio::test]
+async fn inbound_caller_hangs_up_with_externalmedia_as_recorded() {
+    let scenario = "inbound-caller-hangs-up-with-externalmedia";
+    let want = recorded(scenario);
+    let mut lab = lab_with(|c| c.inbound_sets_ulaw = true).await;
+    let daemon = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut o = rec_originate(
+        "Local/3241000752@from-voip",
+        "rec-inbound-caller-hangs-up-with-externalmedia-1",
+    );
+    o.caller_id = Some("5512345678".into());
+    let one = lab.ari.originate(&o).await.unwrap().id;
+    let bridge_id = "rec-inbound-caller-hangs-up-with-externalmedia";
+    let rtp_id = "rec-inbound-caller-hangs-up-with-externalmedia-rtp";
+    let mut got = Vec::new();
+    let mut teardown = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(ev) = next_event(&mut lab, deadline).await {
+        got.push(token(&ev));
+        let id = ev["channel"]["id"].as_str().unwrap_or("").to_owned();
+        match (
+            ev["type"].as_str().unwrap_or(""),
+            ev["application"].as_str().unwrap_or(""),
+        ) {
+            ("StasisStart", "openai-app") if id.ends_with(";2") => {
+                let created = reqwest::Client::new()
+                    .post(format!(
+                        "{}/ari/bridges?type=mixing&bridgeId={bridge_id}",
+                        lab.sim.url()
+                    ))
+                    .basic_auth("asterisk", Some("asterisk"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(created.status().as_u16(), 200);
+                lab.ari.add_to_bridge(bridge_id, &id).await.unwrap();
+                let em = overdue_dialer::ari::ExternalMedia {
+                    app: "openai-app".into(),
+                    external_host: daemon.local_addr().unwrap().to_string(),
+                    format: "ulaw".into(),
+                    channel_id: Some(rtp_id.into()),
+                    data: Some(id.clone()),
+                };
+                lab.ari.external_media(&em).await.unwrap();
+            }
+            ("StasisStart", _) if id == rtp_id => {
+                assert_eq!(
+                    ev["channel"]["dialplan"]["app_data"],
+                    "openai-app,rec-inbound-caller-hangs-up-with-externalmedia-1;2"
+                );
+                lab.ari.add_to_bridge(bridge_id, rtp_id).await.unwrap();
+                // `;1` plays: the caller speaks into the bridge.
+                lab.ari
+                    .play(&one, &["sound:hello-world".into()], None, None)
+                    .await
+                    .unwrap();
+            }
+            ("PlaybackFinished", _) => lab.ari.hangup(&one, "normal").await.unwrap(),
+            ("ChannelDestroyed", _) if id.ends_with(";2") => {
+                let sim = lab.sim.clone();
+                let ari = lab.ari.clone();
+                teardown = Some(tokio::spawn(async move {
+                    tokio::time::sleep(sim.scaled(Duration::from_secs(5))).await;
+                    let b = rest_json(&sim, &format!("bridges/{bridge_id}")).await;
+                    assert_eq!(b["channels"], serde_json::json!([rtp_id]));
+                    ari.hangup(rtp_id, "normal").await.unwrap();
+                    ari.destroy_bridge(bridge_id).await.unwrap();
+                }));
+            }
+            ("BridgeDestroyed", _) => break,
+            _ => {}
+        }
+    }
+    teardown.expect("the caller never hung up").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(ev) = lab.events.try_recv() {
+        got.push(token(&ev));
+    }
+    assert_equivalent(scenario, &want, &got);
+    assert_eq!((lab.sim.live_channels(), lab.sim.live_bridges()), (0, 0));
+}
+
+/// The callee presses 1 during the prompt (fact 15): we stop the prompt
+/// (`done`) and `continue` the call to the human agents (fact 16), whose
+/// dialplan plays, waits and hangs up.
+#[tokio::test]
+async fn callee_dtmf() {
+    let scenario = "callee-dtmf";
+    let want = recorded(scenario);
+    let mut lab = lab_with(long_prompt).await;
+    let id = "rec-callee-dtmf-1";
+    lab.ari
+        .originate(&rec_originate("Local/3001234561@sim-pstn-dtmf", id))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut playback = None;
+    let mut destroyed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while destroyed < 2 {
+        let ev = next_event(&mut lab, deadline).await.unwrap();
+        got.push(token(&ev));
+        match ev["type"].as_str().unwrap_or("") {
+            "StasisStart" => {
+                let pb = lab
+                    .ari
+                    .play(id, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+                    .await
+                    .unwrap();
+                playback = Some(pb.id);
+            }
+            "ChannelDtmfReceived" => {
+                assert_eq!(
+                    (ev["channel"]["id"].as_str(), ev["digit"].as_str()),
+                    (Some(id), Some("1"))
+                );
+                assert_eq!(ev["duration_ms"], 100);
+                let pb = playback.as_deref().expect("no prompt");
+                assert_eq!(
+                    rest(
+                        &lab.sim,
+                        reqwest::Method::DELETE,
+                        &format!("playbacks/{pb}")
+                    )
+                    .await,
+                    204
+                );
+                let path =
+                    format!("channels/{id}/continue?context=agents&extension=100&priority=1");
+                assert_eq!(rest(&lab.sim, reqwest::Method::POST, &path).await, 204);
+            }
+            "ChannelDestroyed" => destroyed += 1,
+            _ => {}
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(ev) = lab.events.try_recv() {
+        got.push(token(&ev));
+    }
+    assert_equivalent(scenario, &want, &got);
+    assert_eq!(
+        lab.sim.continued_to(id),
+        Some(("agents".into(), "100".into(), 1))
+    );
     assert_eq!(lab.sim.live_channels(), 0);
 }

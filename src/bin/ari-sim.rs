@@ -1,6 +1,7 @@
 //! `ari-sim`: the in-repo Asterisk ARI simulator as a program, for trying
 //! the daemon by hand. `overdue-dialer demo` runs the same simulator in
-//! process; `run` and `once` never start it.
+//! process; `run` and `once` never start it. Its externalMedia channels
+//! send and take real RTP on loopback, as Asterisk's do.
 
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ struct Args {
     /// Every callee answers and stays on (load tests), whatever the last digit.
     #[arg(long)]
     all_answer: bool,
+    /// A call sent with `continue` to a context other than the lab's
+    /// `agents` is hung up by it after this many milliseconds (scaled);
+    /// without it the call waits there, as in a queue nobody answers.
+    #[arg(long)]
+    continue_hangup_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -46,6 +52,7 @@ async fn main() -> std::process::ExitCode {
             .then_some(overdue_dialer::sim::Callee::Answers {
                 hangs_up_after: Duration::from_secs(3600),
             }),
+        continue_hangup_after: args.continue_hangup_ms.map(Duration::from_millis),
         ..SimConfig::default()
     };
     let mut config = config;

@@ -2,7 +2,9 @@
 //! below are transcribed from `tests/fixtures/ari/events.jsonl`, one function per
 //! recorded situation, so each can be checked against it. An originated
 //! call runs `run`; an inbound one, `inbound`. Playbacks on any channel in
-//! Stasis go through a `Player`.
+//! Stasis go through a `Player`. A channel sent back to the dialplan with
+//! `continue` (fact 16) stays with its call's task, which runs the target
+//! context as a `Continued` (the lab's `agents`, or a queue that waits).
 //!
 //! `a` is the channel the originate returned (`;1` of a Local pair, or the
 //! only channel of a direct trunk call); `b` is the Local `;2` half.
@@ -12,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
 use super::dialplan::{Callee, Route};
-use super::state::{new_channel, Ctl, Emit};
+use super::state::{new_channel, Ctl, Emit, Inner, Target};
 use super::Shared;
 use crate::ari::model::{CallerId, Channel, DialplanCep};
 
@@ -52,6 +54,7 @@ enum Rang {
 pub async fn run(sim: Arc<Shared>, mut call: Call) {
     match call.route.clone() {
         Route::LocalPstn { number } => pstn(&sim, &mut call, &number).await,
+        Route::LocalPstnDtmf { number } => pstn_dtmf(&sim, &mut call, &number).await,
         Route::LocalFromVoip { number } => from_voip(&sim, &mut call, &number).await,
         Route::Direct {
             number, dialstring, ..
@@ -89,6 +92,8 @@ async fn ring(sim: &Shared, call: &mut Call, answer_after: Option<Duration>) -> 
                 Some(Ctl::Shutdown) => return Rang::Shutdown,
                 Some(Ctl::Play { ack, .. }) => drop(ack), // not in Stasis: REST answered 412
                 Some(Ctl::StopPlayback { ack, .. }) => drop(ack.send(false)),
+                // Not in Stasis: the REST side answers 409.
+                Some(Ctl::Continue { ack, .. }) => drop(ack),
                 // Only an answered call has a far end that can hang up.
                 Some(Ctl::FarEndHangup) => {}
             }
@@ -162,7 +167,8 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
                 '8' => "300",
                 _ => "20",
             };
-            answered(sim, call, Style::Pstn, hangs_up_after, Some(wait)).await;
+            let script = callee_script(sim, hangs_up_after, Some(wait));
+            answered(sim, call, Style::Pstn, script).await;
         }
         Callee::Busy | Callee::Congestion => {
             let (app, data, status, cause) = if call.callee == Callee::Busy {
@@ -218,6 +224,41 @@ fn pstn_ring_timeout(e: &mut Emit, a: &str, b: &str) {
     e.destroyed(a, 19);
     e.hangup_request(b, 16, true);
     e.destroyed(b, 19);
+}
+
+/// `Local/<n>@sim-pstn-dtmf` (recording `callee-dtmf`): the callee
+/// answers, `Wait(2)`, presses 1 (`SendDTMF(1)`, reported on `;1` as the
+/// digit ends), `Wait(10)`, `Hangup()`.
+async fn pstn_dtmf(sim: &Shared, call: &mut Call, number: &str) {
+    let (a, b) = (call.a.clone(), call.b.clone().unwrap_or_default());
+    let ds = format!("{number}@sim-pstn-dtmf");
+    let in_stasis = sim.with(|e| {
+        e.dial(&a, "", &ds);
+        e.dialplan(&b, "Answer", "");
+        e.state(&b, "Up");
+        e.state(&a, "Up");
+        e.dial(&a, "ANSWER", &ds);
+        e.varset(&a, "STASISSTATUS", "");
+        e.stasis_start(&a, &call.app, &[])
+    });
+    if !in_stasis {
+        return sim.with(|e| stasis_failed(e, &a, Some(&b)));
+    }
+    let waits = Instant::now() + sim.dialplan_lag();
+    let sends = waits + sim.scaled(Duration::from_secs(2));
+    // `SendDTMF()` returned 0.45 s after it started, the digit and its gap.
+    let sent = sends + sim.scaled(Duration::from_millis(452));
+    let script = VecDeque::from([
+        (waits, CalleeStep::App("Wait", "2".into())),
+        (sends, CalleeStep::App("SendDTMF", "1".into())),
+        (sends + sim.scaled(DTMF_LENGTH), CalleeStep::Dtmf('1')),
+        (sent, CalleeStep::App("Wait", "10".into())),
+        (
+            sent + sim.scaled(Duration::from_secs(10)),
+            CalleeStep::HangUp,
+        ),
+    ]);
+    answered(sim, call, Style::Pstn, script).await;
 }
 
 /// The answered call's app is not registered: `Stasis()` fails and the
@@ -337,7 +378,8 @@ async fn from_voip(sim: &Shared, call: &mut Call, number: &str) {
             if !in_stasis {
                 return sim.with(|e| stasis_failed(e, &a, Some(&b)));
             }
-            answered(sim, call, Style::FromVoip, hangs_up_after, None).await;
+            let script = callee_script(sim, hangs_up_after, None);
+            answered(sim, call, Style::FromVoip, script).await;
         }
     }
 }
@@ -406,7 +448,8 @@ async fn direct(sim: &Shared, call: &mut Call, number: &str, ds: &str) {
             if !in_stasis {
                 return sim.with(|e| stasis_failed(e, &a, None));
             }
-            answered(sim, call, Style::Direct, hangs_up_after, None).await;
+            let script = callee_script(sim, hangs_up_after, None);
+            answered(sim, call, Style::Direct, script).await;
         }
     }
 }
@@ -436,40 +479,74 @@ async fn agent(sim: &Shared, call: &mut Call) {
     // Answer() and the codec settings take the lab's Asterisk about 500 ms.
     let enter_at = Instant::now() + sim.scaled(Duration::from_millis(500));
     let mut entered = false;
-    let (mut play_a, mut play_b) = (Player::new(&a), Player::new(&b));
+    let (mut ha, mut hb) = (Half::new(&a), Half::new(&b));
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
-        let (until_a, until_b) = (play_a.until(), play_b.until());
+        let (until_a, until_b) = (ha.player.until(), hb.player.until());
+        let (dialplan_a, dialplan_b) = (ha.dialplan_at(), hb.dialplan_at());
         tokio::select! {
             _ = sleep_until(enter_at), if !entered => {
                 entered = true;
+                let ulaw = sim.cfg().inbound_sets_ulaw;
                 sim.with(|e| {
-                    e.stasis_start(&b, &inbound_app, &[]);
-                    // The lab's openai-app did not get these two: it follows ;2 only after them.
+                    if ulaw {
+                        e.dialplan(&b, "Set", "CHANNEL(audioreadformat)=ulaw");
+                        e.dialplan(&b, "Set", "CHANNEL(audiowriteformat)=ulaw");
+                    }
+                    // The lab's openai-app did not get these: it follows ;2
+                    // only after them. Shown first so StasisStart carries
+                    // the priority `Stasis()` runs at.
                     e.dialplan(&b, "Stasis", &inbound_app);
+                    e.stasis_start(&b, &inbound_app, &[]);
                     e.varset(&b, "STASISSTATUS", "");
                     e.subscribe(&b, &inbound_app);
                 });
             }
-            _ = sleep_until(until_a.unwrap_or(far)), if until_a.is_some() => play_a.advance(sim),
-            _ = sleep_until(until_b.unwrap_or(far)), if until_b.is_some() => play_b.advance(sim),
+            _ = sleep_until(until_a.unwrap_or(far)), if until_a.is_some() => {
+                ha.player.advance(sim);
+                ha.settle(sim);
+            }
+            _ = sleep_until(until_b.unwrap_or(far)), if until_b.is_some() => {
+                hb.player.advance(sim);
+                hb.settle(sim);
+            }
+            // `Hangup()` in the dialplan a continued half went to.
+            _ = sleep_until(dialplan_a.unwrap_or(far)), if dialplan_a.is_some() => {
+                if ha.dialplan_step(sim) {
+                    return sim.with(|e| agent_a_gone(e, &a, &b, &ha.player, &hb.player));
+                }
+            }
+            _ = sleep_until(dialplan_b.unwrap_or(far)), if dialplan_b.is_some() => {
+                if hb.dialplan_step(sim) {
+                    return sim.with(|e| agent_b_gone(e, &a, &b, &ha.player, &hb.player));
+                }
+            }
             cmd = call.ctl.recv() => match cmd {
                 None => return,
                 Some(Ctl::Play { channel, playback_id, media, lang, ack }) => {
                     if channel == a {
-                        play_a.play(sim, playback_id, media, lang);
+                        ha.play(sim, playback_id, media, lang);
                     } else if channel == b && entered {
-                        play_b.play(sim, playback_id, media, lang);
+                        hb.play(sim, playback_id, media, lang);
                     }
                     let _ = ack.send(());
                 }
                 Some(Ctl::StopPlayback { playback_id, ack }) => {
-                    let stopped = play_a.stop(sim, &playback_id) || play_b.stop(sim, &playback_id);
+                    let stopped = ha.player.stop(sim, &playback_id) || hb.player.stop(sim, &playback_id);
                     let _ = ack.send(stopped);
+                    ha.settle(sim);
+                    hb.settle(sim);
+                }
+                Some(Ctl::Continue { channel, target, ack }) => {
+                    if channel == a {
+                        ha.continue_to(sim, target, ack);
+                    } else if channel == b && entered {
+                        hb.continue_to(sim, target, ack);
+                    }
                 }
                 Some(Ctl::Shutdown) => {
                     return sim.with(|e| {
-                        shutdown_now(e, &a, Some(&b), play_a.current(), play_b.current())
+                        shutdown_now(e, &a, Some(&b), ha.player.current(), hb.player.current())
                     })
                 }
                 // The caller (behind `;1`) goes: as our DELETE of `;1`,
@@ -477,38 +554,44 @@ async fn agent(sim: &Shared, call: &mut Call) {
                 Some(Ctl::FarEndHangup) => {
                     return sim.with(|e| {
                         e.hangup_request(&a, 16, false);
-                        agent_a_gone(e, &a, &b, &play_a, &play_b);
+                        agent_a_gone(e, &a, &b, &ha.player, &hb.player);
                     })
                 }
                 Some(Ctl::Hangup { channel, .. }) if channel == a => {
                     return sim.with(|e| {
                         e.hangup_request(&a, 32, true);
-                        agent_a_gone(e, &a, &b, &play_a, &play_b);
+                        agent_a_gone(e, &a, &b, &ha.player, &hb.player);
                     })
                 }
                 Some(Ctl::Hangup { .. }) => {
                     return sim.with(|e| {
                         e.hangup_request(&b, 32, true);
-                        playback_interrupted(e, &b, play_b.current());
-                        e.leave_bridges(&b);
-                        let agent_app = e.inner.channels.get(&b).and_then(|c| c.stasis.clone());
-                        e.stasis_end(&b, true);
-                        if agent_app.is_some() {
-                            e.varset(&b, "STASISSTATUS", "SUCCESS");
-                        }
-                        e.hangup_request(&b, 16, true);
-                        e.hangup_request(&a, 16, false);
-                        e.destroyed(&b, 16);
-                        playback_interrupted(e, &a, play_a.current());
-                        e.leave_bridges(&a);
-                        e.stasis_end(&a, false);
-                        e.varset(&a, "STASISSTATUS", "SUCCESS");
-                        e.destroyed(&a, 16);
+                        agent_b_gone(e, &a, &b, &ha.player, &hb.player);
                     });
                 }
             }
         }
     }
+}
+
+/// `;2` of the agent pair is hung up (its `ChannelHangupRequest` already
+/// sent): recording `inbound`.
+fn agent_b_gone(e: &mut Emit, a: &str, b: &str, play_a: &Player, play_b: &Player) {
+    playback_interrupted(e, b, play_b.current());
+    e.leave_bridges(b);
+    let agent_app = e.inner.channels.get(b).and_then(|c| c.stasis.clone());
+    e.stasis_end(b, true);
+    if agent_app.is_some() {
+        e.varset(b, "STASISSTATUS", "SUCCESS");
+    }
+    e.hangup_request(b, 16, true);
+    e.hangup_request(a, 16, false);
+    e.destroyed(b, 16);
+    playback_interrupted(e, a, play_a.current());
+    e.leave_bridges(a);
+    e.stasis_end(a, false);
+    e.varset(a, "STASISSTATUS", "SUCCESS");
+    e.destroyed(a, 16);
 }
 
 /// `;1` of the agent pair is hung up (its `ChannelHangupRequest` already
@@ -520,7 +603,18 @@ fn agent_a_gone(e: &mut Emit, a: &str, b: &str, play_a: &Player, play_b: &Player
     e.stasis_end(a, false);
     e.varset(a, "STASISSTATUS", "SUCCESS");
     e.hangup_request(b, 16, false);
-    e.destroyed(a, 16);
+    // A `;2` bridged with someone else took that party's caller id as its
+    // connected line; `;1` shows it as its caller id, after its ChannelDestroyed.
+    let relayed = match (e.inner.channels.get(a), e.inner.channels.get(b)) {
+        (Some(one), Some(two)) if one.ch.caller != two.ch.connected => {
+            Some(two.ch.connected.clone())
+        }
+        _ => None,
+    };
+    match relayed {
+        Some(caller) => e.destroyed_then_caller_id(a, 16, caller),
+        None => e.destroyed(a, 16),
+    }
     playback_interrupted(e, b, play_b.current());
     leave_stasis(e, b, true);
     e.hangup_request(b, 16, true);
@@ -580,6 +674,11 @@ impl Player {
 
     pub fn current(&self) -> Option<&Playing> {
         self.playing.as_ref()
+    }
+
+    /// Nothing plays or waits to: a `continue` can run.
+    pub fn idle(&self) -> bool {
+        self.playing.is_none() && self.queue.is_empty()
     }
 
     /// `POST /channels/{id}/play`: queued, and started if nothing plays.
@@ -661,63 +760,338 @@ impl Player {
     }
 }
 
-/// The answered call in Stasis: prompts, the callee's own hang-up, our DELETE.
-async fn answered(
-    sim: &Shared,
-    call: &mut Call,
-    style: Style,
-    hangs_up_after: Duration,
-    wait: Option<&str>,
-) {
+/// What the callee's side does once the call is answered, at set times.
+enum CalleeStep {
+    /// A dialplan application on `;2` (`ChannelDialplan`).
+    App(&'static str, String),
+    /// A digit the callee sent ends: the channel facing the app (`;1`)
+    /// reports it (fact 15).
+    Dtmf(char),
+    /// The callee hangs up.
+    HangUp,
+}
+
+type Script = VecDeque<(Instant, CalleeStep)>;
+
+/// A callee that shows `Wait(<wait>)` a moment after the answer and hangs
+/// up after `hangs_up_after` (scaled): the `sim-pstn` table.
+fn callee_script(sim: &Shared, hangs_up_after: Duration, wait: Option<&str>) -> Script {
+    let answered_at = Instant::now();
+    // The callee's `Wait()` shows a few ms after the answer (4–12 ms in the lab).
+    let mut steps: Vec<(Instant, CalleeStep)> = wait
+        .map(|w| {
+            (
+                answered_at + sim.dialplan_lag(),
+                CalleeStep::App("Wait", w.to_owned()),
+            )
+        })
+        .into_iter()
+        .collect();
+    steps.push((answered_at + sim.scaled(hangs_up_after), CalleeStep::HangUp));
+    // A callee hanging up before its `Wait()` showed never shows it.
+    steps.sort_by_key(|(at, _)| *at);
+    steps.into()
+}
+
+/// The answered call in Stasis: prompts, the callee's own steps and
+/// hang-up, our DELETE, and `continue` back to the dialplan.
+async fn answered(sim: &Shared, call: &mut Call, style: Style, mut script: Script) {
     let a = call.a.clone();
     let b = call.b.clone();
     let answered_at = Instant::now();
-    let callee_hangs_up = answered_at + sim.scaled(hangs_up_after);
-    // The callee's `Wait()` shows a few ms after the answer (4–12 ms in the lab).
-    let mut wait_event = wait.map(|w| (answered_at + sim.dialplan_lag(), w.to_owned()));
-    let mut player = Player::new(&a);
+    let mut half = Half::new(&a);
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
-        let play_until = player.until();
-        let wait_at = wait_event.as_ref().map_or(far, |(t, _)| *t);
+        let play_until = half.player.until();
+        let callee_at = script.front().map(|(t, _)| *t);
+        let dialplan_at = half.dialplan_at();
         tokio::select! {
-            _ = sleep_until(wait_at), if wait_event.is_some() => {
-                if let (Some((_, w)), Some(b)) = (wait_event.take(), &b) {
-                    sim.with(|e| e.dialplan(b, "Wait", &w));
+            _ = sleep_until(callee_at.unwrap_or(far)), if callee_at.is_some() => {
+                let Some((_, step)) = script.pop_front() else { continue };
+                match step {
+                    CalleeStep::App(app, data) => {
+                        if let Some(b) = &b {
+                            sim.with(|e| e.dialplan(b, app, &data));
+                        }
+                    }
+                    CalleeStep::Dtmf(digit) => sim.with(|e| e.dtmf(&a, digit)),
+                    CalleeStep::HangUp => {
+                        let billed = answered_at.elapsed();
+                        return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), half.player.current(), billed));
+                    }
                 }
             }
             _ = sleep_until(play_until.unwrap_or(far)), if play_until.is_some() => {
-                player.advance(sim);
+                half.player.advance(sim);
+                half.settle(sim);
             }
-            _ = sleep_until(callee_hangs_up) => {
-                let billed = answered_at.elapsed();
-                return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), player.current(), billed));
+            _ = sleep_until(dialplan_at.unwrap_or(far)), if dialplan_at.is_some() => {
+                if half.dialplan_step(sim) {
+                    let billed = answered_at.elapsed();
+                    return sim.with(|e| dialplan_hangup(e, style, &a, b.as_deref(), billed));
+                }
             }
             cmd = call.ctl.recv() => match cmd {
                 None => return,
                 Some(Ctl::Play { channel, playback_id, media, lang, ack }) => {
                     // Only `a` is in Stasis: the REST side refused the other half.
                     if channel == a {
-                        player.play(sim, playback_id, media, lang);
+                        half.play(sim, playback_id, media, lang);
                     }
                     let _ = ack.send(());
                 }
                 Some(Ctl::StopPlayback { playback_id, ack }) => {
-                    let _ = ack.send(player.stop(sim, &playback_id));
+                    let _ = ack.send(half.player.stop(sim, &playback_id));
+                    half.settle(sim);
+                }
+                Some(Ctl::Continue { channel, target, ack }) => {
+                    if channel == a {
+                        half.continue_to(sim, target, ack);
+                    }
                 }
                 Some(Ctl::FarEndHangup) => {
                     let billed = answered_at.elapsed();
-                    return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), player.current(), billed));
+                    return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), half.player.current(), billed));
                 }
                 Some(Ctl::Hangup { .. }) => {
                     let billed = answered_at.elapsed();
-                    return sim.with(|e| our_hangup(e, style, &a, b.as_deref(), player.current(), billed));
+                    return sim.with(|e| our_hangup(e, style, &a, b.as_deref(), half.player.current(), billed));
                 }
                 Some(Ctl::Shutdown) => {
-                    return sim.with(|e| shutdown_now(e, &a, b.as_deref(), player.current(), None));
+                    return sim.with(|e| shutdown_now(e, &a, b.as_deref(), half.player.current(), None));
                 }
             }
         }
+    }
+}
+
+/// A channel in Stasis as its call's task sees it: its playbacks, and
+/// where a `continue` takes it. Asterisk runs a channel's commands in
+/// order, so a `continue` waits for the playbacks queued before it; once
+/// it is asked for, no new playback starts.
+struct Half {
+    id: String,
+    player: Player,
+    pending: Option<Target>,
+    continued: Option<Continued>,
+}
+
+impl Half {
+    fn new(id: &str) -> Half {
+        Half {
+            id: id.to_owned(),
+            player: Player::new(id),
+            pending: None,
+            continued: None,
+        }
+    }
+
+    fn leaving(&self) -> bool {
+        self.pending.is_some() || self.continued.is_some()
+    }
+
+    fn play(&mut self, sim: &Shared, playback_id: String, media: Vec<String>, lang: String) {
+        if self.leaving() {
+            sim.with(|e| e.inner.playbacks.remove(&playback_id));
+        } else {
+            self.player.play(sim, playback_id, media, lang);
+        }
+    }
+
+    /// `POST /channels/{id}/continue`: acked once queued; a second one is
+    /// refused (the channel is no longer in Stasis for the REST side).
+    fn continue_to(&mut self, sim: &Shared, target: Target, ack: oneshot::Sender<()>) {
+        if self.leaving() {
+            return;
+        }
+        self.pending = Some(target);
+        self.settle(sim);
+        let _ = ack.send(());
+    }
+
+    /// Leaves Stasis if a continue waits and nothing plays any more.
+    fn settle(&mut self, sim: &Shared) {
+        if self.player.idle() {
+            if let Some(target) = self.pending.take() {
+                self.continued = Some(leave_for(sim, &self.id, target));
+            }
+        }
+    }
+
+    /// When the continued channel's next dialplan step is due.
+    fn dialplan_at(&self) -> Option<Instant> {
+        self.continued.as_ref().and_then(Continued::next_at)
+    }
+
+    /// Runs the due dialplan step; `true` when it was `Hangup()`.
+    fn dialplan_step(&mut self, sim: &Shared) -> bool {
+        match self.continued.as_mut() {
+            Some(c) => sim.with(|e| c.step(e)),
+            None => false,
+        }
+    }
+}
+
+/// How long a key press lasts before Asterisk reports it: `SendDTMF(1)`
+/// in the lab gave `ChannelDtmfReceived` 0.2 s after it started.
+pub const DTMF_LENGTH: Duration = Duration::from_millis(200);
+
+/// The channel that reports a key pressed behind `id`: `id` if it is in
+/// Stasis, else its Local partner if that one is, else `id` (fact 15).
+pub fn dtmf_target(inner: &Inner, id: &str) -> Option<String> {
+    let c = inner.channels.get(id)?;
+    if c.stasis.is_none() {
+        if let Some(p) = inner.local_partner(id) {
+            if inner.channels.get(&p).is_some_and(|c| c.stasis.is_some()) {
+                return Some(p);
+            }
+        }
+    }
+    Some(id.to_owned())
+}
+
+/// One step of the dialplan a continued channel runs.
+enum Step {
+    App(&'static str, String),
+    Var(&'static str, &'static str),
+    /// `Hangup()`: the route's teardown follows.
+    HangUp,
+}
+
+/// A channel that left Stasis with `continue` and runs the dialplan of its
+/// target, step by step.
+pub struct Continued {
+    channel: String,
+    steps: VecDeque<(Instant, Step)>,
+}
+
+impl Continued {
+    fn next_at(&self) -> Option<Instant> {
+        self.steps.front().map(|(at, _)| *at)
+    }
+
+    /// Runs the next step; `true` when it was `Hangup()` (its
+    /// `ChannelDialplan` sent): the caller tears the channel down.
+    fn step(&mut self, e: &mut Emit) -> bool {
+        match self.steps.pop_front() {
+            Some((_, Step::App(app, data))) => e.dialplan(&self.channel, app, &data),
+            Some((_, Step::Var(var, value))) => e.varset(&self.channel, var, value),
+            Some((_, Step::HangUp)) => {
+                e.dialplan(&self.channel, "Hangup", "");
+                return true;
+            }
+            None => {}
+        }
+        false
+    }
+
+    /// Runs the steps already due that are not `Hangup()`.
+    fn run_due(&mut self, e: &mut Emit) {
+        let now = Instant::now();
+        while self
+            .steps
+            .front()
+            .is_some_and(|(at, step)| *at <= now && !matches!(step, Step::HangUp))
+        {
+            self.step(e);
+        }
+    }
+}
+
+/// `continue` (fact 16, recording `callee-dtmf`): the channel departs its
+/// bridge, leaves Stasis (its app keeps following a channel it created)
+/// and runs the target: the lab's `agents` (`Answer()`,
+/// `Playback(hello-world)`, `Wait(3)`, `Hangup()`), or any other context
+/// as a queue that holds the channel (`Queue(<context>)`) until the far
+/// end hangs up, we `DELETE` it, or `continue_hangup_after` ends it.
+/// `STASISSTATUS=SUCCESS` waits for the hang-up.
+pub fn leave_for(sim: &Shared, channel: &str, target: Target) -> Continued {
+    let now = Instant::now();
+    let mut steps = VecDeque::new();
+    if target.context == "agents" {
+        let played = now + sim.scaled(Duration::from_millis(1420));
+        steps.push_back((now, Step::App("Answer", String::new())));
+        steps.push_back((now, Step::App("Playback", "hello-world".into())));
+        steps.push_back((played, Step::Var("PLAYBACKSTATUS", "SUCCESS")));
+        steps.push_back((played, Step::App("Wait", "3".into())));
+        steps.push_back((played + sim.scaled(Duration::from_secs(3)), Step::HangUp));
+    } else {
+        steps.push_back((now, Step::App("Queue", target.context.clone())));
+        if let Some(after) = sim.continue_hangup_after() {
+            steps.push_back((now + after, Step::HangUp));
+        }
+    }
+    let mut continued = Continued {
+        channel: channel.to_owned(),
+        steps,
+    };
+    sim.with(|e| {
+        let unsubscribe = e
+            .inner
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.via_dialplan);
+        e.leave_bridges(channel);
+        e.stasis_end(channel, unsubscribe);
+        if let Some(c) = e.inner.channels.get_mut(channel) {
+            // Each step's `ChannelDialplan` moves one priority on.
+            c.ch.dialplan = DialplanCep {
+                context: target.context.clone(),
+                exten: target.exten.clone(),
+                priority: target.priority - 1,
+                app_name: String::new(),
+                app_data: String::new(),
+            };
+        }
+        e.inner.continued.insert(channel.to_owned(), target);
+        continued.run_due(e);
+    });
+    continued
+}
+
+/// A continued channel no call task plays (externalMedia): its dialplan
+/// runs here until `Hangup()` or until it is gone.
+pub async fn lone_continued(sim: Arc<Shared>, mut continued: Continued) {
+    while let Some(at) = continued.next_at() {
+        sleep_until(at).await;
+        let id = continued.channel.clone();
+        let done = sim.with(|e| {
+            if !e.inner.channels.contains_key(&id) {
+                return true;
+            }
+            if continued.step(e) {
+                e.varset(&id, "STASISSTATUS", "SUCCESS");
+                e.destroyed(&id, 16);
+                return true;
+            }
+            false
+        });
+        if done {
+            return;
+        }
+    }
+}
+
+/// The continued channel's dialplan ran `Hangup()` (its `ChannelDialplan`
+/// sent): recording `callee-dtmf` for a `sim-pstn` pair. `;1` gets no
+/// `ChannelHangupRequest` of its own.
+fn dialplan_hangup(e: &mut Emit, style: Style, a: &str, b: Option<&str>, billed: Duration) {
+    e.varset(a, "STASISSTATUS", "SUCCESS");
+    match (style, b) {
+        (Style::Pstn, Some(b)) => {
+            e.hangup_request(b, 16, false);
+            e.destroyed(a, 16);
+            e.hangup_request(b, 16, true);
+            e.destroyed(b, 16);
+        }
+        (Style::FromVoip, Some(b)) => {
+            e.hangup_request(b, 16, false);
+            e.destroyed(a, 16);
+            dial_times(e, b, billed);
+            e.hangup_request(b, 16, true);
+            e.destroyed(b, 16);
+        }
+        _ => e.destroyed(a, 16),
     }
 }
 
@@ -879,43 +1253,72 @@ pub struct Inbound {
 pub async fn inbound(sim: Arc<Shared>, mut call: Inbound) {
     let id = call.id.clone();
     let pair = call.pair.clone();
-    let mut player = Player::new(&id);
+    let mut half = Half::new(&id);
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
-        let until = player.until();
+        let until = half.player.until();
+        let dialplan_at = half.dialplan_at();
         tokio::select! {
-            _ = sleep_until(until.unwrap_or(far)), if until.is_some() => player.advance(&sim),
+            _ = sleep_until(until.unwrap_or(far)), if until.is_some() => {
+                half.player.advance(&sim);
+                half.settle(&sim);
+            }
+            _ = sleep_until(dialplan_at.unwrap_or(far)), if dialplan_at.is_some() => {
+                if half.dialplan_step(&sim) {
+                    return sim.with(|e| inbound_dialplan_hangup(e, &id, pair.as_deref()));
+                }
+            }
             cmd = call.ctl.recv() => match cmd {
                 // Forgotten by a restart.
                 None => return,
                 Some(Ctl::Play { channel, playback_id, media, lang, ack }) => {
                     if channel == id {
-                        player.play(&sim, playback_id, media, lang);
+                        half.play(&sim, playback_id, media, lang);
                     }
                     let _ = ack.send(());
                 }
                 Some(Ctl::StopPlayback { playback_id, ack }) => {
-                    let _ = ack.send(player.stop(&sim, &playback_id));
+                    let _ = ack.send(half.player.stop(&sim, &playback_id));
+                    half.settle(&sim);
+                }
+                Some(Ctl::Continue { channel, target, ack }) => {
+                    if channel == id {
+                        half.continue_to(&sim, target, ack);
+                    }
                 }
                 Some(Ctl::Hangup { channel, cause }) if channel == id => {
                     return sim.with(|e| {
-                        inbound_deleted(e, &id, pair.as_deref(), player.current(), cause)
+                        inbound_deleted(e, &id, pair.as_deref(), half.player.current(), cause)
                     });
                 }
                 // DELETE of the `;1` half: for `;2`, the caller went.
                 Some(Ctl::Hangup { .. }) | Some(Ctl::FarEndHangup) => {
                     return sim.with(|e| {
-                        inbound_caller_gone(e, &id, pair.as_deref(), player.current())
+                        inbound_caller_gone(e, &id, pair.as_deref(), half.player.current())
                     });
                 }
                 Some(Ctl::Shutdown) => {
                     return sim.with(|e| match &pair {
-                        Some(one) => shutdown_now(e, one, Some(&id), None, player.current()),
-                        None => shutdown_lone(e, &id, player.current()),
+                        Some(one) => shutdown_now(e, one, Some(&id), None, half.player.current()),
+                        None => shutdown_lone(e, &id, half.player.current()),
                     });
                 }
             }
         }
+    }
+}
+
+/// A continued inbound channel's dialplan ran `Hangup()`. Its app stopped
+/// following it at `StasisEnd`, so nobody hears this.
+fn inbound_dialplan_hangup(e: &mut Emit, id: &str, pair: Option<&str>) {
+    e.varset(id, "STASISSTATUS", "SUCCESS");
+    match pair {
+        Some(one) => {
+            e.hangup_request(one, 16, false);
+            e.destroyed(id, 16);
+            e.destroyed(one, 16);
+        }
+        None => e.destroyed(id, 16),
     }
 }
 

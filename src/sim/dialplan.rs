@@ -3,7 +3,8 @@
 //!
 //! `Local/<n>@sim-pstn` reaches the fake PSTN directly; `Local/<n>@from-voip`
 //! goes through the production-like context that `Dial()`s the PSTN (and
-//! sends 3241000752 to `openai-app`); `SIP/…` and `PJSIP/…` are direct trunk
+//! sends 3241000752 to `openai-app`); `Local/<n>@sim-pstn-dtmf` is the later
+//! lab's callee who presses 1; `SIP/…` and `PJSIP/…` are direct trunk
 //! endpoints whose channel carries the Q.850 cause itself.
 
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub const AGENT_NUMBER: &str = "3241000752";
 pub enum Route {
     /// `Local/<n>@sim-pstn`.
     LocalPstn { number: String },
+    /// `Local/<n>@sim-pstn-dtmf`: answers, and presses 1 two seconds later.
+    LocalPstnDtmf { number: String },
     /// `Local/<n>@from-voip`, dialling the PSTN from its `;2` half.
     LocalFromVoip { number: String },
     /// `Local/3241000752@from-voip`: answered and sent to `openai-app`.
@@ -90,6 +93,7 @@ pub fn route(endpoint: &str) -> Route {
             let number = number.to_owned();
             match context {
                 "sim-pstn" => Route::LocalPstn { number },
+                "sim-pstn-dtmf" => Route::LocalPstnDtmf { number },
                 "from-voip" if number == AGENT_NUMBER => Route::LocalAgent,
                 "from-voip" => Route::LocalFromVoip { number },
                 other => Route::LocalUnknownContext {
@@ -155,6 +159,12 @@ mod tests {
             }
         );
         assert_eq!(route("Local/3241000752@from-voip"), Route::LocalAgent);
+        assert_eq!(
+            route("Local/3001234561@sim-pstn-dtmf"),
+            Route::LocalPstnDtmf {
+                number: "3001234561".into()
+            }
+        );
         assert!(matches!(
             route("Local/3001234560@no-such-context"),
             Route::LocalUnknownContext { .. }

@@ -1,5 +1,8 @@
 //! The simulator's HTTP side: ARI's REST endpoints and the event
 //! WebSocket, with Asterisk's status codes and bodies (`tests/fixtures/ari/LAB.md`).
+//! Where no recording shows an answer, the status and message are those
+//! of Asterisk 22's `resource_channels.c` (`continue` on a channel out of
+//! Stasis: 409).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::call::{self, Call};
 use super::dialplan::{route, Callee, Route};
-use super::state::{new_channel, now_stamp, BridgePlayback, Chan, Ctl, Request, WsOut};
+use super::media;
+use super::state::{new_channel, now_stamp, BridgePlayback, Chan, Ctl, Request, Target, WsOut};
 use super::Shared;
 use crate::ari::model::{Bridge, CallerId, DialplanCep};
 
@@ -71,9 +75,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ari/channels/{id}", get(get_channel).delete(hangup))
         .route("/ari/channels/{id}/play", post(play))
         .route("/ari/channels/{id}/answer", post(answer))
+        .route("/ari/channels/{id}/continue", post(continue_in_dialplan))
         .route("/ari/channels/{id}/variable", post(set_variable))
         .route("/ari/bridges", post(create_bridge))
-        .route("/ari/bridges/{id}", delete(destroy_bridge))
+        .route("/ari/bridges/{id}", get(get_bridge).delete(destroy_bridge))
         .route("/ari/bridges/{id}/addChannel", post(add_channel))
         .route("/ari/bridges/{id}/play", post(play_bridge))
         .route("/ari/playbacks/{id}", delete(stop_playback))
@@ -236,6 +241,7 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
     let r = route(endpoint);
     let number = match &r {
         Route::LocalPstn { number }
+        | Route::LocalPstnDtmf { number }
         | Route::LocalFromVoip { number }
         | Route::LocalUnknownContext { number, .. }
         | Route::Direct { number, .. } => number.clone(),
@@ -509,6 +515,74 @@ fn uuid_like(sim: &Shared) -> String {
     )
 }
 
+/// `POST /channels/{id}/continue` (fact 16): 204; the channel leaves
+/// Stasis for the dialplan (`StasisEnd` can come before the 204), after
+/// the playbacks queued before it. Defaults as Asterisk's: no context
+/// keeps the channel's context and extension; a context alone goes to its
+/// `s`; no priority is 1, or the next priority when neither context nor
+/// extension is given.
+async fn continue_in_dialplan(
+    State(sim): Sim,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Response {
+    let not_in_stasis = || message(StatusCode::CONFLICT, "Channel not in Stasis application");
+    let (ctl, target) = {
+        let inner = sim.inner();
+        let Some(c) = inner.channels.get(&id) else {
+            return message(StatusCode::NOT_FOUND, "Channel not found");
+        };
+        if c.stasis.is_none() {
+            return not_in_stasis();
+        }
+        let given = |k: &str| param(&q, k).filter(|v| !v.is_empty());
+        let (context, exten) = (given("context"), given("extension"));
+        // Asterisk reads a priority that is no number as none.
+        let priority = given("priority")
+            .and_then(|p| p.parse::<i64>().ok())
+            .filter(|p| *p != 0);
+        let here = &c.ch.dialplan;
+        let target = Target {
+            context: context.unwrap_or(&here.context).to_owned(),
+            exten: match (exten, context) {
+                (Some(x), _) => x.to_owned(),
+                (None, Some(_)) => "s".to_owned(),
+                (None, None) => here.exten.clone(),
+            },
+            priority: match (priority, context, exten) {
+                (Some(p), _, _) => p,
+                (None, None, None) => here.priority + 1,
+                _ => 1,
+            },
+        };
+        (c.ctl.clone(), target)
+    };
+    match ctl {
+        Some(ctl) => {
+            let (ack, acked) = oneshot::channel();
+            let sent = ctl.send(Ctl::Continue {
+                channel: id.clone(),
+                target,
+                ack,
+            });
+            if sent.is_err() || acked.await.is_err() {
+                // The call ended or left Stasis meanwhile.
+                return if sim.inner().channels.contains_key(&id) {
+                    not_in_stasis()
+                } else {
+                    message(StatusCode::NOT_FOUND, "Channel not found")
+                };
+            }
+        }
+        // A channel no call task plays (externalMedia) leaves here.
+        None => {
+            let continued = call::leave_for(&sim, &id, target);
+            tokio::spawn(call::lone_continued(sim.clone(), continued));
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn answer(State(sim): Sim, Path(id): Path<String>) -> Response {
     let up = match sim.inner().channels.get(&id) {
         None => return message(StatusCode::NOT_FOUND, "Channel not found"),
@@ -554,6 +628,14 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
     let args: Vec<String> = param(&q, "data")
         .map(|d| vec![d.to_owned()])
         .unwrap_or_default();
+    // chan_rtp takes a numeric address only; its failure is the originate's.
+    let Ok(remote) = host.parse::<SocketAddr>() else {
+        return allocation_failed();
+    };
+    let Ok(stream) = media::bind(remote).await else {
+        return allocation_failed();
+    };
+    let local = stream.local;
     let id = {
         let mut inner = sim.inner();
         // Asterisk makes this channel through its originate code: refused alike.
@@ -585,14 +667,14 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
             home.clone(),
             CallerId::default(),
         );
-        let port = 10_000 + (seq % 10_000) * 2;
+        // Where the daemon sends audio back (fact 12): the real socket.
         ch.channelvars = Some(
             [
                 (
                     "UNICASTRTP_LOCAL_ADDRESS".to_owned(),
-                    "127.0.0.1".to_owned(),
+                    local.ip().to_string(),
                 ),
-                ("UNICASTRTP_LOCAL_PORT".to_owned(), port.to_string()),
+                ("UNICASTRTP_LOCAL_PORT".to_owned(), local.port().to_string()),
             ]
             .into(),
         );
@@ -605,6 +687,7 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
             is_call: false,
             via_dialplan: false,
         });
+        media::attach(&sim, &mut inner, &id, stream);
         id
     };
     let dialstring = format!("{host}/c({format})");
@@ -612,6 +695,14 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
         e.dial(&id, "", &dialstring);
         e.state(&id, "Up");
         e.dial(&id, "ANSWER", &dialstring);
+        // `Stasis(app,data)` already runs as STASISSTATUS is cleared.
+        if let Some(c) = e.inner.channels.get_mut(&id) {
+            c.ch.dialplan.app_name = "Stasis".into();
+            c.ch.dialplan.app_data = std::iter::once(app.to_owned())
+                .chain(args.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         e.varset(&id, "STASISSTATUS", "");
         e.stasis_start(&id, app, &args);
         e.inner.channels.get(&id).map(|c| json!(c.ch))
@@ -666,6 +757,7 @@ async fn add_channel(State(sim): Sim, Path(id): Path<String>, Query(q): Params) 
         }
         e.bridge_event("ChannelEnteredBridge", &snapshot, Some(&channel), &app);
         e.bridge_peers(&snapshot, None);
+        e.bridge_connected_lines(&snapshot, &channel);
         Ok(())
     });
     match result {
@@ -777,6 +869,14 @@ async fn stop_playback(State(sim): Sim, Path(id): Path<String>) -> Response {
         StatusCode::NO_CONTENT.into_response()
     } else {
         message(StatusCode::NOT_FOUND, "Playback not found")
+    }
+}
+
+/// `GET /bridges/{id}`: fact 19 reads what is left in the bridge this way.
+async fn get_bridge(State(sim): Sim, Path(id): Path<String>) -> Response {
+    match sim.inner().bridges.get(&id) {
+        Some(b) => Json(json!(b)).into_response(),
+        None => message(StatusCode::NOT_FOUND, "Bridge not found"),
     }
 }
 
@@ -898,7 +998,10 @@ pub fn inbound_local_call(sim: &Arc<Shared>, caller_number: &str) -> Option<Stri
 }
 
 fn inbound(sim: &Arc<Shared>, caller_number: &str, local: bool) -> Option<String> {
-    let app = sim.cfg().inbound_app.clone();
+    let (app, ulaw) = {
+        let cfg = sim.cfg();
+        (cfg.inbound_app.clone(), cfg.inbound_sets_ulaw)
+    };
     let number = super::dialplan::AGENT_NUMBER;
     let (ctl, ctl_rx) = mpsc::unbounded_channel();
     let (id, pair) = sim.with(|e| {
@@ -914,7 +1017,8 @@ fn inbound(sim: &Arc<Shared>, caller_number: &str, local: bool) -> Option<String
         let in_stasis = DialplanCep {
             context: "from-voip".into(),
             exten: number.into(),
-            priority: 2,
+            // After `Answer()`, and the two `Set()`s of the later lab.
+            priority: if ulaw { 4 } else { 2 },
             app_name: "Stasis".into(),
             app_data: app.clone(),
         };

@@ -20,10 +20,17 @@
 //! (`hang_up_caller`); and counters of live channels, bridges and
 //! requests. A time scale shrinks every simulated duration so tests run
 //! fast.
+//!
+//! Media and the far end's keys: externalMedia channels carry real RTP on
+//! loopback (`media`), so a caller can speak to the daemon (`caller_says`)
+//! and a test can read what the caller heard back (`heard`); a party can
+//! press a key (`press`, `ChannelDtmfReceived`); and where `continue` sent
+//! a channel is kept (`continued_to`).
 
 mod call;
 pub mod dialplan;
 mod http;
+mod media;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +42,7 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 pub use dialplan::Callee;
+pub use media::Heard;
 pub use state::Request;
 use state::{Ctl, Emit, Inner, WsOut};
 
@@ -76,6 +84,18 @@ pub struct SimConfig {
     /// Numbers whose originates never reach Asterisk: the request is
     /// recorded, nothing is placed, and no answer ever comes.
     pub lost_originates: HashSet<String>,
+    /// A channel that `continue` sent to a context the lab's dialplan does
+    /// not define (anything but `agents`) waits there, as in a queue, until
+    /// the far end hangs up, we `DELETE` it, or after this long (unscaled,
+    /// like `answer_delay`) the dialplan's `Hangup()` ends it. `None`: it waits.
+    pub continue_hangup_after: Option<Duration>,
+    /// The later lab's `from-voip` (recording
+    /// `inbound-caller-hangs-up-with-externalmedia`): the inbound number runs
+    /// `Set(CHANNEL(audioreadformat)=ulaw)` and
+    /// `Set(CHANNEL(audiowriteformat)=ulaw)` before `Stasis()`, which it
+    /// then reaches at priority 4. Off: straight to `Stasis()` at priority 2
+    /// (recording `inbound`, fact 11).
+    pub inbound_sets_ulaw: bool,
 }
 
 impl Default for SimConfig {
@@ -86,6 +106,14 @@ impl Default for SimConfig {
             SoundSpec {
                 languages: vec!["es_MX".into()],
                 duration: Duration::from_millis(4380),
+            },
+        );
+        // Asterisk's core sound, as the lab's `agents` context plays it.
+        sounds.insert(
+            "hello-world".to_owned(),
+            SoundSpec {
+                languages: vec!["en".into()],
+                duration: Duration::from_millis(1420),
             },
         );
         SimConfig {
@@ -103,6 +131,8 @@ impl Default for SimConfig {
             inbound_app: "openai-app".into(),
             late_originate_answers: HashMap::new(),
             lost_originates: HashSet::new(),
+            continue_hangup_after: None,
+            inbound_sets_ulaw: false,
         }
     }
 }
@@ -172,6 +202,14 @@ impl Shared {
 
     fn inbound_app(&self) -> String {
         self.cfg().inbound_app.clone()
+    }
+
+    /// How long a continued channel waits in an unknown context before its
+    /// `Hangup()`, already scaled.
+    fn continue_hangup_after(&self) -> Option<Duration> {
+        let cfg = self.cfg();
+        cfg.continue_hangup_after
+            .map(|d| d.mul_f64(cfg.time_scale.max(0.0)))
     }
 
     /// Whether a media URI can be played in `lang`, and until when.
@@ -505,6 +543,74 @@ impl Simulator {
         if let Some(ctl) = ctl {
             let _ = ctl.send(Ctl::FarEndHangup);
         }
+    }
+
+    /// The caller on `caller_channel_id` says `ulaw` (8 kHz μ-law), after
+    /// whatever it still has to say; padded with silence (0xFF) to whole
+    /// 20 ms frames. It reaches the daemon as RTP from every externalMedia
+    /// channel bridged with the caller, one frame every 20 ms; speech
+    /// waits while the caller is in no such bridge, and is lost when the
+    /// caller hangs up. Unknown channels are ignored.
+    pub fn caller_says(&self, caller_channel_id: &str, ulaw: Vec<u8>) {
+        media::say(&mut self.shared.inner(), caller_channel_id, ulaw);
+    }
+
+    /// Every RTP packet the caller on `caller_channel_id` heard: those that
+    /// reached an externalMedia channel while it was bridged with the
+    /// caller, in arrival order. Still there after the caller hung up.
+    pub fn heard(&self, caller_channel_id: &str) -> Vec<Heard> {
+        self.shared
+            .inner()
+            .heard
+            .get(caller_channel_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Datagrams that reached an externalMedia channel but were not RTP.
+    pub fn bad_rtp(&self) -> usize {
+        self.shared.inner().bad_rtp
+    }
+
+    /// The RTP socket of a live externalMedia channel
+    /// (`UNICASTRTP_LOCAL_ADDRESS`:`UNICASTRTP_LOCAL_PORT`).
+    pub fn external_media_addr(&self, unicast_channel_id: &str) -> Option<SocketAddr> {
+        self.shared
+            .inner()
+            .media
+            .get(unicast_channel_id)
+            .map(|m| m.local)
+    }
+
+    /// Where `continue` sent `channel_id`: (context, extension, priority),
+    /// once it left Stasis; kept after the channel is gone.
+    pub fn continued_to(&self, channel_id: &str) -> Option<(String, String, i64)> {
+        self.shared
+            .inner()
+            .continued
+            .get(channel_id)
+            .map(|t| (t.context.clone(), t.exten.clone(), t.priority))
+    }
+
+    /// The party behind `channel_id` presses `digit`: as the digit ends,
+    /// 0.2 s later (scaled, as `SendDTMF` in the lab), the channel facing
+    /// the app gets `ChannelDtmfReceived` (duration 100 ms, fact 15): the
+    /// channel itself if it is in Stasis, else its Local partner if that
+    /// one is (the callee presses on `;2`, the app hears it on `;1`), else
+    /// the channel itself, whose followers still hear it. Needs a Tokio
+    /// runtime; nothing happens for a channel gone meanwhile.
+    pub fn press(&self, channel_id: &str, digit: char) {
+        let shared = self.shared.clone();
+        let id = channel_id.to_owned();
+        let after = self.shared.scaled(call::DTMF_LENGTH);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            shared.with(|e| {
+                if let Some(target) = call::dtmf_target(e.inner, &id) {
+                    e.dtmf(&target, digit);
+                }
+            });
+        });
     }
 
     pub async fn shutdown(self) {

@@ -3,15 +3,17 @@
 //!
 //! Everything sits behind one mutex held only for short, non-async
 //! sections. Emitting under the lock keeps every connection's events in
-//! the order they happened, as Asterisk does.
+//! the order they happened, as Asterisk does. The media of externalMedia
+//! channels lives here too, so a channel's socket goes with the channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::media::{Heard, Stream};
 use crate::ari::model::{Bridge, CallerId, Channel, DialplanCep};
 
 /// Commands from the REST side to the task that plays a call.
@@ -40,6 +42,22 @@ pub enum Ctl {
     },
     /// `core stop now`: tear the call down at once, whatever its state.
     Shutdown,
+    /// `POST /channels/{id}/continue` on `channel`, in Stasis: it leaves
+    /// Stasis for `target` once its playbacks have ended (they run before
+    /// the continue in Asterisk's command queue), then acks.
+    Continue {
+        channel: String,
+        target: Target,
+        ack: oneshot::Sender<()>,
+    },
+}
+
+/// Where `continue` sends a channel in the dialplan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub context: String,
+    pub exten: String,
+    pub priority: i64,
 }
 
 /// What the WebSocket writer of one connection is told.
@@ -104,6 +122,20 @@ pub struct Inner {
     /// Channel playbacks queued or playing, by playback id: the channel
     /// they play on, for `DELETE /playbacks/{id}`.
     pub playbacks: HashMap<String, String>,
+    /// The RTP socket of every live externalMedia channel, by channel id.
+    pub media: HashMap<String, Stream>,
+    /// The clock that paces RTP is running.
+    pub media_clock: bool,
+    /// μ-law each caller has still to say, by channel id.
+    pub speech: HashMap<String, VecDeque<u8>>,
+    /// What each caller heard from externalMedia, by channel id; kept
+    /// after the caller is gone.
+    pub heard: HashMap<String, Vec<Heard>>,
+    /// Datagrams on externalMedia sockets that were not RTP.
+    pub bad_rtp: usize,
+    /// Where each channel went with `continue`, by channel id; kept after
+    /// the channel is gone.
+    pub continued: HashMap<String, Target>,
 }
 
 pub struct BridgePlayback {
@@ -217,7 +249,24 @@ impl Inner {
         }
         // Queued playbacks of a channel that is gone never start.
         self.playbacks.retain(|_, ch| ch != id);
+        // Its socket closes; what it had still to say is never said.
+        self.media.remove(id);
+        self.speech.remove(id);
         Some(chan)
+    }
+
+    /// The other half of a Local pair (`…;1` ↔ `…;2`), if it is alive.
+    pub fn local_partner(&self, id: &str) -> Option<String> {
+        let name = &self.channels.get(id)?.ch.name;
+        let other = if let Some(base) = name.strip_suffix(";1") {
+            format!("{base};2")
+        } else {
+            format!("{};1", name.strip_suffix(";2")?)
+        };
+        self.channels
+            .iter()
+            .find(|(_, c)| c.ch.name == other)
+            .map(|(id, _)| id.clone())
     }
 }
 
@@ -321,9 +370,13 @@ impl Emit<'_> {
     }
 
     pub fn destroyed(&mut self, id: &str, cause: i64) {
+        // Out of Stasis, the snapshot shows the application the channel was
+        // created with, at the place the dialplan had reached (recordings
+        // `callee-dtmf`, `inbound-caller-hangs-up-with-externalmedia`).
         if let Some(c) = self.inner.channels.get_mut(id) {
             if c.stasis.is_none() {
-                c.ch.dialplan = c.home.clone();
+                c.ch.dialplan.app_name = c.home.app_name.clone();
+                c.ch.dialplan.app_data = c.home.app_data.clone();
             }
         }
         self.channel_event(
@@ -334,12 +387,53 @@ impl Emit<'_> {
         self.inner.remove_channel(id);
     }
 
+    /// `ChannelDestroyed`, then a `ChannelCallerId` showing `caller`: the
+    /// order `chan_local` sent them for a `;1` whose `;2` had taken a new
+    /// connected line in a bridge (recording
+    /// `inbound-caller-hangs-up-with-externalmedia`).
+    pub fn destroyed_then_caller_id(&mut self, id: &str, cause: i64, caller: CallerId) {
+        let Some(c) = self.inner.channels.get_mut(id) else {
+            return;
+        };
+        c.ch.caller = caller;
+        if c.stasis.is_none() {
+            c.ch.dialplan.app_name = c.home.app_name.clone();
+            c.ch.dialplan.app_data = c.home.app_data.clone();
+        }
+        let subscribers = c.subscribers.clone();
+        let snap = self.inner.snapshot(id);
+        self.destroyed(id, cause);
+        let Some(snap) = snap else {
+            return;
+        };
+        let ev = Self::with(
+            Self::with(
+                Self::base("ChannelCallerId"),
+                json!({ "caller_presentation": 0, "caller_presentation_txt": "Presentation Allowed, Not Screened" }),
+            ),
+            json!({ "channel": snap }),
+        );
+        for app in &subscribers {
+            self.inner.emit_app(app, ev.clone(), self.asterisk_id);
+        }
+    }
+
     pub fn caller_id(&mut self, id: &str) {
         self.channel_event(id, "ChannelCallerId", json!({ "caller_presentation": 0, "caller_presentation_txt": "Presentation Allowed, Not Screened" }));
     }
 
     pub fn connected_line(&mut self, id: &str) {
         self.channel_event(id, "ChannelConnectedLine", json!({}));
+    }
+
+    /// The far end sent DTMF: `ChannelDtmfReceived` once the digit ends
+    /// (fact 15), to every app following the channel.
+    pub fn dtmf(&mut self, id: &str, digit: char) {
+        self.channel_event(
+            id,
+            "ChannelDtmfReceived",
+            json!({ "digit": digit.to_string(), "duration_ms": 100 }),
+        );
     }
 
     /// Enters Stasis of `app`. `false` when the app is not registered: the
@@ -353,7 +447,11 @@ impl Emit<'_> {
         };
         c.stasis = Some(app.to_owned());
         c.ch.dialplan.app_name = "Stasis".into();
-        c.ch.dialplan.app_data = app.to_owned();
+        // `Stasis(app,args…)`: externalMedia's `data` shows here (fact 19).
+        c.ch.dialplan.app_data = std::iter::once(app)
+            .chain(args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(",");
         let Some(snap) = self.inner.snapshot(id) else {
             return false;
         };
@@ -474,6 +572,39 @@ impl Emit<'_> {
                     .map(|c| self.inner.channel_name(c)),
             );
             self.varset(id, "BRIDGEPEER", &peers.join(","));
+        }
+    }
+}
+
+impl Emit<'_> {
+    /// A two-party bridge swaps connected lines: `joined` and the channel
+    /// already there each take the other's caller id, with a
+    /// `ChannelConnectedLine` where it changed, `joined` first (recording
+    /// `inbound-caller-hangs-up-with-externalmedia`; none in `externalmedia`,
+    /// where both caller ids were empty).
+    pub fn bridge_connected_lines(&mut self, bridge: &Bridge, joined: &str) {
+        let [x, y] = bridge.channels.as_slice() else {
+            return;
+        };
+        let other = if x == joined { y } else { x };
+        let caller_of =
+            |inner: &Inner, id: &str| inner.channels.get(id).map(|c| c.ch.caller.clone());
+        let (Some(joined_caller), Some(other_caller)) =
+            (caller_of(self.inner, joined), caller_of(self.inner, other))
+        else {
+            return;
+        };
+        for (id, caller) in [(joined, other_caller), (other.as_str(), joined_caller)] {
+            let changed = match self.inner.channels.get_mut(id) {
+                Some(c) if c.ch.connected != caller => {
+                    c.ch.connected = caller;
+                    true
+                }
+                _ => false,
+            };
+            if changed {
+                self.connected_line(id);
+            }
         }
     }
 }
