@@ -696,25 +696,37 @@ impl Config {
         if va.port_range().is_none() {
             return fail(
                 "voice_agent.rtp_ports",
-                &format!("\"first-last\" UDP ports such as \"40000-40999\", found {:?}", va.rtp_ports),
+                &format!(
+                    "\"first-last\" UDP ports such as \"40000-40999\", found {:?}",
+                    va.rtp_ports
+                ),
             );
         }
         if va.rtp_bind.parse::<std::net::IpAddr>().is_err() {
             return fail(
                 "voice_agent.rtp_bind",
-                &format!("an IP address such as \"127.0.0.1\", found {:?}", va.rtp_bind),
+                &format!(
+                    "an IP address such as \"127.0.0.1\", found {:?}",
+                    va.rtp_bind
+                ),
             );
         }
         if !(100..=60_000).contains(&va.connect_timeout_ms) {
             return fail(
                 "voice_agent.connect_timeout_ms",
-                &format!("a whole number from 100 to 60000, found {}", va.connect_timeout_ms),
+                &format!(
+                    "a whole number from 100 to 60000, found {}",
+                    va.connect_timeout_ms
+                ),
             );
         }
         if !(1..=10_000).contains(&va.max_concurrent) {
             return fail(
                 "voice_agent.max_concurrent",
-                &format!("a whole number from 1 to 10000, found {}", va.max_concurrent),
+                &format!(
+                    "a whole number from 1 to 10000, found {}",
+                    va.max_concurrent
+                ),
             );
         }
         for (key, media) in [
@@ -962,13 +974,34 @@ mod tests {
     fn voice_agent_keys_are_checked() {
         let db = "[mysql]\ndatabase = \"b\"\n";
         for (toml, key) in [
-            ("[voice_agent]\nurl = \"https://api.openai.com\"", "voice_agent.url"),
-            ("[voice_agent]\nrtp_ports = \"40999-40000\"", "voice_agent.rtp_ports"),
-            ("[voice_agent]\nrtp_ports = \"40000\"", "voice_agent.rtp_ports"),
-            ("[voice_agent]\nrtp_bind = \"localhost\"", "voice_agent.rtp_bind"),
-            ("[voice_agent]\nconnect_timeout_ms = 0", "voice_agent.connect_timeout_ms"),
-            ("[voice_agent]\nmax_concurrent = 0", "voice_agent.max_concurrent"),
-            ("[voice_agent]\nfallback_media = []", "voice_agent.fallback_media"),
+            (
+                "[voice_agent]\nurl = \"https://api.openai.com\"",
+                "voice_agent.url",
+            ),
+            (
+                "[voice_agent]\nrtp_ports = \"40999-40000\"",
+                "voice_agent.rtp_ports",
+            ),
+            (
+                "[voice_agent]\nrtp_ports = \"40000\"",
+                "voice_agent.rtp_ports",
+            ),
+            (
+                "[voice_agent]\nrtp_bind = \"localhost\"",
+                "voice_agent.rtp_bind",
+            ),
+            (
+                "[voice_agent]\nconnect_timeout_ms = 0",
+                "voice_agent.connect_timeout_ms",
+            ),
+            (
+                "[voice_agent]\nmax_concurrent = 0",
+                "voice_agent.max_concurrent",
+            ),
+            (
+                "[voice_agent]\nfallback_media = []",
+                "voice_agent.fallback_media",
+            ),
             ("[voice_agent]\nmodel = \"\"", "voice_agent.model"),
             ("[transfer]\ncontext = \"agents\"\npriority = 0", "transfer"),
             ("[transfer]\nqueue = \"600\"", "queue"),

@@ -10,7 +10,8 @@ use crate::campaign::pass::{PassOptions, PassSummary};
 use crate::campaign::preview;
 use crate::clock::local_now;
 use crate::config::{Config, TrunkConfig};
-use crate::dialer::one_pass;
+use crate::dialer::Dialer;
+use crate::realtime_sim::{FakeConfig, FakeRealtime};
 use crate::rules::selection::Policy;
 use crate::sim::{SimConfig, Simulator};
 
@@ -100,25 +101,152 @@ pub async fn run(
         "Asterisk ARI simulator on {}; calling (window ignored for the demo)…\n\n",
         sim.url()
     ));
+    let fake = FakeRealtime::start(FakeConfig {
+        response_audio_ms: 1200,
+        ..FakeConfig::default()
+    })
+    .await
+    .context("cannot start the fake OpenAI Realtime server")?;
+    config.voice_agent.url = fake.url();
+    config.voice_agent.api_key = crate::config::Secret::new(fake.config().api_key.clone());
     let (_abort_tx, abort) = tokio::sync::watch::channel(false);
     let opts = PassOptions {
         ignore_window: true,
         drain: None,
     };
-    let summary = one_pass(config, "demo".into(), opts, abort).await;
+    let tz = config.timezone;
+    let dialer = match Dialer::connect(config, "demo".into()).await {
+        Ok(d) => d,
+        Err(e) => {
+            sim.shutdown().await;
+            return Err(e);
+        }
+    };
+    let summary = dialer.pass(opts, abort).await;
+    let inbound = match &summary {
+        Ok(_) => Some(inbound_call(&dialer, &sim, &fake, &data, tz).await),
+        Err(_) => None,
+    };
+    dialer.shutdown().await;
     let left = sim.live_channels();
     sim.shutdown().await;
     let summary = summary?;
     emit(&demo_report(&summary));
+    if let Some(inbound) = inbound {
+        emit(&inbound?);
+    }
     if left > 0 {
         emit(&format!(
             "warning: {left} channels were still up on the simulator\n"
         ));
     }
     emit(&format!(
-        "\nEvery outcome is in `{db}`.overdue_call_log and the afiliados counters.\n"
+        "\nEvery outcome is in `{db}`.overdue_call_log and the afiliados counters; \
+         the inbound call in overdue_inbound_log, its promise in overdue_payment_promise.\n"
     ));
     Ok(())
+}
+
+/// how, seconds, tokens in, tokens out, match detail.
+type InboundRow = (
+    Option<String>,
+    Option<u32>,
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+);
+
+/// One client calls the agent back: it greets, the caller speaks, the
+/// agent records a promise to pay, says goodbye and hangs up.
+async fn inbound_call(
+    dialer: &Dialer,
+    sim: &Simulator,
+    fake: &FakeRealtime,
+    data: &demo_data::Data,
+    tz: chrono_tz::Tz,
+) -> anyhow::Result<String> {
+    use std::time::{Duration, Instant};
+    // A caller the agent will recognise: a mobile no other client has.
+    let mobiles: Vec<(i64, crate::rules::phone::Mobile)> = data
+        .clients
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c.id,
+                crate::rules::phone::normalize(c.telefono.as_deref()?).ok()?,
+            ))
+        })
+        .collect();
+    let Some((client, mobile)) = mobiles
+        .iter()
+        .find(|(id, m)| {
+            mobiles.iter().filter(|(_, o)| o == m).count() == 1
+                && data
+                    .invoices
+                    .iter()
+                    .any(|f| f.client_id == *id && !f.cerrado)
+        })
+        .cloned()
+    else {
+        return Ok(
+            "\nInbound call: no demo client with a unique mobile and an open invoice.\n".into(),
+        );
+    };
+    let Some(id) = sim.inbound_call(mobile.national()) else {
+        anyhow::bail!("the simulator did not offer the inbound call");
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while sim.heard(&id).is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let promised = local_now(tz).date() + chrono::Duration::days(7);
+    fake.next_response_calls_tool(
+        "registrar_promesa_de_pago",
+        &format!(r#"{{"fecha":"{promised}"}}"#),
+    );
+    fake.next_response_calls_tool("finalizar_llamada", "{}");
+    // The caller talks over the greeting: barge-in, then the promise.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sim.caller_says(&id, crate::realtime_sim::g711::tone_ulaw(700, 440, 8000.0));
+    let until = Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let mut conn = dialer.campaign.billing.conn().await?;
+        let row: Option<InboundRow> = conn
+            .query_first("SELECT how, seconds, tokens_in, tokens_out, match_detail FROM overdue_inbound_log ORDER BY id DESC LIMIT 1")
+            .await?;
+        drop(conn);
+        if let Some(r) = row.filter(|r| r.0.is_some()) {
+            break r;
+        }
+        if Instant::now() > until {
+            anyhow::bail!("the inbound demo call did not finish within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let promises = dialer.campaign.billing.promises(client).await?;
+    let conn = fake.conn(0).unwrap_or_default();
+    let heard_ms = sim.heard(&id).len() * 20;
+    Ok(format!(
+        "\nInbound call from {} (client {client}, {}):\n  \
+         agent audio heard by the caller: {heard_ms} ms, barge-ins truncated: {}\n  \
+         promises recorded: {}\n  \
+         ended: {} after {} s, tokens in/out {}/{}\n",
+        mobile.masked(),
+        row.4.unwrap_or_default(),
+        conn.truncations.len(),
+        promises
+            .iter()
+            .map(|(d, a)| format!(
+                "{d}{}",
+                a.map(|a| format!(" ({a} pesos)")).unwrap_or_default()
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        row.0.unwrap_or_default(),
+        row.1.unwrap_or(0),
+        row.2.unwrap_or(0),
+        row.3.unwrap_or(0),
+    ))
 }
 
 /// The demo's configuration: the simulator's defaults, the demo database,

@@ -56,7 +56,11 @@ async fn schema_apply_adds_what_is_missing_and_is_idempotent() {
 
     let first = schema::apply(&mut conn).await.unwrap();
     assert_eq!(first.len(), 7, "{first:#?}");
-    for table in ["overdue_call_log", "overdue_inbound_log", "overdue_payment_promise"] {
+    for table in [
+        "overdue_call_log",
+        "overdue_inbound_log",
+        "overdue_payment_promise",
+    ] {
         let n: Option<u64> = conn
             .exec_first(
                 "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
@@ -692,19 +696,32 @@ async fn the_caller_is_found_by_every_spelling_of_the_number() {
     let billing = Billing::new(db.opts.clone());
     let caller = normalize("3001234567").unwrap();
     let candidates = billing.caller_candidates(&caller).await.unwrap();
-    assert!(candidates.iter().any(|(id, _)| *id == 3), "the LIKE superset");
+    assert!(
+        candidates.iter().any(|(id, _)| *id == 3),
+        "the LIKE superset"
+    );
     assert_eq!(match_caller(&caller, &candidates), CallerMatch::One(1));
     let shared = normalize("3100000001").unwrap();
     let candidates = billing.caller_candidates(&shared).await.unwrap();
-    assert_eq!(match_caller(&shared, &candidates), CallerMatch::Several(vec![2, 4]));
+    assert_eq!(
+        match_caller(&shared, &candidates),
+        CallerMatch::Several(vec![2, 4])
+    );
 
     let since = NaiveDateTime::parse_from_str("2026-01-01 00:00:00", "%Y-%m-%d %H:%M:%S").unwrap();
     let a = billing.account(1, since).await.unwrap().unwrap();
-    assert_eq!((a.balance_pesos, a.open_invoices, a.corte), (85000, 2, Some(15)));
+    assert_eq!(
+        (a.balance_pesos, a.open_invoices, a.corte),
+        (85000, 2, Some(15))
+    );
     assert!(!a.reminder_delivered);
     let mut conn = db.conn().await;
-    conn.query_drop("ALTER TABLE afiliados MODIFY corte VARCHAR(10)").await.unwrap();
-    conn.query_drop("UPDATE afiliados SET corte = 'quince' WHERE id = 1").await.unwrap();
+    conn.query_drop("ALTER TABLE afiliados MODIFY corte VARCHAR(10)")
+        .await
+        .unwrap();
+    conn.query_drop("UPDATE afiliados SET corte = 'quince' WHERE id = 1")
+        .await
+        .unwrap();
     let a = billing.account(1, since).await.unwrap().unwrap();
     assert_eq!(a.corte, None);
     assert_eq!(billing.account(99, since).await.unwrap(), None);

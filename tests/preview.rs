@@ -213,8 +213,32 @@ async fn report_counts_outcomes_per_day_and_trunk() {
         .await
         .unwrap();
     }
+    for (how, channel) in [("agent", "a"), ("fallback_no_key", "b"), ("agent", "c")] {
+        conn.exec_drop(
+            "INSERT INTO overdue_inbound_log (started_at, ended_at, how, channel_id) VALUES (?, ?, ?, ?)",
+            (at, at, how, channel),
+        )
+        .await
+        .unwrap();
+    }
+    conn.exec_drop(
+        "INSERT INTO overdue_payment_promise (client_id, promised_date, created_at) VALUES (1, ?, ?)",
+        (today, at),
+    )
+    .await
+    .unwrap();
     let out = run(dialer(&db).args(["report", "--days", "1"]));
-    let lines: Vec<&str> = out.lines().collect();
+    let (outcomes, inbound) = out.split_once("\n\n").expect("two sections");
+    let inbound_line = inbound.lines().nth(1).unwrap_or("");
+    assert!(
+        inbound_line.starts_with(&today.to_string())
+            && inbound_line.contains("calls     3")
+            && inbound_line.contains("promises    1")
+            && inbound_line.contains("agent 2")
+            && inbound_line.contains("fallback_no_key 1"),
+        "{out}"
+    );
+    let lines: Vec<&str> = outcomes.lines().collect();
     assert_eq!(lines.len(), 5, "{out}");
     let t1 = lines.iter().find(|l| l.contains(" t1 ")).unwrap();
     assert!(t1.trim_end().ends_with(" 2"), "{out}");

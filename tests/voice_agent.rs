@@ -69,6 +69,7 @@ struct Row {
     match_detail: Option<String>,
     caller: Option<String>,
     tokens_out: Option<u64>,
+    channel: String,
 }
 
 impl Rig {
@@ -80,21 +81,25 @@ impl Rig {
 
     async fn inbound_rows(&self) -> Vec<Row> {
         let mut conn = self.db.conn().await;
-        let rows: Vec<(Option<String>, Option<i64>, Option<String>, Option<String>, Option<u64>)> =
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(Option<String>, Option<i64>, Option<String>, Option<String>, Option<u64>, String)> =
             conn.query(
-                "SELECT how, client_id, match_detail, caller_e164, tokens_out FROM overdue_inbound_log ORDER BY id",
+                "SELECT how, client_id, match_detail, caller_e164, tokens_out, channel_id FROM overdue_inbound_log ORDER BY id",
             )
             .await
             .unwrap();
         conn.disconnect().await.unwrap();
         rows.into_iter()
-            .map(|(how, client_id, match_detail, caller, tokens_out)| Row {
-                how,
-                client_id,
-                match_detail,
-                caller,
-                tokens_out,
-            })
+            .map(
+                |(how, client_id, match_detail, caller, tokens_out, channel)| Row {
+                    how,
+                    client_id,
+                    match_detail,
+                    caller,
+                    tokens_out,
+                    channel,
+                },
+            )
             .collect()
     }
 
@@ -106,7 +111,10 @@ impl Rig {
             if rows.len() >= calls && rows.iter().all(|r| r.how.is_some()) {
                 return rows;
             }
-            assert!(Instant::now() < until, "inbound calls not finished: {rows:?}");
+            assert!(
+                Instant::now() < until,
+                "inbound calls not finished: {rows:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -153,7 +161,10 @@ fn spurts(heard: &[Heard]) -> Vec<Vec<&Heard>> {
 }
 
 fn bytes(spurt: &[&Heard]) -> Vec<u8> {
-    spurt.iter().flat_map(|h| h.payload.iter().copied()).collect()
+    spurt
+        .iter()
+        .flat_map(|h| h.payload.iter().copied())
+        .collect()
 }
 
 /// Quiet enough for the fake's VAD to stay silent, and recognisable.
@@ -183,7 +194,9 @@ async fn the_agent_greets_and_its_audio_reaches_the_caller_paced_and_intact() {
     let audio = bytes(greeting);
     assert_eq!(greeting.len(), 50, "1000 ms in 20 ms packets");
     assert!(g711::is_pattern_ulaw(&audio), "the fake's audio, intact");
-    assert!(heard.iter().all(|h| h.payload_type == 0 && h.payload.len() == 160));
+    assert!(heard
+        .iter()
+        .all(|h| h.payload_type == 0 && h.payload.len() == 160));
     assert!(greeting[0].marker && greeting[1..].iter().all(|h| !h.marker));
     for w in greeting.windows(2) {
         assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
@@ -227,7 +240,9 @@ async fn the_callers_audio_reaches_openai_intact_and_in_order() {
     rig.sim.caller_says(&id, said.clone());
     let audio_in = wait_for("the caller's audio at OpenAI", 10, || {
         let a = rig.fake.conn(0)?.audio_in;
-        a.windows(said.len()).any(|w| w == said.as_slice()).then_some(a)
+        a.windows(said.len())
+            .any(|w| w == said.as_slice())
+            .then_some(a)
     })
     .await;
     assert!(!audio_in.is_empty());
@@ -251,8 +266,7 @@ async fn barge_in_stops_the_agent_and_truncates_at_what_the_caller_heard() {
         (rig.sim.heard(&id).len() >= 25).then_some(())
     })
     .await;
-    rig.sim
-        .caller_says(&id, g711::tone_ulaw(600, 440, 8000.0));
+    rig.sim.caller_says(&id, g711::tone_ulaw(600, 440, 8000.0));
     let truncation = wait_for("the truncation", 10, || {
         rig.fake.conn(0)?.truncations.first().cloned()
     })
@@ -272,8 +286,22 @@ async fn barge_in_stops_the_agent_and_truncates_at_what_the_caller_heard() {
         truncation.audio_end_ms
     );
     assert!(truncation.audio_end_ms <= truncation.item_audio_ms);
+    // Asterisk sends nothing while the caller is silent; the daemon fills
+    // the gap, so OpenAI hears the turn end and answers.
+    assert!(
+        spurts.len() >= 2,
+        "no answer after the caller's turn: {} spurts",
+        spurts.len()
+    );
+    assert!(g711::is_pattern_ulaw(&bytes(&spurts[1])[..800]));
     let conn = rig.fake.conn(0).unwrap();
-    assert!(conn.errors.iter().all(|e| e["code"] == "response_cancel_not_active"), "{:?}", conn.errors);
+    assert!(
+        conn.errors
+            .iter()
+            .all(|e| e["code"] == "response_cancel_not_active"),
+        "{:?}",
+        conn.errors
+    );
     rig.sim.hang_up_caller(&id);
     rig.finished(1).await;
     rig.all_closed().await;
@@ -305,8 +333,16 @@ async fn a_promise_to_pay_is_written_and_a_bad_date_refused_back() {
         (o.len() >= 2).then_some(o)
     })
     .await;
-    assert!(outputs[0].output.contains("\"ok\":false"), "{}", outputs[0].output);
-    assert!(outputs[1].output.contains("\"ok\":true"), "{}", outputs[1].output);
+    assert!(
+        outputs[0].output.contains("\"ok\":false"),
+        "{}",
+        outputs[0].output
+    );
+    assert!(
+        outputs[1].output.contains("\"ok\":true"),
+        "{}",
+        outputs[1].output
+    );
     let promises = dialer.campaign.billing.promises(7).await.unwrap();
     assert_eq!(promises, vec![(soon, Some(50000))]);
     // Each result went back only after its response was done, and the
@@ -472,15 +508,28 @@ async fn callers_beyond_max_concurrent_hear_the_fallback() {
     })
     .await;
     let _second = rig.sim.inbound_call(UNKNOWN).unwrap();
-    wait_for("the second call's row", 10, || {
-        futures_util::FutureExt::now_or_never(rig.inbound_rows())
-            .and_then(|rows| rows.iter().any(|r| r.how.as_deref() == Some("fallback_busy")).then_some(()))
-    })
-    .await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !rig
+        .inbound_rows()
+        .await
+        .iter()
+        .any(|r| r.how.as_deref() == Some("fallback_busy"))
+    {
+        assert!(
+            Instant::now() < until,
+            "the second caller did not get the fallback"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first call is still with the agent meanwhile.
+    assert_eq!(rig.fake.open_connections(), 1);
     rig.sim.hang_up_caller(&first);
     let rows = rig.finished(2).await;
     let hows: Vec<&str> = rows.iter().filter_map(|r| r.how.as_deref()).collect();
-    assert!(hows.contains(&"fallback_busy") && hows.contains(&"caller_hung_up"), "{hows:?}");
+    assert!(
+        hows.contains(&"fallback_busy") && hows.contains(&"caller_hung_up"),
+        "{hows:?}"
+    );
     assert_eq!(rig.fake.connections(), 1, "no session for the busy caller");
     rig.all_closed().await;
     dialer.shutdown().await;
@@ -528,18 +577,31 @@ async fn no_account_disclosed(number: &str, detail: &str) {
             .map(|v| (*v).clone())
     })
     .await;
-    let instructions = update["session"]["instructions"].as_str().unwrap().to_owned();
+    let instructions = update["session"]["instructions"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for secret in ["12345", "54321", "85000", "12.345", "54.321"] {
-        assert!(!instructions.contains(secret), "{secret} disclosed: {instructions}");
+        assert!(
+            !instructions.contains(secret),
+            "{secret} disclosed: {instructions}"
+        );
     }
     assert!(instructions.contains("no conoces ningún dato"));
     let tools = update["session"]["tools"].to_string();
-    assert!(!tools.contains("registrar_promesa_de_pago"), "no promise without an account");
+    assert!(
+        !tools.contains("registrar_promesa_de_pago"),
+        "no promise without an account"
+    );
     rig.sim.hang_up_caller(&id);
     let rows = rig.finished(1).await;
     assert_eq!(rows[0].client_id, None);
     assert!(
-        rows[0].match_detail.as_deref().unwrap_or("").contains(detail),
+        rows[0]
+            .match_detail
+            .as_deref()
+            .unwrap_or("")
+            .contains(detail),
         "{:?}",
         rows[0].match_detail
     );
@@ -561,10 +623,8 @@ async fn two_clients_on_one_number_learn_no_balance() {
 async fn the_fallback_speaks_the_matched_clients_balance_only() {
     let mut rig = rig(FakeConfig::default()).await;
     rig.config.voice_agent.api_key = Default::default();
-    rig.config.voice_agent.fallback_media = vec![
-        "sound:morosos_natalia".into(),
-        "number:{saldo}".into(),
-    ];
+    rig.config.voice_agent.fallback_media =
+        vec!["sound:morosos_natalia".into(), "number:{saldo}".into()];
     let dialer = rig.dialer().await;
     let known = rig.sim.inbound_call(KNOWN).unwrap();
     rig.finished(1).await;
@@ -578,8 +638,131 @@ async fn the_fallback_speaks_the_matched_clients_balance_only() {
             .map(|r| r.query.clone())
             .collect()
     };
-    assert!(plays(&known).iter().any(|q| q.contains("number%3A85000") || q.contains("number:85000")), "{:?}", plays(&known));
-    assert!(plays(&shared).iter().all(|q| !q.contains("number")), "{:?}", plays(&shared));
+    assert!(
+        plays(&known)
+            .iter()
+            .any(|q| q.contains("number%3A85000") || q.contains("number:85000")),
+        "{:?}",
+        plays(&known)
+    );
+    assert!(
+        plays(&shared).iter().all(|q| !q.contains("number")),
+        "{:?}",
+        plays(&shared)
+    );
+    rig.all_closed().await;
+    dialer.shutdown().await;
+}
+
+/// OpenAI drops the session mid-call: the caller hears the apology, then
+/// goes to a person when one is configured, else is hung up.
+async fn openai_lost(transfer: bool) {
+    let mut rig = rig(FakeConfig {
+        response_audio_ms: 5000,
+        chunk_interval: Duration::ZERO,
+        ..FakeConfig::default()
+    })
+    .await;
+    if transfer {
+        rig.config.transfer.context = "agents".into();
+    }
+    let dialer = rig.dialer().await;
+    let id = rig.sim.inbound_call(KNOWN).unwrap();
+    wait_for("the greeting", 10, || {
+        (rig.sim.heard(&id).len() >= 5).then_some(())
+    })
+    .await;
+    let Rig {
+        db,
+        sim,
+        fake,
+        config,
+    } = rig;
+    fake.shutdown().await;
+    let rig = Rig {
+        db,
+        sim,
+        fake: FakeRealtime::start(FakeConfig::default()).await.unwrap(),
+        config,
+    };
+    let rows = rig.finished(1).await;
+    let apology = rig.sim.requests().iter().any(|r| {
+        r.method == "POST"
+            && r.path == format!("/ari/channels/{id}/play")
+            && r.query.contains("an-error-has-occurred")
+    });
+    assert!(apology, "the apology was played");
+    if transfer {
+        assert_eq!(rows[0].how.as_deref(), Some("transferred"));
+        assert_eq!(
+            rig.sim.continued_to(&id),
+            Some(("agents".to_owned(), "s".to_owned(), 1))
+        );
+        rig.sim.hang_up_caller(&id);
+    } else {
+        assert_eq!(rows[0].how.as_deref(), Some("error"));
+        assert_eq!(rig.sim.continued_to(&id), None);
+    }
+    rig.all_closed().await;
+    dialer.shutdown().await;
+}
+
+#[tokio::test]
+async fn openai_lost_mid_call_apologises_then_transfers() {
+    openai_lost(true).await;
+}
+
+#[tokio::test]
+async fn openai_lost_mid_call_apologises_then_hangs_up() {
+    openai_lost(false).await;
+}
+
+/// On shutdown an agent call may finish within the grace period; one that
+/// outlasts it is ended, recorded, and nothing is left behind.
+#[tokio::test]
+async fn shutdown_lets_agent_calls_finish_within_the_grace_period() {
+    let rig = rig(FakeConfig {
+        response_audio_ms: 5000,
+        chunk_interval: Duration::ZERO,
+        ..FakeConfig::default()
+    })
+    .await;
+    let dialer = rig.dialer().await;
+    let finishing = rig.sim.inbound_call(KNOWN).unwrap();
+    let lingering = rig.sim.inbound_call(UNKNOWN).unwrap();
+    wait_for("both greetings", 10, || {
+        (!rig.sim.heard(&finishing).is_empty() && !rig.sim.heard(&lingering).is_empty())
+            .then_some(())
+    })
+    .await;
+    let agent = dialer.voice_agent.clone();
+    let started = Instant::now();
+    let stopping = tokio::spawn(async move { agent.finish(Duration::from_millis(1500)).await });
+    // A new caller meanwhile gets the fallback, not the agent.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = rig.sim.inbound_call(KNOWN).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.sim.hang_up_caller(&finishing);
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "the grace period was honoured"
+    );
+    let rows = rig.finished(3).await;
+    let how = |id: &str| {
+        rows.iter()
+            .find(|r| r.channel == id)
+            .and_then(|r| r.how.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        how(&finishing),
+        "caller_hung_up",
+        "finished by itself within the grace"
+    );
+    assert_eq!(how(&lingering), "error", "ended when the grace was over");
+    assert_eq!(how(&late), "fallback_busy", "no agent while stopping");
+    assert!(rig.sim.continued_to(&late).is_none());
     rig.all_closed().await;
     dialer.shutdown().await;
 }

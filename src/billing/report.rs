@@ -37,7 +37,10 @@ impl Billing {
 
     /// Inbound calls since `since` per day and how they ended, with the
     /// promises to pay taken per day (README "The voice agent").
-    pub async fn inbound_counts(&self, since: NaiveDateTime) -> Result<InboundCounts, BillingError> {
+    pub async fn inbound_counts(
+        &self,
+        since: NaiveDateTime,
+    ) -> Result<InboundCounts, BillingError> {
         let mut conn = self.conn().await?;
         let calls: Vec<(NaiveDate, Option<String>, u64)> = conn
             .exec(

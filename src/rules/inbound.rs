@@ -200,8 +200,8 @@ pub struct Promise {
 /// Checks `registrar_promesa_de_pago`'s arguments (JSON text from the
 /// model). The error is a sentence the model can relay to the caller.
 pub fn check_promise(arguments: &str, today: NaiveDate) -> Result<Promise, String> {
-    let v: serde_json::Value = serde_json::from_str(arguments)
-        .map_err(|_| "argumentos no son JSON válido".to_owned())?;
+    let v: serde_json::Value =
+        serde_json::from_str(arguments).map_err(|_| "argumentos no son JSON válido".to_owned())?;
     let fecha = v
         .get("fecha")
         .and_then(|f| f.as_str())
@@ -331,7 +331,10 @@ mod tests {
         assert!(caller_mobile("").is_err());
         assert!(caller_mobile("6044441234").is_err());
         assert!(caller_mobile("anonymous").is_err());
-        assert_eq!(caller_mobile("+573001234567").unwrap().national(), "3001234567");
+        assert_eq!(
+            caller_mobile("+573001234567").unwrap().national(),
+            "3001234567"
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ mod tests {
             fill(&media, Some("85000.00"), Some(15)),
             ["sound:saldo", "number:85000", "number:15"]
         );
-        assert_eq!(fill(&media, None, None), ["sound:saldo", "number:0", "number:"]);
+        assert_eq!(
+            fill(&media, None, None),
+            ["sound:saldo", "number:0", "number:"]
+        );
         assert_eq!(fill(&media, Some("n/a"), None)[1], "number:0");
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::{sleep_until, Instant};
 use super::fallback::{self, Played};
 use super::media::{self, caller_gone, Created, SetupError};
 use super::realtime::{self, ConnectError, ServerEvent, Session, SessionSpec};
-use super::rtp::{accept, Outbound};
+use super::rtp::{accept, Outbound, FRAME, PTIME, SILENCE};
 use super::tools::{self, Tool};
 use super::{Caller, End, VoiceAgent};
 use crate::ari::model::Channel;
@@ -30,6 +30,8 @@ use crate::ari::router::Inbox;
 use crate::clock::local_now;
 use crate::rules::inbound::{check_promise, instructions, How};
 
+/// How often a silent caller's gap is filled for OpenAI.
+const SILENCE_FILL: Duration = Duration::from_millis(100);
 /// Longest wait for a goodbye (or "I'll transfer you") to be spoken.
 const LAST_WORDS: Duration = Duration::from_secs(10);
 /// A caller who picked up must not sit in silence longer than this while
@@ -72,6 +74,8 @@ struct Conversation<'a> {
     tokens_out: u64,
     transcript: Option<String>,
     ending: Ending,
+    /// The response asked for as the last words, once created.
+    last_words_id: Option<String>,
 }
 
 pub(crate) async fn run(
@@ -165,6 +169,7 @@ pub(crate) async fn run(
         tokens_out: 0,
         transcript: va.store_transcripts.then(String::new),
         ending: Ending::No,
+        last_words_id: None,
     };
     let outcome = conv.talk(&media, inbox).await;
     let Conversation {
@@ -266,6 +271,13 @@ impl Conversation<'_> {
         let mut stop = self.agent.stop.subscribe();
         let mut buf = [0u8; 2048];
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        // Asterisk sends nothing while the caller is silent (LAB.md fact
+        // 20), but the server VAD only hears a turn end in audio: the gaps
+        // are filled with μ-law silence, so OpenAI's audio clock keeps up
+        // with the call's.
+        let mut heard_until = Instant::now();
+        let mut fill = tokio::time::interval(SILENCE_FILL);
+        fill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Acting on the ending comes first: once the last words have
             // been played (or took too long), do what was decided.
@@ -302,7 +314,10 @@ impl Conversation<'_> {
                 r = media.sock.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         match accept(&buf[..n], from, media.asterisk) {
-                            Ok(audio) => self.session.send(realtime::append(audio)),
+                            Ok(audio) => {
+                                heard_until = Instant::now();
+                                self.session.send(realtime::append(audio));
+                            }
                             Err(why) => {
                                 self.agent.stats.dropped_rtp.fetch_add(1, Ordering::Relaxed);
                                 tracing::debug!(channel = %self.caller_id, %from, ?why, "RTP datagram dropped");
@@ -338,6 +353,14 @@ impl Conversation<'_> {
                     }
                     None => return Finish::HangUp(How::Error),
                 },
+                _ = fill.tick() => {
+                    let gap = Instant::now().saturating_duration_since(heard_until);
+                    if gap >= SILENCE_FILL {
+                        let frames = (gap.as_millis() / PTIME.as_millis()) as u32;
+                        heard_until += PTIME * frames;
+                        self.session.send(realtime::append(&vec![SILENCE; FRAME * frames as usize]));
+                    }
+                }
                 _ = sleep_until(max_length), if self.ending == Ending::No => {
                     self.last_words(Then::HangUp(How::MaxLength), "Se acabó el tiempo de la llamada: despídete en una frase.");
                 }
@@ -352,8 +375,7 @@ impl Conversation<'_> {
         if self.response_active {
             self.session.send(realtime::cancel());
         }
-        self.session
-            .send(realtime::respond(Some(instructions)));
+        self.session.send(realtime::respond(Some(instructions)));
         self.ending = Ending::AwaitingWords(then, Instant::now() + LAST_WORDS);
     }
 
@@ -375,7 +397,11 @@ impl Conversation<'_> {
                 self.out.push(&item, audio);
             }
             ServerEvent::SpeechStarted => self.barge_in(),
-            ServerEvent::ResponseCreated { .. } => {
+            ServerEvent::ResponseCreated { id } => {
+                if matches!(self.ending, Ending::AwaitingWords(..)) && self.last_words_id.is_none()
+                {
+                    self.last_words_id = Some(id);
+                }
                 self.response_active = true;
                 self.response_audio = false;
                 self.calls.clear();
@@ -403,6 +429,7 @@ impl Conversation<'_> {
                 }
             }
             ServerEvent::ResponseDone {
+                id,
                 status,
                 tokens_in,
                 tokens_out,
@@ -424,7 +451,12 @@ impl Conversation<'_> {
                         self.calls.push((call_id, name, arguments));
                     }
                 }
+                // Only the response created for the last words ends the
+                // wait (not the one cancelled to make room for them).
                 if let Ending::AwaitingWords(then, cap) = self.ending {
+                    if self.last_words_id.as_deref() != Some(id.as_str()) {
+                        return;
+                    }
                     self.ending = Ending::Draining(then, cap);
                     self.calls.clear();
                     return;
@@ -485,7 +517,10 @@ impl Conversation<'_> {
                 Tool::Transfer if self.agent.config.transfer.is_configured() => {
                     self.session
                         .send(realtime::function_output(&call_id, r#"{"ok":true}"#));
-                    self.finish_with(Then::Transfer, "Dile en una frase que lo transfieres con un asesor ahora.");
+                    self.finish_with(
+                        Then::Transfer,
+                        "Dile en una frase que lo transfieres con un asesor ahora.",
+                    );
                     return;
                 }
                 Tool::Transfer => {

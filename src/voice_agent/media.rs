@@ -176,16 +176,16 @@ pub(crate) async fn teardown(
             }
         };
         let until = Instant::now() + Duration::from_secs(2);
-        while waiting {
-            match tokio::time::timeout_at(until, inbox.recv()).await {
-                Ok(Some(env)) => match &env.event {
-                    Event::ChannelDestroyed { channel, .. } if channel.id == unicast => break,
-                    Event::ChannelDestroyed { channel, .. } if channel.id == caller => {
-                        caller_destroyed = true
-                    }
-                    _ => {}
-                },
-                _ => break,
+        while waiting && Instant::now() < until {
+            let Ok(Some(env)) = tokio::time::timeout_at(until, inbox.recv()).await else {
+                break;
+            };
+            match &env.event {
+                Event::ChannelDestroyed { channel, .. } if channel.id == unicast => break,
+                Event::ChannelDestroyed { channel, .. } if channel.id == caller => {
+                    caller_destroyed = true
+                }
+                _ => {}
             }
         }
         agent.router.unregister(&unicast);

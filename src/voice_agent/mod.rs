@@ -285,8 +285,7 @@ impl VoiceAgent {
             };
             Ok::<_, crate::billing::BillingError>((matched, account))
         };
-        let (matched, account) = match tokio::time::timeout(Duration::from_secs(2), lookup).await
-        {
+        let (matched, account) = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 tracing::warn!(caller = %mobile.masked(), error = %e, "cannot look the caller up; the agent will know nothing");

@@ -96,11 +96,19 @@ pub fn confirms_pcmu(session: &Value) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
     /// `response.output_audio.delta`, decoded.
-    Audio { item_id: String, audio: Vec<u8> },
+    Audio {
+        item_id: String,
+        audio: Vec<u8>,
+    },
     SpeechStarted,
-    ResponseCreated { id: String },
+    ResponseCreated {
+        id: String,
+    },
     /// A function call item appeared (its name, before the arguments).
-    FunctionItem { call_id: String, name: String },
+    FunctionItem {
+        call_id: String,
+        name: String,
+    },
     FunctionArgs {
         call_id: String,
         name: Option<String>,
@@ -116,8 +124,14 @@ pub enum ServerEvent {
         calls: Vec<(String, String, String)>,
     },
     /// One side's words, for transcripts.
-    Transcript { agent: bool, text: String },
-    Error { code: String, message: String },
+    Transcript {
+        agent: bool,
+        text: String,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
     Other(String),
 }
 
@@ -282,8 +296,9 @@ async fn connect_inner(spec: &SessionSpec<'_>) -> Result<Session, ConnectError> 
         .as_str()
         .into_client_request()
         .map_err(|e| ConnectError::Refused(format!("bad voice_agent.url: {e}")))?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", spec.api_key))
-        .map_err(|_| ConnectError::Refused("the API key holds characters a header cannot".into()))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", spec.api_key)).map_err(|_| {
+        ConnectError::Refused("the API key holds characters a header cannot".into())
+    })?;
     req.headers_mut().insert("Authorization", bearer);
     let (ws, _) = tokio_tungstenite::connect_async(req)
         .await
@@ -293,7 +308,12 @@ async fn connect_inner(spec: &SessionSpec<'_>) -> Result<Session, ConnectError> 
                 let body = resp
                     .body()
                     .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).chars().take(200).collect::<String>())
+                    .map(|b| {
+                        String::from_utf8_lossy(b)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    })
                     .unwrap_or_default();
                 let why = format!("HTTP {status} {body}");
                 if status.is_server_error() {
@@ -376,13 +396,23 @@ mod tests {
         };
         let u = session_update(&spec);
         assert_eq!(u["session"]["type"], "realtime");
-        assert_eq!(u["session"]["audio"]["input"]["format"], json!({"type": "audio/pcmu"}));
-        assert_eq!(u["session"]["audio"]["output"]["format"], json!({"type": "audio/pcmu"}));
-        assert!(u["session"]["audio"]["input"]["format"].get("rate").is_none());
+        assert_eq!(
+            u["session"]["audio"]["input"]["format"],
+            json!({"type": "audio/pcmu"})
+        );
+        assert_eq!(
+            u["session"]["audio"]["output"]["format"],
+            json!({"type": "audio/pcmu"})
+        );
+        assert!(u["session"]["audio"]["input"]["format"]
+            .get("rate")
+            .is_none());
         let vad = &u["session"]["audio"]["input"]["turn_detection"];
         assert_eq!(vad["type"], "server_vad");
         assert_eq!(vad["interrupt_response"], true);
-        assert!(u["session"]["audio"]["input"].get("transcription").is_none());
+        assert!(u["session"]["audio"]["input"]
+            .get("transcription")
+            .is_none());
         assert!(confirms_pcmu(&u["session"]).is_ok());
         let mut pcm = u["session"].clone();
         pcm["audio"]["output"]["format"] = json!({"type": "audio/pcm", "rate": 24000});
@@ -392,7 +422,9 @@ mod tests {
     #[test]
     fn server_events_are_read_leniently() {
         assert_eq!(
-            parse(r#"{"type":"response.output_audio.delta","item_id":"i1","content_index":0,"delta":"AAEC"}"#),
+            parse(
+                r#"{"type":"response.output_audio.delta","item_id":"i1","content_index":0,"delta":"AAEC"}"#
+            ),
             ServerEvent::Audio {
                 item_id: "i1".into(),
                 audio: vec![0, 1, 2]
@@ -404,7 +436,9 @@ mod tests {
             ServerEvent::Other(_)
         ));
         assert_eq!(
-            parse(r#"{"type":"error","error":{"code":"response_cancel_not_active","message":"x"}}"#),
+            parse(
+                r#"{"type":"error","error":{"code":"response_cancel_not_active","message":"x"}}"#
+            ),
             ServerEvent::Error {
                 code: "response_cancel_not_active".into(),
                 message: "x".into()

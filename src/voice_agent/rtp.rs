@@ -105,7 +105,8 @@ pub fn accept(datagram: &[u8], from: SocketAddr, asterisk: SocketAddr) -> Result
     if packet.payload_type() != PCMU {
         return Err(Drop_::NotPcmu(packet.payload_type()));
     }
-    let payload = &datagram[packet.payload_offset()..packet.payload_offset() + packet.payload_len()];
+    let payload =
+        &datagram[packet.payload_offset()..packet.payload_offset() + packet.payload_len()];
     Ok(payload)
 }
 

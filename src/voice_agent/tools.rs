@@ -11,7 +11,9 @@ pub const HANG_UP: &str = "finalizar_llamada";
 /// What a tool call asks of the call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tool {
-    Promise { arguments: String },
+    Promise {
+        arguments: String,
+    },
     Transfer,
     HangUp,
     /// A name the session never declared (a model bug): refused back.
@@ -75,11 +77,19 @@ mod tests {
     #[test]
     fn tools_offered_follow_what_the_call_can_do() {
         let names = |t: Vec<Value>| -> Vec<String> {
-            t.iter().map(|d| d["name"].as_str().unwrap().to_owned()).collect()
+            t.iter()
+                .map(|d| d["name"].as_str().unwrap().to_owned())
+                .collect()
         };
-        assert_eq!(names(declarations(true, true)), [PROMISE, TRANSFER, HANG_UP]);
+        assert_eq!(
+            names(declarations(true, true)),
+            [PROMISE, TRANSFER, HANG_UP]
+        );
         assert_eq!(names(declarations(false, true)), [PROMISE, HANG_UP]);
         assert_eq!(names(declarations(false, false)), [HANG_UP]);
-        assert_eq!(Tool::from_call("borrar_deuda", "{}"), Tool::Unknown("borrar_deuda".into()));
+        assert_eq!(
+            Tool::from_call("borrar_deuda", "{}"),
+            Tool::Unknown("borrar_deuda".into())
+        );
     }
 }
