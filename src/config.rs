@@ -702,7 +702,12 @@ impl Config {
                 ),
             );
         }
-        if va.rtp_bind.parse::<std::net::IpAddr>().is_err() {
+        // Asterisk is told to send to this address: it must be one.
+        if va
+            .rtp_bind
+            .parse::<std::net::IpAddr>()
+            .map_or(true, |ip| ip.is_unspecified())
+        {
             return fail(
                 "voice_agent.rtp_bind",
                 &format!(

@@ -90,6 +90,7 @@ pub async fn run_until(
 
     tokio::pin!(stop);
     let mut last_start = None;
+    let mut agents_done: Option<tokio::task::JoinHandle<()>> = None;
     'daemon: loop {
         let Some(at) = next_start(clock.now(), last_start, &schedule, poll, &window) else {
             anyhow::bail!("the calling window never opens: check [window] in the configuration");
@@ -126,6 +127,9 @@ pub async fn run_until(
             _ = &mut stop => {
                 notify(&[sd_notify::NotifyState::Stopping]);
                 tracing::info!(grace_s = grace.as_secs(), "stopping: no new calls; calls in flight may finish");
+                // Agent calls share the same grace, counted from now.
+                let agent = dialer.voice_agent.clone();
+                agents_done = Some(tokio::spawn(async move { agent.finish(grace).await }));
                 let _ = drain_tx.send(true);
                 let hard_stop = tokio::time::sleep(grace);
                 tokio::pin!(hard_stop);
@@ -149,8 +153,14 @@ pub async fn run_until(
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
-    // Agent calls get the same grace as outbound calls (README "The daemon").
-    dialer.voice_agent.finish(grace).await;
+    // Agent calls get the same grace as outbound calls (README "The daemon"),
+    // counted from the signal, not after the pass's.
+    match agents_done {
+        Some(done) => {
+            let _ = done.await;
+        }
+        None => dialer.voice_agent.finish(grace).await,
+    }
     dialer.shutdown().await;
     tracing::info!("overdue-dialer stopped");
     Ok(())

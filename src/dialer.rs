@@ -227,6 +227,19 @@ async fn dispatch(
 ) {
     let config = campaign.config.clone();
     while let Some(env) = rx.recv().await {
+        // A caller entering the agent app is the agent's, even on a `…;2`
+        // channel whose `;1` is one of our outbound calls (the router would
+        // hand it to that call). An externalMedia channel nobody follows
+        // is a leftover, not a caller.
+        if let Event::StasisStart { channel, .. } = &env.event {
+            if env.application == config.ari.inbound_app
+                && !campaign.router.is_registered(&channel.id)
+                && !channel.name.starts_with("UnicastRTP/")
+            {
+                voice_agent.take(channel.clone());
+                continue;
+            }
+        }
         let Some(env) = campaign.router.route(env) else {
             continue;
         };
@@ -234,14 +247,6 @@ async fn dispatch(
             continue;
         };
         let channel = channel.clone();
-        if env.application == config.ari.inbound_app
-            && !campaign.router.is_registered(&channel.id)
-            // An externalMedia channel nobody follows is a leftover, not a caller.
-            && !channel.name.starts_with("UnicastRTP/")
-        {
-            voice_agent.take(channel);
-            continue;
-        }
         // One of our attempts that nobody follows: never hang up on it
         // blindly; its claim decides.
         if env.application == config.ari.outbound_app {

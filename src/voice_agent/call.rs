@@ -30,6 +30,10 @@ use crate::ari::router::Inbox;
 use crate::clock::local_now;
 use crate::rules::inbound::{check_promise, instructions, How};
 
+/// Liveness of the OpenAI socket: a ping this often, and lost after this
+/// long without any frame from the server.
+const PING_EVERY: Duration = Duration::from_secs(2);
+const SILENT_SESSION: Duration = Duration::from_secs(7);
 /// How often a silent caller's gap is filled for OpenAI.
 const SILENCE_FILL: Duration = Duration::from_millis(100);
 /// Longest wait for a goodbye (or "I'll transfer you") to be spoken.
@@ -76,6 +80,12 @@ struct Conversation<'a> {
     ending: Ending,
     /// The response asked for as the last words, once created.
     last_words_id: Option<String>,
+    /// Tool results being worked out off the audio path (MySQL), in the
+    /// order of their calls, and what to do once they are all back.
+    pending: Vec<(String, tokio::task::JoinHandle<String>)>,
+    after_tools: Option<Then>,
+    /// The OpenAI socket is still open.
+    open: bool,
 }
 
 pub(crate) async fn run(
@@ -84,6 +94,8 @@ pub(crate) async fn run(
     caller: &Caller,
     row: Option<u64>,
     inbox: &mut Inbox,
+    slot: super::AgentSlot<'_>,
+    arrived: Instant,
 ) -> End {
     let id = channel.id.as_str();
     let va = &agent.config.voice_agent;
@@ -95,7 +107,12 @@ pub(crate) async fn run(
         api_key: va.api_key.expose(),
         voice: &va.voice,
         instructions: &instructions,
-        transcription_model: &va.transcription_model,
+        // Transcribing the caller costs; only when transcripts are kept.
+        transcription_model: if va.store_transcripts {
+            &va.transcription_model
+        } else {
+            ""
+        },
         tools: tools::declarations(
             agent.config.transfer.is_configured(),
             caller.account.is_some(),
@@ -103,7 +120,8 @@ pub(crate) async fn run(
     };
     let mut timeout = Duration::from_millis(va.connect_timeout_ms);
     if channel.state == "Up" {
-        timeout = timeout.min(MAX_SILENCE);
+        // Already answered: the caller hears silence from arrival on.
+        timeout = timeout.min(MAX_SILENCE.saturating_sub(arrived.elapsed()));
     }
     let connecting = realtime::connect(&spec, timeout);
     tokio::pin!(connecting);
@@ -125,12 +143,14 @@ pub(crate) async fn run(
                 ConnectError::Refused(_) => How::FallbackRefused,
             };
             tracing::warn!(channel = %id, caller = %caller.masked, error = %e, "voice agent not available: fallback prompt");
+            // A caller on the fallback holds no agent place.
+            drop(slot);
             return fallback::run(agent, channel, caller, how, inbox).await;
         }
     };
-    if !fallback::answer(agent, channel).await {
+    if let Err(how) = fallback::answer(agent, channel, inbox).await {
         session.close().await;
-        return End::just(How::CallerHungUp);
+        return End::just(how);
     }
     let mut created = Created::default();
     let media = match media::setup(agent, id, inbox, &mut created).await {
@@ -170,6 +190,9 @@ pub(crate) async fn run(
         transcript: va.store_transcripts.then(String::new),
         ending: Ending::No,
         last_words_id: None,
+        pending: Vec::new(),
+        after_tools: None,
+        open: true,
     };
     let outcome = conv.talk(&media, inbox).await;
     let Conversation {
@@ -276,6 +299,10 @@ impl Conversation<'_> {
         // are filled with μ-law silence, so OpenAI's audio clock keeps up
         // with the call's.
         let mut heard_until = Instant::now();
+        // A socket can die without closing (a black-holed connection): a
+        // ping every few seconds, and a session silent for too long is lost.
+        let mut liveness = tokio::time::interval(PING_EVERY);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fill = tokio::time::interval(SILENCE_FILL);
         fill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -325,20 +352,30 @@ impl Conversation<'_> {
                         }
                     }
                 }
-                ev = self.session.next() => match ev {
-                    Some(ev) => self.on_server(ev).await,
+                ev = self.session.next(), if self.open => match ev {
+                    Some(ev) => self.on_server(ev),
                     None => {
-                        return match self.ending {
-                            // The session may close once the last words are out.
-                            Ending::Draining(then, _) | Ending::AwaitingWords(then, _) => {
-                                self.ending = Ending::Draining(then, Instant::now() + LAST_WORDS);
-                                continue;
+                        self.open = false;
+                        match self.ending {
+                            // What was said is still played; nothing more can come.
+                            Ending::Draining(then, cap) | Ending::AwaitingWords(then, cap) => {
+                                self.ending = Ending::Draining(then, cap);
                             }
                             Ending::No => {
                                 tracing::warn!(channel = %self.caller_id, "OpenAI closed the session mid-call");
-                                Finish::OpenAiLost
+                                return Finish::OpenAiLost;
                             }
-                        };
+                        }
+                    }
+                },
+                output = async { (&mut self.pending[0].1).await }, if !self.pending.is_empty() => {
+                    let (call_id, _) = self.pending.remove(0);
+                    let output = output.unwrap_or_else(|_| {
+                        json!({"ok": false, "error": "no se pudo registrar ahora"}).to_string()
+                    });
+                    self.session.send(realtime::function_output(&call_id, &output));
+                    if self.pending.is_empty() {
+                        self.tools_answered();
                     }
                 },
                 env = inbox.recv() => match env {
@@ -353,6 +390,17 @@ impl Conversation<'_> {
                     }
                     None => return Finish::HangUp(How::Error),
                 },
+                _ = liveness.tick(), if self.open => {
+                    if self.session.silent_for() > SILENT_SESSION {
+                        tracing::warn!(channel = %self.caller_id, "OpenAI session silent (no pong) for {} s: lost", SILENT_SESSION.as_secs());
+                        self.open = false;
+                        if self.ending == Ending::No {
+                            return Finish::OpenAiLost;
+                        }
+                    } else {
+                        self.session.ping();
+                    }
+                }
                 _ = fill.tick() => {
                     let gap = Instant::now().saturating_duration_since(heard_until);
                     if gap >= SILENCE_FILL {
@@ -379,7 +427,7 @@ impl Conversation<'_> {
         self.ending = Ending::AwaitingWords(then, Instant::now() + LAST_WORDS);
     }
 
-    async fn on_server(&mut self, ev: ServerEvent) {
+    fn on_server(&mut self, ev: ServerEvent) {
         match ev {
             ServerEvent::Audio { item_id, audio } => {
                 if self.cut.contains(&item_id) {
@@ -466,8 +514,11 @@ impl Conversation<'_> {
                     self.calls.clear();
                     return;
                 }
+                if status == "failed" {
+                    tracing::warn!(channel = %self.caller_id, "OpenAI response failed");
+                }
                 let calls = std::mem::take(&mut self.calls);
-                self.run_tools(calls).await;
+                self.run_tools(calls);
             }
             ServerEvent::Transcript { agent, text } => {
                 if let Some(t) = &mut self.transcript {
@@ -490,48 +541,66 @@ impl Conversation<'_> {
     }
 
     /// The caller talks over the agent: stop at once, and make the model
-    /// forget what was not heard.
+    /// forget what was not heard. Every item with audio still queued is
+    /// cut and truncated at what went out (0 when none did); so is the
+    /// item still streaming, whose later deltas are dropped.
     fn barge_in(&mut self) {
-        let unplayed = self.out.queued() > 0;
-        if let Some((item, sent_ms)) = self.out.clear() {
-            if unplayed {
-                self.cut.insert(item.to_string());
-                self.session.send(realtime::truncate(&item, sent_ms));
+        // The last words are heard out: the ending stands.
+        if self.ending != Ending::No {
+            return;
+        }
+        let (unplayed, current) = self.out.clear();
+        let mut cut = unplayed;
+        if self.response_active {
+            if let Some((item, ms)) = current {
+                if !cut.iter().any(|(i, _)| Arc::ptr_eq(i, &item)) {
+                    cut.push((item, ms));
+                }
             }
+        }
+        for (item, sent_ms) in cut {
+            self.cut.insert(item.to_string());
+            self.session.send(realtime::truncate(&item, sent_ms));
         }
         if self.response_active {
             self.session.send(realtime::cancel());
         }
-        // During last words the caller is still heard out: the ending
-        // stands (a goodbye is not repeated).
     }
 
-    async fn run_tools(&mut self, calls: Vec<(String, String, String)>) {
+    /// Answers a response's tool calls. The promise is written by a task
+    /// (MySQL must never hold up the audio); results go back in call
+    /// order once all are in, then the model is asked to go on — or, after
+    /// a transfer or hang-up, for its last words.
+    fn run_tools(&mut self, calls: Vec<(String, String, String)>) {
         if calls.is_empty() {
             return;
         }
-        let mut ask_again = false;
+        let mut then = None;
         for (call_id, name, arguments) in calls {
             let output = match Tool::from_call(&name, &arguments) {
-                Tool::Promise { arguments } => self.promise(&arguments).await,
+                Tool::Promise { arguments } => {
+                    let task = tokio::spawn(promise(
+                        self.agent.billing.clone(),
+                        self.agent.config.timezone,
+                        self.caller.account.as_ref().map(|a| a.client_id),
+                        self.row,
+                        self.caller_id.to_owned(),
+                        arguments,
+                    ));
+                    self.pending.push((call_id, task));
+                    continue;
+                }
                 Tool::Transfer if self.agent.config.transfer.is_configured() => {
-                    self.session
-                        .send(realtime::function_output(&call_id, r#"{"ok":true}"#));
-                    self.finish_with(
-                        Then::Transfer,
-                        "Dile en una frase que lo transfieres con un asesor ahora.",
-                    );
-                    return;
+                    then.get_or_insert(Then::Transfer);
+                    r#"{"ok":true}"#.to_owned()
                 }
                 Tool::Transfer => {
                     json!({"ok": false, "error": "no hay asesores disponibles por esta línea"})
                         .to_string()
                 }
                 Tool::HangUp => {
-                    self.session
-                        .send(realtime::function_output(&call_id, r#"{"ok":true}"#));
-                    self.finish_with(Then::HangUp(How::Agent), "Despídete en una frase.");
-                    return;
+                    then.get_or_insert(Then::HangUp(How::Agent));
+                    r#"{"ok":true}"#.to_owned()
                 }
                 Tool::Unknown(name) => {
                     tracing::warn!(channel = %self.caller_id, tool = %name, "the model called a tool it was not given");
@@ -539,12 +608,21 @@ impl Conversation<'_> {
                         .to_string()
                 }
             };
-            self.session
-                .send(realtime::function_output(&call_id, &output));
-            ask_again = true;
+            let done = tokio::spawn(async move { output });
+            self.pending.push((call_id, done));
         }
-        if ask_again {
-            self.session.send(realtime::respond(None));
+        self.after_tools = then;
+    }
+
+    /// Every result of a response is back with the model.
+    fn tools_answered(&mut self) {
+        match self.after_tools.take() {
+            Some(Then::Transfer) => self.finish_with(
+                Then::Transfer,
+                "Dile en una frase que lo transfieres con un asesor ahora.",
+            ),
+            Some(then) => self.finish_with(then, "Despídete en una frase."),
+            None => self.session.send(realtime::respond(None)),
         }
     }
 
@@ -558,31 +636,42 @@ impl Conversation<'_> {
             self.last_words(then, instructions);
         }
     }
+}
 
-    async fn promise(&mut self, arguments: &str) -> String {
-        let Some(account) = &self.caller.account else {
-            return json!({"ok": false, "error": "cliente no identificado: no se puede registrar"})
-                .to_string();
-        };
-        let now = local_now(self.agent.config.timezone);
-        match check_promise(arguments, now.date()) {
-            Err(why) => json!({"ok": false, "error": why}).to_string(),
-            Ok(p) => match self
-                .agent
-                .billing
-                .insert_promise(account.client_id, &p, self.row, now)
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(channel = %self.caller_id, client_id = account.client_id, date = %p.date, amount = ?p.amount, "promise to pay recorded");
-                    json!({"ok": true, "fecha": p.date.to_string(), "monto": p.amount}).to_string()
-                }
-                Err(e) => {
-                    tracing::error!(channel = %self.caller_id, client_id = account.client_id, date = %p.date, amount = ?p.amount, error = %e, "PROMISE TO PAY NOT WRITTEN");
-                    json!({"ok": false, "error": "no se pudo registrar ahora; un asesor la registrará"})
-                        .to_string()
-                }
-            },
+/// `registrar_promesa_de_pago`: checked by the rules, written with a time
+/// limit; the answer is for the model.
+async fn promise(
+    billing: crate::billing::Billing,
+    tz: chrono_tz::Tz,
+    client_id: Option<i64>,
+    row: Option<u64>,
+    channel: String,
+    arguments: String,
+) -> String {
+    let Some(client_id) = client_id else {
+        return json!({"ok": false, "error": "cliente no identificado: no se puede registrar"})
+            .to_string();
+    };
+    let now = local_now(tz);
+    let p = match check_promise(&arguments, now.date()) {
+        Err(why) => return json!({"ok": false, "error": why}).to_string(),
+        Ok(p) => p,
+    };
+    let write = billing.insert_promise(client_id, &p, row, now);
+    match tokio::time::timeout(Duration::from_secs(3), write).await {
+        Ok(Ok(_)) => {
+            tracing::info!(%channel, client_id, date = %p.date, amount = ?p.amount, "promise to pay recorded");
+            json!({"ok": true, "fecha": p.date.to_string(), "monto": p.amount}).to_string()
+        }
+        Ok(Err(e)) => {
+            tracing::error!(%channel, client_id, date = %p.date, amount = ?p.amount, error = %e, "PROMISE TO PAY NOT WRITTEN");
+            json!({"ok": false, "error": "no se pudo registrar ahora; un asesor la registrará"})
+                .to_string()
+        }
+        Err(_) => {
+            tracing::error!(%channel, client_id, date = %p.date, amount = ?p.amount, "PROMISE TO PAY NOT WRITTEN: MySQL did not answer within 3 s");
+            json!({"ok": false, "error": "no se pudo registrar ahora; un asesor la registrará"})
+                .to_string()
         }
     }
 }

@@ -46,6 +46,10 @@ pub(crate) async fn play(
         tokio::select! {
             env = inbox.recv() => match env.map(|e| e.event) {
                 Some(Event::PlaybackFinished { playback }) if playback.target_uri == format!("channel:{id}") => {
+                    if playback.state == "failed" {
+                        tracing::error!(channel = %id, media = %playback.media_uri, lang = %lang,
+                            "PROMPT NOT PLAYED to the inbound caller: sound missing on Asterisk? check voice_agent.fallback_media / apology_media");
+                    }
                     return Played::Done
                 }
                 Some(ev) if caller_gone(&ev, id) => return Played::CallerGone,
@@ -83,17 +87,22 @@ pub(crate) async fn hang_up(agent: &VoiceAgent, id: &str, inbox: &mut Inbox) {
 }
 
 /// Answers if needed (the shipped dialplan leaves the caller ringing).
-pub(crate) async fn answer(agent: &VoiceAgent, channel: &Channel) -> bool {
+/// A caller who cannot be answered is hung up, never left in Stasis.
+pub(crate) async fn answer(
+    agent: &VoiceAgent,
+    channel: &Channel,
+    inbox: &mut Inbox,
+) -> Result<(), How> {
     if channel.state == "Up" {
-        return true;
+        return Ok(());
     }
     match agent.ari.answer(&channel.id).await {
-        Ok(()) => true,
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Err(How::CallerHungUp),
         Err(e) => {
-            if !e.is_not_found() {
-                tracing::warn!(channel = %channel.id, error = %e, "cannot answer the inbound call");
-            }
-            false
+            tracing::error!(channel = %channel.id, error = %e, "cannot answer the inbound call; hanging it up");
+            hang_up(agent, &channel.id, inbox).await;
+            Err(How::Error)
         }
     }
 }
@@ -106,11 +115,10 @@ pub(crate) async fn run(
     how: How,
     inbox: &mut Inbox,
 ) -> End {
-    let id = &channel.id;
-    if !answer(agent, channel).await {
-        return End::just(How::CallerHungUp);
+    if let Err(how) = answer(agent, channel, inbox).await {
+        return End::just(how);
     }
-    play_fallback(agent, id, caller, how, inbox).await
+    play_fallback(agent, &channel.id, caller, how, inbox).await
 }
 
 /// The fallback prompt on an answered caller, then the hang-up.

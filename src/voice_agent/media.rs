@@ -109,9 +109,14 @@ pub(crate) async fn setup(
         vars.get("UNICASTRTP_LOCAL_ADDRESS"),
         vars.get("UNICASTRTP_LOCAL_PORT"),
     ) {
-        (Some(a), Some(p)) => format!("{a}:{p}")
-            .parse()
-            .map_err(|e| failed("reading UNICASTRTP_LOCAL_ADDRESS/PORT", &e))?,
+        (Some(a), Some(p)) => match (a.parse::<std::net::IpAddr>(), p.parse::<u16>()) {
+            (Ok(ip), Ok(port)) => SocketAddr::new(ip, port),
+            _ => {
+                return Err(SetupError::Failed(format!(
+                    "unreadable UNICASTRTP_LOCAL_ADDRESS/PORT {a:?} {p:?}"
+                )))
+            }
+        },
         _ => {
             return Err(SetupError::Failed(
                 "externalMedia channel without UNICASTRTP_LOCAL_ADDRESS/PORT".into(),

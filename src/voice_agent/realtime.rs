@@ -250,6 +250,7 @@ pub fn respond(instructions: Option<&str>) -> String {
 /// them, so a slow socket never holds up the audio path).
 pub struct Session {
     pub events: futures_util::stream::SplitStream<Ws>,
+    last_frame: tokio::time::Instant,
     pub out: mpsc::UnboundedSender<Message>,
     writer: tokio::task::JoinHandle<()>,
 }
@@ -262,7 +263,9 @@ impl Session {
     /// The next server event; `None` when the socket closed.
     pub async fn next(&mut self) -> Option<ServerEvent> {
         loop {
-            match self.events.next().await? {
+            let frame = self.events.next().await?;
+            self.last_frame = tokio::time::Instant::now();
+            match frame {
                 Ok(Message::Text(t)) => return Some(parse(t.as_str())),
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
@@ -270,11 +273,28 @@ impl Session {
         }
     }
 
+    /// Asks the server for a sign of life; any frame back (the pong
+    /// included) counts.
+    pub fn ping(&self) {
+        let _ = self.out.send(Message::Ping(Vec::new().into()));
+    }
+
+    /// How long since the server last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        self.last_frame.elapsed()
+    }
+
     /// Closes the socket (a close frame, then the writer ends).
     pub async fn close(self) {
         let _ = self.out.send(Message::Close(None));
         drop(self.out);
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.writer).await;
+        let mut writer = self.writer;
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     }
 }
 
@@ -374,6 +394,7 @@ async fn connect_inner(spec: &SessionSpec<'_>) -> Result<Session, ConnectError> 
     });
     Ok(Session {
         events,
+        last_frame: tokio::time::Instant::now(),
         out,
         writer,
     })

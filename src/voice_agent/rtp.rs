@@ -119,6 +119,9 @@ pub enum Drop_ {
     NotPcmu(u8),
 }
 
+/// A response item and the milliseconds of it sent to Asterisk.
+pub type Sent = (Arc<str>, u64);
+
 /// A piece of agent audio and the response item it belongs to.
 struct Chunk {
     item: Arc<str>,
@@ -140,6 +143,8 @@ pub struct Outbound {
     next: Option<Instant>,
     /// The next packet starts a talk spurt.
     spurt_start: bool,
+    /// The queue ran dry after the last packet (silence, not lateness).
+    idle: bool,
     /// The item now being sent and how many of its bytes have gone out
     /// (for `conversation.item.truncate`).
     current: Option<(Arc<str>, usize)>,
@@ -162,6 +167,7 @@ impl Outbound {
             queued: 0,
             next: None,
             spurt_start: true,
+            idle: true,
             current: None,
             buf: Vec::with_capacity(12 + FRAME),
             packets_sent: 0,
@@ -187,52 +193,75 @@ impl Outbound {
         self.queued
     }
 
-    /// Drops everything queued (barge-in) and returns the item that was
-    /// being sent with the milliseconds of it that went out.
-    pub fn clear(&mut self) -> Option<(Arc<str>, u64)> {
+    /// Drops everything queued (barge-in). Returns every item that had
+    /// audio still waiting, with the milliseconds of it that went out
+    /// (0 for an item not started), and, separately, the item being sent
+    /// with its milliseconds even when all of it went out (its response
+    /// may still be streaming more).
+    pub fn clear(&mut self) -> (Vec<Sent>, Option<Sent>) {
+        let unplayed = self.unplayed();
         self.queue.clear();
         self.queued = 0;
         self.next = None;
-        self.current
+        self.idle = true;
+        let current = self
+            .current
             .take()
-            .map(|(item, bytes)| (item, (bytes / 8) as u64))
+            .map(|(item, bytes)| (item, (bytes / 8) as u64));
+        (unplayed, current)
     }
 
     /// When the next packet is due, if there is audio. Audio that arrives
     /// while the previous packet's slot is still current continues the
-    /// talk spurt; after a longer gap a new spurt starts now.
+    /// talk spurt; after a longer silence a new spurt starts now. A packet
+    /// that is merely late (audio was waiting all along) keeps its
+    /// deadline and is sent at once.
     pub fn due(&mut self) -> Option<Instant> {
         if self.queue.is_empty() {
             return None;
         }
         let now = Instant::now();
         match self.next {
-            Some(n) if n + PTIME >= now => Some(n),
+            Some(n) if !self.idle || n + PTIME >= now => Some(n),
             _ => {
                 self.spurt_start = true;
+                self.idle = false;
                 self.next = Some(now);
                 Some(now)
             }
         }
     }
 
-    /// The next packet to send (call when `due` has passed). The first
-    /// packet of a spurt carries the marker bit.
+    /// The next packet to send (call when `due` has passed). It carries
+    /// 160 bytes of one item, taken across as many of its deltas as needed
+    /// (the service sends deltas of any length); only an item's last
+    /// packet is padded with silence. The first packet of a spurt carries
+    /// the marker bit.
     pub fn packet(&mut self, now: Instant) -> Option<&[u8]> {
         let due = self.due()?;
         let marker = std::mem::take(&mut self.spurt_start);
-        let chunk = self.queue.front_mut()?;
-        let take = FRAME.min(chunk.data.len() - chunk.at);
+        let item = self.queue.front()?.item.clone();
         let mut payload = [SILENCE; FRAME];
-        payload[..take].copy_from_slice(&chunk.data[chunk.at..chunk.at + take]);
-        chunk.at += take;
-        self.queued -= take;
-        match &mut self.current {
-            Some((item, bytes)) if Arc::ptr_eq(item, &chunk.item) => *bytes += take,
-            _ => self.current = Some((chunk.item.clone(), take)),
+        let mut filled = 0;
+        while filled < FRAME {
+            let Some(chunk) = self.queue.front_mut() else {
+                break;
+            };
+            if !Arc::ptr_eq(&chunk.item, &item) {
+                break;
+            }
+            let take = (FRAME - filled).min(chunk.data.len() - chunk.at);
+            payload[filled..filled + take].copy_from_slice(&chunk.data[chunk.at..chunk.at + take]);
+            chunk.at += take;
+            filled += take;
+            if chunk.at >= chunk.data.len() {
+                self.queue.pop_front();
+            }
         }
-        if chunk.at >= chunk.data.len() {
-            self.queue.pop_front();
+        self.queued -= filled;
+        match &mut self.current {
+            Some((cur, bytes)) if Arc::ptr_eq(cur, &item) => *bytes += filled,
+            _ => self.current = Some((item, filled)),
         }
         // The timestamp follows the clock: +160 per 20 ms since the stream
         // began, never less than the previous packet's + 160.
@@ -254,6 +283,7 @@ impl Outbound {
         // unless we fell far behind: then start afresh rather than burst.
         let next = due + PTIME;
         self.next = Some(if now > next + 3 * PTIME { now } else { next });
+        self.idle = self.queue.is_empty();
         self.packets_sent += 1;
         self.buf.clear();
         RtpPacketBuilder::<&[u8], &[u8]>::new()
@@ -266,6 +296,22 @@ impl Outbound {
             .write_into_vec(&mut self.buf)
             .ok()?;
         Some(&self.buf)
+    }
+
+    /// Items with audio still queued, and the one being sent, each with
+    /// the milliseconds of it that went out (for barge-in).
+    fn unplayed(&self) -> Vec<Sent> {
+        let mut out: Vec<Sent> = Vec::new();
+        for c in &self.queue {
+            if !out.iter().any(|(i, _)| Arc::ptr_eq(i, &c.item)) {
+                let sent = match &self.current {
+                    Some((cur, bytes)) if Arc::ptr_eq(cur, &c.item) => (*bytes / 8) as u64,
+                    _ => 0,
+                };
+                out.push((c.item.clone(), sent));
+            }
+        }
+        out
     }
 }
 
@@ -324,6 +370,37 @@ mod tests {
         assert_eq!(jump % 160, 0);
     }
 
+    /// Deltas of any length make whole packets: silence only pads the end
+    /// of an item, and a late wake-up is neither a new spurt nor a gap.
+    #[tokio::test(start_paused = true)]
+    async fn odd_sized_deltas_make_whole_packets() {
+        let mut out = Outbound::new();
+        let item: Arc<str> = Arc::from("item_2");
+        let audio: Vec<u8> = (0..1000u32).map(|i| (i % 200) as u8).collect();
+        for piece in audio.chunks(200) {
+            out.push(&item, piece.to_vec());
+        }
+        let mut got = Vec::new();
+        let mut first = true;
+        while let Some(due) = out.due() {
+            // Wake 30 ms late once: the packet is late, not a new spurt.
+            let wake = if first {
+                due + Duration::from_millis(30)
+            } else {
+                due
+            };
+            first = false;
+            tokio::time::sleep_until(wake).await;
+            got.push(parse(out.packet(Instant::now()).unwrap()));
+        }
+        let sent: Vec<u8> = got.iter().flat_map(|g| g.4.clone()).collect();
+        assert_eq!(&sent[..1000], &audio[..]);
+        assert!(sent[1000..].iter().all(|&b| b == SILENCE));
+        assert_eq!(got.len(), 7);
+        assert!(got[0].0 && got[1..].iter().all(|g| !g.0));
+        assert_eq!(out.late_packets, 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn clearing_reports_what_of_the_item_went_out() {
         let mut out = Outbound::new();
@@ -334,9 +411,17 @@ mod tests {
             tokio::time::sleep_until(due).await;
             out.packet(Instant::now()).unwrap();
         }
-        let (cut, ms) = out.clear().unwrap();
+        let next: Arc<str> = Arc::from("item_8");
+        out.push(&next, vec![2; 800]);
+        let (unplayed, current) = out.clear();
+        let (cut, ms) = current.unwrap();
         assert_eq!(&*cut, "item_7");
         assert_eq!(ms, 100);
+        let unplayed: Vec<(String, u64)> = unplayed
+            .iter()
+            .map(|(i, ms)| (i.to_string(), *ms))
+            .collect();
+        assert_eq!(unplayed, [("item_7".into(), 100), ("item_8".into(), 0)]);
         assert_eq!(out.queued(), 0);
         assert!(out.due().is_none());
     }
