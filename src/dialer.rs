@@ -152,6 +152,9 @@ impl Dialer {
             dispatcher,
             restarts,
         };
+        // An agent call's externalMedia channel and bridge outlive a killed
+        // daemon (Asterisk never removes them by itself).
+        dialer.voice_agent.remove_leftovers().await;
         // Attempts a killed run left open: closed or adopted before anything
         // else, so no entry point can forget them.
         if let Err(e) = reconcile::orphans(&dialer.campaign).await {

@@ -927,3 +927,65 @@ async fn a_quiet_call_is_not_taken_for_a_lost_session() {
     rig.all_closed().await;
     dialer.shutdown().await;
 }
+
+/// The daemon SIGKILLed mid agent call leaves the externalMedia channel and
+/// the bridge up (Asterisk never removes them by itself, LAB.md fact 19):
+/// the next start removes both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_daemons_agent_media_is_removed_at_the_next_start() {
+    let rig = rig(FakeConfig {
+        response_audio_ms: 60_000,
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut cmd = common::daemon_command(&rig.db, &rig.sim);
+    cmd.arg("run")
+        .env("OVERDUE_WINDOW", common::OPEN_ALL_WEEK)
+        .env("OVERDUE_CAMPAIGN__SCHEDULE", "[]")
+        .env("OVERDUE_CAMPAIGN__POLL_INTERVAL_SECS", "86400")
+        .env("OVERDUE_VOICE_AGENT__URL", rig.fake.url())
+        .env("OPENAI_API_KEY", "sk-fake-realtime")
+        .env(
+            "OVERDUE_VOICE_AGENT__RTP_PORTS",
+            &rig.config.voice_agent.rtp_ports,
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut daemon = cmd.spawn().expect("start the daemon");
+    let until = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        if let Some(id) = rig.sim.inbound_call(KNOWN) {
+            break id;
+        }
+        assert!(
+            Instant::now() < until,
+            "the daemon never registered its apps"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_for("the agent talking", 15, || {
+        (rig.sim.heard(&id).len() >= 5).then_some(())
+    })
+    .await;
+    daemon.kill().unwrap(); // SIGKILL
+    let _ = daemon.wait();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rig.sim.live_bridges(), 1, "the bridge outlives the daemon");
+    assert_eq!(
+        rig.sim.live_channels(),
+        2,
+        "caller and externalMedia channel"
+    );
+    let dialer = rig.dialer().await;
+    assert_eq!(rig.sim.live_bridges(), 0, "bridge removed at start");
+    assert_eq!(rig.sim.live_channels(), 1, "only the caller is left");
+    rig.sim.hang_up_caller(&id);
+    let rows = rig.inbound_rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].how.as_deref(),
+        Some("error"),
+        "the killed call's row is closed"
+    );
+    dialer.shutdown().await;
+}

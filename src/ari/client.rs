@@ -423,6 +423,21 @@ impl AriClient {
         self.json(Method::POST, &["bridges"], &q, None::<&()>).await
     }
 
+    /// A mixing bridge with our own id, so one whose answer was lost can
+    /// still be found and destroyed (a bridge stays until deleted).
+    pub async fn create_bridge_with_id(
+        &self,
+        bridge_id: &str,
+        name: &str,
+    ) -> Result<Bridge, AriError> {
+        let q = [
+            ("type", "mixing".to_owned()),
+            ("name", name.to_owned()),
+            ("bridgeId", bridge_id.to_owned()),
+        ];
+        self.json(Method::POST, &["bridges"], &q, None::<&()>).await
+    }
+
     pub async fn add_to_bridge(&self, bridge_id: &str, channel_id: &str) -> Result<(), AriError> {
         self.empty(
             Method::POST,

@@ -159,6 +159,18 @@ impl Billing {
         false
     }
 
+    /// Inbound rows a killed run left open (the call died with it):
+    /// closed as `error` at start-up, so none stays "in progress" forever.
+    pub async fn close_interrupted_inbound(&self, now: NaiveDateTime) -> Result<u64, BillingError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "UPDATE overdue_inbound_log SET how = 'error', ended_at = ? WHERE how IS NULL",
+            (seconds(now),),
+        )
+        .await?;
+        Ok(conn.affected_rows())
+    }
+
     /// Records a promise to pay the agent took (already checked by
     /// `rules::inbound::check_promise`).
     pub async fn insert_promise(

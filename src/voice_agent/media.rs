@@ -55,7 +55,43 @@ pub(crate) fn caller_gone(event: &Event, caller: &str) -> bool {
 /// The externalMedia channel's id for a caller (ids keep `;`, which we
 /// must not end with: the router would take `…;2` for a Local half).
 pub(crate) fn unicast_id(caller: &str) -> String {
-    format!("{}-agent-media", caller.replace(';', "-"))
+    format!("{}{MEDIA_SUFFIX}", caller.replace(';', "-"))
+}
+
+/// The agent bridge's id for a caller.
+pub(crate) fn bridge_id(caller: &str) -> String {
+    format!("{}{BRIDGE_SUFFIX}", caller.replace(';', "-"))
+}
+
+const MEDIA_SUFFIX: &str = "-agent-media";
+const BRIDGE_SUFFIX: &str = "-agent-bridge";
+
+/// Removes what a call that died without its teardown (a crash, a
+/// panic) left on Asterisk, which nothing else would ever remove (LAB.md
+/// fact 19): our externalMedia channels, found by their ids, and their
+/// bridges. Returns how many channels were removed.
+pub(crate) async fn remove_leftovers(ari: &crate::ari::AriClient) -> usize {
+    let Ok(channels) = ari.channels().await else {
+        return 0;
+    };
+    let mut removed = 0;
+    for ch in channels {
+        let Some(base) = ch.id.strip_suffix(MEDIA_SUFFIX) else {
+            continue;
+        };
+        tracing::warn!(channel = %ch.id, "externalMedia channel left by an earlier run: removing it and its bridge");
+        if ari.hangup(&ch.id, "normal").await.is_ok() {
+            removed += 1;
+        }
+        let _ = ari.destroy_bridge(&format!("{base}{BRIDGE_SUFFIX}")).await;
+    }
+    removed
+}
+
+/// Best-effort removal of one call's media by id (after a panic).
+pub(crate) async fn remove_for(ari: &crate::ari::AriClient, caller: &str) {
+    let _ = ari.hangup(&unicast_id(caller), "normal").await;
+    let _ = ari.destroy_bridge(&bridge_id(caller)).await;
 }
 
 /// Bridge, caller in it, externalMedia channel paired and in it.
@@ -73,12 +109,14 @@ pub(crate) async fn setup(
     let local = sock
         .local_addr()
         .map_err(|e| failed("reading the RTP port", &e))?;
+    let bridge_id = bridge_id(caller);
+    // Recorded before the request: a lost answer must not leak the bridge.
+    created.bridge = Some(bridge_id.clone());
     let bridge = agent
         .ari
-        .create_bridge(&format!("agent-{caller}"))
+        .create_bridge_with_id(&bridge_id, &format!("agent {caller}"))
         .await
         .map_err(|e| failed("creating the bridge", &e))?;
-    created.bridge = Some(bridge.id.clone());
     agent
         .ari
         .add_to_bridge(&bridge.id, caller)

@@ -121,6 +121,26 @@ impl VoiceAgent {
         })
     }
 
+    /// What an earlier run left behind (at start-up, before any call):
+    /// agent media on Asterisk, and inbound rows never completed.
+    pub async fn remove_leftovers(&self) -> usize {
+        match self
+            .billing
+            .close_interrupted_inbound(local_now(self.config.timezone))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                rows = n,
+                "inbound calls cut by an earlier run recorded as error"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot close the inbound rows an earlier run left open")
+            }
+        }
+        media::remove_leftovers(&self.ari).await
+    }
+
     /// Agent calls in progress.
     pub fn agents_live(&self) -> usize {
         self.agents.load(Ordering::SeqCst)
@@ -148,6 +168,8 @@ impl VoiceAgent {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 tracing::error!(channel = %id, panic = %why, "inbound call task panicked; hanging up");
+                media::remove_for(&me.ari, &id).await;
+                me.router.unregister(&media::unicast_id(&id));
                 let _ = me.ari.hangup(&id, "normal").await;
             }
             me.router.unregister(&id);
