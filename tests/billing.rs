@@ -55,11 +55,12 @@ async fn schema_apply_adds_what_is_missing_and_is_idempotent() {
         .unwrap();
 
     let first = schema::apply(&mut conn).await.unwrap();
-    assert_eq!(first.len(), 7, "{first:#?}");
+    assert_eq!(first.len(), 8, "{first:#?}");
     for table in [
         "overdue_call_log",
         "overdue_inbound_log",
         "overdue_payment_promise",
+        "overdue_opt_out",
     ] {
         let n: Option<u64> = conn
             .exec_first(
@@ -691,6 +692,7 @@ async fn the_caller_is_found_by_every_spelling_of_the_number() {
             inv(1, "99999.00", true),
         ],
         history: vec![],
+        opt_outs: vec![],
     };
     let db = TestDb::with_data(&data).await;
     let billing = Billing::new(db.opts.clone());

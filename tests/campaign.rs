@@ -631,3 +631,44 @@ async fn once_runs_a_pass_and_says_why_it_cannot() {
     assert!(String::from_utf8_lossy(&no_ari.stderr).contains("cannot reach Asterisk ARI"));
     assert_eq!(rig.sim.live_channels(), 0);
 }
+
+/// A client with a row in `overdue_opt_out` is never dialled, and
+/// `preview` says why; deleting the row (what staff do to lift it) makes
+/// the client callable again.
+#[tokio::test]
+async fn an_opted_out_client_is_never_dialled_until_staff_delete_the_row() {
+    use overdue_dialer::campaign::preview;
+    use overdue_dialer::rules::selection::{Policy, SkipReason};
+    let mut data = clients(&[(1, "3001234560"), (2, "3001234561")]);
+    data.opt_outs.push(2);
+    let rig = rig(&data, vec![trunk("t1", "Local/{number}@sim-pstn", 1, 10)]).await;
+    let billing = overdue_dialer::billing::Billing::new(rig.config.mysql.opts());
+    let now = overdue_dialer::clock::local_now(rig.config.timezone);
+    let facts = billing.flagged_clients().await.unwrap();
+    let lines = preview::lines(
+        &facts,
+        now,
+        &Policy::from_config(&rig.config),
+        &rig.config.window,
+    );
+    let two = lines.iter().find(|l| l.id == 2).unwrap();
+    assert_eq!(two.reason, Some(SkipReason::OptedOut));
+    assert_ne!(
+        lines.iter().find(|l| l.id == 1).unwrap().reason,
+        Some(SkipReason::OptedOut)
+    );
+
+    let summary = rig.pass().await;
+    let called: Vec<i64> = summary.calls.iter().map(|c| c.client_id).collect();
+    assert_eq!(called, vec![1]);
+    assert_eq!(rig.client(2).await, (0, 0, false), "never dialled");
+
+    let mut conn = rig.db.conn().await;
+    conn.query_drop("DELETE FROM overdue_opt_out WHERE client_id = 2")
+        .await
+        .unwrap();
+    let summary = rig.pass().await;
+    let called: Vec<i64> = summary.calls.iter().map(|c| c.client_id).collect();
+    assert_eq!(called, vec![2], "callable again once the row is gone");
+    billing.close().await.unwrap();
+}

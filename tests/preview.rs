@@ -227,6 +227,12 @@ async fn report_counts_outcomes_per_day_and_trunk() {
     )
     .await
     .unwrap();
+    conn.exec_drop(
+        "INSERT INTO overdue_opt_out (client_id, phone_e164, opted_out_at) VALUES (4, '+573001234567', ?)",
+        (at,),
+    )
+    .await
+    .unwrap();
     let out = run(dialer(&db).args(["report", "--days", "1"]));
     let (outcomes, inbound) = out.split_once("\n\n").expect("two sections");
     let inbound_line = inbound.lines().nth(1).unwrap_or("");
@@ -234,6 +240,7 @@ async fn report_counts_outcomes_per_day_and_trunk() {
         inbound_line.starts_with(&today.to_string())
             && inbound_line.contains("calls     3")
             && inbound_line.contains("promises    1")
+            && inbound_line.contains("opt-outs    1")
             && inbound_line.contains("agent 2")
             && inbound_line.contains("fallback_no_key 1"),
         "{out}"

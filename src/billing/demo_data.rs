@@ -85,6 +85,8 @@ pub struct Data {
     pub clients: Vec<Client>,
     pub invoices: Vec<Invoice>,
     pub history: Vec<History>,
+    /// Clients with a row in `overdue_opt_out`.
+    pub opt_outs: Vec<i64>,
 }
 
 const FIRST: &[&str] = &[
@@ -213,6 +215,11 @@ pub fn generate(spec: &Spec) -> Data {
             });
         }
 
+        // A few clients asked not to be called (no random draw: the rest
+        // of the generated data stays as it was).
+        if !spec.clean && id % 37 == 5 {
+            data.opt_outs.push(id);
+        }
         if !spec.clean && rng.gen_bool(0.35) {
             // Earlier attempts, oldest first, within ten days of the anchor.
             let n = rng.gen_range(1..=3u32);
@@ -293,6 +300,9 @@ async fn insert_batched(
 
 /// Creates the billing tables and the daemon's schema in the (empty)
 /// database `conn` is using, and loads `data` into them.
+/// When the demo's opt-outs were taken (any past time will do).
+const OPTED_OUT_AT: &str = "2026-01-05 09:00:00";
+
 pub async fn load(conn: &mut mysql_async::Conn, data: &Data) -> Result<(), BillingError> {
     for ddl in BILLING_TABLES_DDL {
         conn.query_drop(*ddl).await?;
@@ -344,6 +354,15 @@ pub async fn load(conn: &mut mysql_async::Conn, data: &Data) -> Result<(), Billi
                     .into(),
             ]
         }),
+    )
+    .await?;
+    insert_batched(
+        conn,
+        "INSERT INTO overdue_opt_out (client_id, opted_out_at)",
+        2,
+        data.opt_outs
+            .iter()
+            .map(|id| vec![(*id).into(), OPTED_OUT_AT.into()]),
     )
     .await?;
     Ok(())

@@ -56,7 +56,17 @@ impl Billing {
                 (since,),
             )
             .await?;
+        let opt_outs: Vec<(NaiveDate, u64)> = conn
+            .exec(
+                "SELECT DATE(opted_out_at), COUNT(*) FROM overdue_opt_out
+                 WHERE opted_out_at >= ? GROUP BY DATE(opted_out_at)",
+                (since,),
+            )
+            .await?;
         let mut counts = InboundCounts::new();
+        for (day, n) in opt_outs {
+            counts.entry(day).or_default().2 += n;
+        }
         for (day, how, n) in calls {
             // A call still in progress (or cut by a crash) has no `how` yet.
             let how = how.unwrap_or_else(|| "in_progress".into());
@@ -69,21 +79,22 @@ impl Billing {
     }
 }
 
-/// day → (how the inbound calls ended → count, promises to pay taken).
-pub type InboundCounts = BTreeMap<NaiveDate, (BTreeMap<String, u64>, u64)>;
+/// day → (how the inbound calls ended → count, promises to pay taken,
+/// clients who opted out).
+pub type InboundCounts = BTreeMap<NaiveDate, (BTreeMap<String, u64>, u64, u64)>;
 
 /// One line per day: inbound calls by how they ended, and promises.
 pub fn render_inbound(counts: &InboundCounts) -> String {
-    let mut out = String::from("INBOUND CALLS (how they ended) AND PROMISES TO PAY\n");
+    let mut out = String::from("INBOUND CALLS (how they ended), PROMISES TO PAY, OPT-OUTS\n");
     if counts.is_empty() {
         out.push_str("(none)\n");
     }
-    for (day, (hows, promises)) in counts {
+    for (day, (hows, promises, opt_outs)) in counts {
         let total: u64 = hows.values().sum();
         let detail: Vec<String> = hows.iter().map(|(h, n)| format!("{h} {n}")).collect();
         let _ = writeln!(
             out,
-            "{day}  calls {total:>5}  promises {promises:>4}  ({})",
+            "{day}  calls {total:>5}  promises {promises:>4}  opt-outs {opt_outs:>4}  ({})",
             detail.join(", ")
         );
     }

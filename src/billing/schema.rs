@@ -69,10 +69,24 @@ pub const PAYMENT_PROMISE_DDL: &str = "CREATE TABLE IF NOT EXISTS overdue_paymen
   KEY ix_overdue_payment_promise_client (client_id, promised_date)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
 
+/// Clients who asked not to be called by this product (Ley 2300 lets the
+/// debtor choose how to be contacted). A client with a row here is never
+/// selected; billing staff lift it by deleting the row.
+pub const OPT_OUT_DDL: &str = "CREATE TABLE IF NOT EXISTS overdue_opt_out (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  client_id BIGINT NOT NULL,
+  phone_e164 VARCHAR(32) NULL,
+  opted_out_at DATETIME NOT NULL,
+  channel_id VARCHAR(128) NULL,
+  PRIMARY KEY (id),
+  KEY ix_overdue_opt_out_client (client_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
 /// Our own tables, created whole when missing.
 const OWN_TABLES: &[(&str, &str)] = &[
     ("overdue_inbound_log", INBOUND_LOG_DDL),
     ("overdue_payment_promise", PAYMENT_PROMISE_DDL),
+    ("overdue_opt_out", OPT_OUT_DDL),
 ];
 
 /// The columns the daemon may add to `afiliados`, with their definitions.

@@ -29,7 +29,8 @@ const FACTS_SELECT: &str = "SELECT a.id, a.telefono, a.corte,
   l.attempt_no, l.outcome, l.ended_at, l.phone_raw,
   (SELECT MAX(c.ended_at) FROM overdue_call_log c
     WHERE c.client_id = a.id
-      AND COALESCE(c.delivered, c.outcome IN ('completed', 'hung_up_early')) = 1) AS last_contact
+      AND COALESCE(c.delivered, c.outcome IN ('completed', 'hung_up_early')) = 1) AS last_contact,
+  EXISTS (SELECT 1 FROM overdue_opt_out o WHERE o.client_id = a.id) AS opted_out
 FROM afiliados a
 LEFT JOIN overdue_call_log l ON l.client_id = a.id
   AND l.attempt_no = (SELECT MAX(m.attempt_no) FROM overdue_call_log m WHERE m.client_id = a.id)
@@ -47,6 +48,7 @@ WHERE a.outbound_call = 1";
 /// one index lookup per candidate, and a page stops at its LIMIT.
 const ELIGIBLE_WHERE: &str = "
   AND a.id > ?
+  AND NOT EXISTS (SELECT 1 FROM overdue_opt_out o WHERE o.client_id = a.id)
   AND COALESCE(a.outbound_call_is_sent, 0) = 0
   AND a.corte BETWEEN 1 AND 31
   AND LEAST(a.corte, ?) <= ?
@@ -644,6 +646,7 @@ fn facts_from_row(row: Row) -> Option<ClientFacts> {
     let ended_at = as_datetime(next());
     let phone_raw = as_string(next());
     let last_contact = as_datetime(next());
+    let opted_out = as_i64(next()).unwrap_or(0) != 0;
     let last_attempt = attempt_no.map(|n| LastAttempt {
         attempt_no: u32::try_from(n).unwrap_or(0),
         outcome: outcome.map(|o| o.parse().unwrap_or(Outcome::Failed)),
@@ -660,6 +663,7 @@ fn facts_from_row(row: Row) -> Option<ClientFacts> {
         open_balance,
         last_attempt,
         last_contact,
+        opted_out,
     })
 }
 

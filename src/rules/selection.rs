@@ -31,6 +31,8 @@ pub struct ClientFacts {
     pub last_attempt: Option<LastAttempt>,
     /// End of the latest delivered reminder (`overdue_call_log.delivered`).
     pub last_contact: Option<NaiveDateTime>,
+    /// A row in `overdue_opt_out`: the client asked not to be called.
+    pub opted_out: bool,
 }
 
 /// The client's latest row in the call log.
@@ -116,6 +118,8 @@ impl Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
+    /// The client asked not to be called (`overdue_opt_out`).
+    OptedOut,
     AlreadySent,
     NoOpenInvoice,
     BadCorte,
@@ -130,7 +134,8 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 10] = [
+    pub const ALL: [SkipReason; 11] = [
+        SkipReason::OptedOut,
         SkipReason::AlreadySent,
         SkipReason::NoOpenInvoice,
         SkipReason::BadCorte,
@@ -145,6 +150,7 @@ impl SkipReason {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            SkipReason::OptedOut => "opted out",
             SkipReason::AlreadySent => "already sent",
             SkipReason::NoOpenInvoice => "no open invoice",
             SkipReason::BadCorte => "bad corte",
@@ -169,6 +175,10 @@ impl fmt::Display for SkipReason {
 /// client at local time `now`. This is exactly what the eligibility SQL
 /// filters on; phone validity and the calling window come after.
 pub fn check_client(c: &ClientFacts, now: NaiveDateTime, p: &Policy) -> Result<(), SkipReason> {
+    // Before anything else: whatever the rest says, no call.
+    if c.opted_out {
+        return Err(SkipReason::OptedOut);
+    }
     if c.is_sent {
         return Err(SkipReason::AlreadySent);
     }
@@ -258,6 +268,7 @@ mod tests {
             open_balance: Some("50000.00".into()),
             last_attempt: None,
             last_contact: None,
+            opted_out: false,
         }
     }
 
@@ -275,6 +286,19 @@ mod tests {
 
     fn check(c: &ClientFacts) -> Result<(), SkipReason> {
         check_client(c, at(NOW), &policy())
+    }
+
+    #[test]
+    fn an_opted_out_client_is_never_called() {
+        assert_eq!(
+            check(&ClientFacts {
+                opted_out: true,
+                ..client()
+            }),
+            Err(SkipReason::OptedOut)
+        );
+        // Even when every other rule says call.
+        assert_eq!(check(&client()), Ok(()));
     }
 
     #[test]
