@@ -49,11 +49,20 @@ enum Command {
     },
     /// Verify configuration, MySQL, schema, indexes, ARI, apps, sounds, trunks.
     Check,
-    /// Outcome counts per day and trunk from the call log.
+    /// Outcome counts per day and trunk, delivered reminders, inbound
+    /// calls, promises to pay and opt-outs, for a range of days.
     Report {
-        /// How many days back, today included.
+        /// How many days back, today included (when --from is not given).
         #[arg(long, default_value_t = 7)]
         days: u32,
+        /// First day (YYYY-MM-DD, local time).
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Last day, included (YYYY-MM-DD; default today).
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
     },
     /// The daemon's tables and columns.
     Schema {
@@ -73,6 +82,13 @@ enum Command {
         #[arg(long)]
         preview_only: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Csv,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -173,31 +189,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _log = overdue_dialer::logging::init(&config.logging)?;
             overdue_dialer::daemon::run(config).await
         }
-        Command::Report { days } => {
+        Command::Report {
+            days,
+            from,
+            to,
+            format,
+        } => {
+            use overdue_dialer::billing::report;
             let config = Config::load(cli.config.as_deref())?;
             let billing = Billing::new(config.mysql.opts());
-            let today = local_now(config.timezone).date();
-            let since = (today - chrono::Duration::days(i64::from(days.max(1)) - 1))
-                .and_time(chrono::NaiveTime::MIN);
-            let counts = billing.outcome_counts(since).await.with_context(|| {
+            let to = to.unwrap_or_else(|| local_now(config.timezone).date());
+            let from =
+                from.unwrap_or_else(|| to - chrono::Duration::days(i64::from(days.max(1)) - 1));
+            if from > to {
+                anyhow::bail!("--from {from} is after --to {to}");
+            }
+            let r = billing.report(from, to).await.with_context(|| {
                 format!(
                     "cannot read the call log from MySQL at {}:{}",
                     config.mysql.host, config.mysql.port
                 )
             })?;
-            // A database whose schema predates the voice agent has no
-            // inbound tables yet: the outcome report still stands.
-            let inbound = billing.inbound_counts(since).await;
             billing.close().await?;
-            emit(&overdue_dialer::billing::report::render(&counts));
-            match inbound {
-                Ok(inbound) => emit(&format!(
-                    "\n{}",
-                    overdue_dialer::billing::report::render_inbound(&inbound)
-                )),
-                Err(e) => emit(&format!(
-                    "\ninbound calls: not available ({e}); run `schema apply`\n"
-                )),
+            match format {
+                ReportFormat::Table => emit(&report::render_table(&r)),
+                ReportFormat::Csv => emit(&report::render_csv(&r)?),
+                ReportFormat::Json => emit(&format!("{}\n", report::render_json(&r))),
             }
             Ok(())
         }
