@@ -356,6 +356,7 @@ impl Conversation<'_> {
                     Some(ev) => self.on_server(ev),
                     None => {
                         self.open = false;
+                        self.out.set_streaming(false);
                         match self.ending {
                             // What was said is still played; nothing more can come.
                             Ending::Draining(then, cap) | Ending::AwaitingWords(then, cap) => {
@@ -451,6 +452,7 @@ impl Conversation<'_> {
                     self.last_words_id = Some(id);
                 }
                 self.response_active = true;
+                self.out.set_streaming(true);
                 self.response_audio = false;
                 self.calls.clear();
             }
@@ -485,6 +487,7 @@ impl Conversation<'_> {
                 ..
             } => {
                 self.response_active = false;
+                self.out.set_streaming(false);
                 self.tokens_in += tokens_in;
                 self.tokens_out += tokens_out;
                 for (call_id, name, arguments) in calls {

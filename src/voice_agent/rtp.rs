@@ -145,6 +145,8 @@ pub struct Outbound {
     spurt_start: bool,
     /// The queue ran dry after the last packet (silence, not lateness).
     idle: bool,
+    /// A response is still producing audio: a partial packet waits.
+    streaming: bool,
     /// The item now being sent and how many of its bytes have gone out
     /// (for `conversation.item.truncate`).
     current: Option<(Arc<str>, usize)>,
@@ -168,6 +170,7 @@ impl Outbound {
             next: None,
             spurt_start: true,
             idle: true,
+            streaming: false,
             current: None,
             buf: Vec::with_capacity(12 + FRAME),
             packets_sent: 0,
@@ -186,6 +189,12 @@ impl Outbound {
             data,
             at: 0,
         });
+    }
+
+    /// Whether more audio of the response is expected (a partial last
+    /// packet is held until then, and sent padded once it is not).
+    pub fn set_streaming(&mut self, streaming: bool) {
+        self.streaming = streaming;
     }
 
     /// Bytes waiting.
@@ -217,7 +226,9 @@ impl Outbound {
     /// that is merely late (audio was waiting all along) keeps its
     /// deadline and is sent at once.
     pub fn due(&mut self) -> Option<Instant> {
-        if self.queue.is_empty() {
+        // Less than a packet while more of the response is on its way:
+        // wait for it rather than pad speech with silence.
+        if self.queue.is_empty() || (self.streaming && self.queued < FRAME) {
             return None;
         }
         let now = Instant::now();
@@ -399,6 +410,35 @@ mod tests {
         assert_eq!(got.len(), 7);
         assert!(got[0].0 && got[1..].iter().all(|g| !g.0));
         assert_eq!(out.late_packets, 1);
+    }
+
+    /// A delta that leaves less than a packet while the response streams
+    /// on waits for the next one instead of going out padded.
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_packet_waits_for_the_rest_of_the_response() {
+        let mut out = Outbound::new();
+        let item: Arc<str> = Arc::from("item_3");
+        out.set_streaming(true);
+        out.push(&item, vec![5; 200]);
+        let due = out.due().unwrap();
+        tokio::time::sleep_until(due).await;
+        out.packet(Instant::now()).unwrap();
+        assert!(
+            out.due().is_none(),
+            "40 bytes wait while the response streams"
+        );
+        out.push(&item, vec![6; 200]);
+        let due = out.due().unwrap();
+        tokio::time::sleep_until(due).await;
+        let p = parse(out.packet(Instant::now()).unwrap());
+        assert_eq!(&p.4[..40], &[5; 40][..]);
+        assert_eq!(&p.4[40..], &[6; 120][..]);
+        out.set_streaming(false);
+        let due = out.due().unwrap();
+        tokio::time::sleep_until(due).await;
+        let last = parse(out.packet(Instant::now()).unwrap());
+        assert_eq!(&last.4[..80], &[6; 80][..]);
+        assert!(last.4[80..].iter().all(|&b| b == SILENCE));
     }
 
     #[tokio::test(start_paused = true)]
