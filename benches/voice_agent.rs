@@ -700,6 +700,12 @@ async fn run(plan: &Plan) -> Outcome {
     live_rss_kb = live_rss_kb.max(status_kb(pid, "VmRSS:"));
     let hwm_kb = status_kb(pid, "VmHWM:");
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    // The 1, 5 and 15 minute averages.
+    let loadavg = loadavg
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     assert_eq!(fake.open_connections(), n, "every call live at the end");
     assert_eq!(sim.live_bridges(), n, "every call bridged at the end");
 
@@ -777,7 +783,7 @@ async fn run(plan: &Plan) -> Outcome {
         hwm_kb,
         own_cpu_pct: own * 100.0,
         machine_pct: machine * 100.0,
-        loadavg: loadavg.trim().to_owned(),
+        loadavg,
         figures,
         setup_ms,
         child_stats,
@@ -958,7 +964,7 @@ the machine's {cores} cores were {machine:.0} % busy in all (load average {load}
 {inbound}{outbound}{jitter}{cutoff}\
 | for comparison: how late a 20 ms timer of the daemon's runtime wakes (a probe task in the daemon's process; waiting for a core, plus tokio's 1 ms timer grain) | {dl50:.2} | {dl90:.2} | {dl99:.2} | {dlmax:.2} | {dln:.0} | — |\n\
 | the same in the simulator+fake process (the receiving end of every interval above) | {ol50:.2} | {ol90:.2} | {ol99:.2} | {olmax:.2} | {oln} | — |\n\n\
-Barge-ins: {barge_ins} (at most {max_after} packet(s) heard after `speech_started` was sent; {truncations} truncations sent). \
+Barge-ins: {barge_ins} (at most {max_after} packet(s) of the cut spurt heard after `speech_started` was sent; {truncations} truncations sent). \
 Packets: {sent_in} caller packets sent in the window, {lost_in} never reached the fake; {gaps} agent packet gaps measured, {lost_out} sequence gaps. \
 Daemon counters at the end (calls, agent calls, late RTP, dropped RTP): {stats}. \
 Call setup, `inbound_call` → first agent packet heard (ramp of {calls} calls in {ramp:.0} s): {setup}.\n",
@@ -1021,7 +1027,7 @@ Call setup, `inbound_call` → first agent packet heard (ramp of {calls} calls i
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let out = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if b < e => format!("{}{md}{}", &old[..b], &old[e..]),
-        _ => format!("{}\n{HEADING}\n\n{md}{END}\n", old.trim_end()),
+        _ => format!("{}\n\n{HEADING}\n\n{md}{END}\n", old.trim_end()),
     };
     std::fs::write(path, out).unwrap();
     println!("wrote BENCHMARKS.md");
