@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::g711;
 use super::session::{self, ApiError, Format};
-use super::{ClientEvent, FunctionOutput, Script, Shared, Truncation};
+use super::{ClientEvent, FunctionOutput, Script, Shared, TimedAppend, TimedDelta, Truncation};
 
 /// The VAD's frame, as the spec describes it.
 const FRAME_MS: u64 = 20;
@@ -106,6 +106,8 @@ struct Conn {
     active: Option<Active>,
     /// The model has answered with audio (the voice is then fixed).
     spoke: bool,
+    /// When the client event being handled came off the socket.
+    arrived: std::time::Instant,
 }
 
 pub async fn run(
@@ -133,6 +135,7 @@ pub async fn run(
         calls: HashMap::new(),
         active: None,
         spoke: false,
+        arrived: std::time::Instant::now(),
     };
     c.shared
         .with_conn(id, |r| r.sessions.push(c.session.clone()));
@@ -145,7 +148,10 @@ pub async fn run(
         let tick = c.active.as_ref().filter(|a| !a.paused).map(|a| a.next_at);
         tokio::select! {
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => c.on_text(text.as_str()),
+                Some(Ok(Message::Text(text))) => {
+                    c.arrived = std::time::Instant::now();
+                    c.on_text(text.as_str());
+                }
                 Some(Ok(Message::Binary(_))) => {
                     c.record(String::new(), Value::String("<binary frame>".into()));
                     c.error(ApiError::new("invalid_value", "Binary frames are not supported; send JSON text events.", None), None);
@@ -198,12 +204,21 @@ impl Conn {
         }
         let out = std::mem::take(&mut self.out);
         self.shared.with_conn(self.id, |r| {
+            // The batch is written right after this, back to back.
+            let at = std::time::Instant::now();
             for ev in &out {
-                r.sent
-                    .push(ev["type"].as_str().unwrap_or_default().to_string());
-                if ev["type"] == "error" {
-                    r.errors.push(ev["error"].clone());
+                let kind = ev["type"].as_str().unwrap_or_default();
+                match kind {
+                    "error" => r.errors.push(ev["error"].clone()),
+                    "response.output_audio.delta" => r.deltas.push(TimedDelta {
+                        at,
+                        item_id: ev["item_id"].as_str().unwrap_or_default().to_string(),
+                        bytes: base64_len(ev["delta"].as_str().unwrap_or_default()),
+                    }),
+                    "input_audio_buffer.speech_started" => r.speech_started.push(at),
+                    _ => {}
                 }
+                r.sent.push(kind.to_string());
             }
         });
         for ev in out {
@@ -333,8 +348,15 @@ impl Conn {
                 Some("audio"),
             )
         })?;
-        self.shared
-            .with_conn(self.id, |r| r.audio_in.extend_from_slice(&bytes));
+        let arrived = self.arrived;
+        self.shared.with_conn(self.id, |r| {
+            let start = r.audio_in.len();
+            r.audio_in.extend_from_slice(&bytes);
+            r.appends.push(TimedAppend {
+                at: arrived,
+                audio: start..r.audio_in.len(),
+            });
+        });
         self.buffer_bytes += bytes.len();
         self.carry.extend_from_slice(&bytes);
         let format = session::format_of(&self.session, "input");
@@ -1009,6 +1031,12 @@ impl Conn {
     }
 }
 
+/// Decoded length of base64 text (the fake's own, so well formed).
+fn base64_len(b64: &str) -> usize {
+    let pad = b64.bytes().rev().take_while(|&b| b == b'=').count();
+    (b64.len() / 4 * 3).saturating_sub(pad)
+}
+
 fn function_call_item(id: &str, name: &str, call_id: &str, arguments: &str, status: &str) -> Value {
     json!({
         "id": id,
@@ -1019,4 +1047,17 @@ fn function_call_item(id: &str, name: &str, call_id: &str, arguments: &str, stat
         "call_id": call_id,
         "arguments": arguments,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_length_is_the_decoded_length() {
+        for n in 0..10 {
+            let b = vec![7u8; n];
+            assert_eq!(base64_len(&B64.encode(&b)), n);
+        }
+    }
 }

@@ -24,7 +24,9 @@
 //! talked-over response active until the client cancels it. Every
 //! connection is recorded ([`ConnRecord`]): the client's events in order,
 //! the audio it sent, the sessions announced, truncations, function
-//! outputs, the server's events and errors.
+//! outputs, the server's events and errors, and when the audio went by
+//! (each append's arrival, each audio delta's and `speech_started`'s
+//! sending), for latency figures ([`TimedAppend`], [`TimedDelta`]).
 
 mod conn;
 pub mod g711;
@@ -33,8 +35,9 @@ mod session;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::watch;
@@ -144,6 +147,26 @@ pub struct FunctionOutput {
     pub output: String,
 }
 
+/// An `input_audio_buffer.append` the server accepted, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedAppend {
+    /// When its message came off the socket (before it was parsed).
+    pub at: Instant,
+    /// Where its decoded audio is in [`ConnRecord::audio_in`].
+    pub audio: Range<usize>,
+}
+
+/// A `response.output_audio.delta` the server sent, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedDelta {
+    /// When the server began writing the batch of events holding it to
+    /// the socket (the batch's events are written back to back).
+    pub at: Instant,
+    pub item_id: String,
+    /// Decoded audio bytes it carried.
+    pub bytes: usize,
+}
+
 /// Everything one WebSocket connection did, in order.
 #[derive(Debug, Clone, Default)]
 pub struct ConnRecord {
@@ -164,6 +187,13 @@ pub struct ConnRecord {
     pub sent: Vec<String>,
     /// The `error` object of every error event the server sent.
     pub errors: Vec<Value>,
+    /// Every accepted `input_audio_buffer.append`, with its arrival time.
+    pub appends: Vec<TimedAppend>,
+    /// Every `response.output_audio.delta` sent, with its sending time.
+    pub deltas: Vec<TimedDelta>,
+    /// When each `input_audio_buffer.speech_started` was sent (as
+    /// [`TimedDelta::at`]).
+    pub speech_started: Vec<Instant>,
     /// Things a test may want to know that the protocol does not show
     /// (e.g. a scripted tool the session had not declared).
     pub notes: Vec<String>,
@@ -356,5 +386,84 @@ impl FakeRealtime {
 impl Drop for FakeRealtime {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+
+    /// The timings a latency figure needs are recorded in order, and each
+    /// is taken before the client could have seen what it times.
+    #[tokio::test]
+    async fn appends_deltas_and_speech_started_are_timed() {
+        let fake = FakeRealtime::start(FakeConfig {
+            response_audio_ms: 100,
+            ..FakeConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut req = format!("{}?model={DEFAULT_MODEL}", fake.url())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", "Bearer sk-fake-realtime".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let update = json!({"type": "session.update", "session": {"type": "realtime", "audio": {
+            "input": {"format": {"type": "audio/pcmu"}, "turn_detection": {"type": "server_vad"}},
+            "output": {"format": {"type": "audio/pcmu"}}}}});
+        ws.send(Message::text(update.to_string())).await.unwrap();
+        let mut said = g711::tone_ulaw(100, 440, 8000.0);
+        said.extend(g711::silence_ulaw(600));
+        let before = Instant::now();
+        for chunk in said.chunks(160) {
+            let append = json!({"type": "input_audio_buffer.append", "audio": B64.encode(chunk)});
+            ws.send(Message::text(append.to_string())).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        let first_delta = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let Message::Text(t) = msg else { continue };
+            let ev: Value = serde_json::from_str(t.as_str()).unwrap();
+            seen.push((
+                ev["type"].as_str().unwrap_or_default().to_owned(),
+                Instant::now(),
+            ));
+            if ev["type"] == "response.output_audio.delta" {
+                break ev;
+            }
+        };
+        // The last appends may be handled after the answer began.
+        let frames = said.len() / 160;
+        let rec = fake
+            .wait_for(0, Duration::from_secs(5), |c| c.appends.len() >= frames)
+            .await
+            .unwrap();
+        assert_eq!(rec.appends.len(), frames);
+        assert_eq!(rec.appends[0].audio, 0..160);
+        for w in rec.appends.windows(2) {
+            assert_eq!(w[0].audio.end, w[1].audio.start);
+            assert!(before <= w[0].at && w[0].at <= w[1].at);
+        }
+        let heard = |kind: &str| seen.iter().find(|(k, _)| k == kind).unwrap().1;
+        assert_eq!(rec.speech_started.len(), 1);
+        assert!(rec.appends[0].at <= rec.speech_started[0]);
+        assert!(rec.speech_started[0] <= heard("input_audio_buffer.speech_started"));
+        let d = &rec.deltas[0];
+        assert_eq!(d.item_id, first_delta["item_id"].as_str().unwrap());
+        assert_eq!(d.bytes, 160, "20 ms of μ-law");
+        assert!(d.at <= heard("response.output_audio.delta"));
+        fake.shutdown().await;
     }
 }

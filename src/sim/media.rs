@@ -51,6 +51,15 @@ pub struct Heard {
     pub payload: Vec<u8>,
 }
 
+/// A packet of a caller's speech sent to the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Said {
+    /// Just before it was handed to the socket.
+    pub at: std::time::Instant,
+    pub seq: u16,
+    pub ts: u32,
+}
+
 /// The RTP side of one externalMedia channel. Dropping it (the channel is
 /// gone) ends its receiving task, which closes the socket.
 pub struct Stream {
@@ -150,16 +159,29 @@ async fn clock(sim: Arc<Shared>) {
             }
             frames_due(&mut inner)
         };
-        for (socket, to, packet) in due {
+        let mut said = Vec::with_capacity(due.len());
+        for (socket, to, packet, caller, seq, ts) in due {
+            let at = std::time::Instant::now();
             // UDP: a daemon not listening loses the packet, as with Asterisk.
             let _ = socket.send_to(&packet, to).await;
+            said.push((caller, Said { at, seq, ts }));
+        }
+        if !said.is_empty() {
+            let mut inner = sim.inner();
+            for (caller, s) in said {
+                inner.said.entry(caller).or_default().push(s);
+            }
         }
     }
 }
 
+/// A packet to send: socket, destination, datagram, the caller whose
+/// speech it carries, its sequence number and timestamp.
+type Due = (Arc<UdpSocket>, SocketAddr, Vec<u8>, String, u16, u32);
+
 /// One frame of every speaking caller, as packets for the externalMedia
 /// channels bridged with them.
-fn frames_due(inner: &mut Inner) -> Vec<(Arc<UdpSocket>, SocketAddr, Vec<u8>)> {
+fn frames_due(inner: &mut Inner) -> Vec<Due> {
     let mut rtps: Vec<String> = inner.media.keys().cloned().collect();
     rtps.sort();
     // Each caller says one frame a tick, however many channels listen.
@@ -168,6 +190,7 @@ fn frames_due(inner: &mut Inner) -> Vec<(Arc<UdpSocket>, SocketAddr, Vec<u8>)> {
     let mut out = Vec::new();
     for rtp in rtps {
         let mut frame = None;
+        let mut speaker = None;
         for caller in callers_of(inner, &rtp) {
             if !spoken.contains_key(&caller) && !silent.contains(&caller) {
                 match next_frame(&mut inner.speech, &caller) {
@@ -181,9 +204,14 @@ fn frames_due(inner: &mut Inner) -> Vec<(Arc<UdpSocket>, SocketAddr, Vec<u8>)> {
             }
             if frame.is_none() {
                 frame = spoken.get(&caller).cloned();
+                if frame.is_some() {
+                    speaker = Some(caller.clone());
+                }
             }
         }
-        let (Some(frame), Some(stream)) = (frame, inner.media.get_mut(&rtp)) else {
+        let (Some(frame), Some(speaker), Some(stream)) =
+            (frame, speaker, inner.media.get_mut(&rtp))
+        else {
             continue;
         };
         stream.seq = stream.seq.wrapping_add(1);
@@ -197,7 +225,14 @@ fn frames_due(inner: &mut Inner) -> Vec<(Arc<UdpSocket>, SocketAddr, Vec<u8>)> {
             .payload(frame.as_slice())
             .write_vec();
         if let Ok(packet) = packet {
-            out.push((stream.socket.clone(), stream.remote, packet));
+            out.push((
+                stream.socket.clone(),
+                stream.remote,
+                packet,
+                speaker,
+                stream.seq,
+                stream.ts,
+            ));
         }
     }
     out

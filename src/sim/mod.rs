@@ -42,7 +42,7 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 pub use dialplan::Callee;
-pub use media::Heard;
+pub use media::{Heard, Said};
 pub use state::Request;
 use state::{Ctl, Emit, Inner, WsOut};
 
@@ -562,6 +562,18 @@ impl Simulator {
         self.shared
             .inner()
             .heard
+            .get(caller_channel_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// When each RTP packet of the caller's speech left the simulator for
+    /// the daemon, in order (for latency figures). Still there after the
+    /// caller hung up.
+    pub fn said(&self, caller_channel_id: &str) -> Vec<Said> {
+        self.shared
+            .inner()
+            .said
             .get(caller_channel_id)
             .cloned()
             .unwrap_or_default()

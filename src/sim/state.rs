@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::media::{Heard, Stream};
+use super::media::{Heard, Said, Stream};
 use crate::ari::model::{Bridge, CallerId, Channel, DialplanCep};
 
 /// Commands from the REST side to the task that plays a call.
@@ -131,6 +131,9 @@ pub struct Inner {
     /// What each caller heard from externalMedia, by channel id; kept
     /// after the caller is gone.
     pub heard: HashMap<String, Vec<Heard>>,
+    /// When each packet of each caller's speech was sent, by channel id;
+    /// kept after the caller is gone.
+    pub said: HashMap<String, Vec<Said>>,
     /// Datagrams on externalMedia sockets that were not RTP.
     pub bad_rtp: usize,
     /// Where each channel went with `continue`, by channel id; kept after
