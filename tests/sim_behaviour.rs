@@ -1,7 +1,9 @@
 //! Simulator behaviour the recordings do not cover but README "A pass" relies on:
 //! direct trunk endpoints, ring delays, prompts, unregistered apps, and
 //! the faults around Asterisk stopping and originates going astray; the
-//! RTP of externalMedia channels, the far end's keys, and `continue`.
+//! RTP of externalMedia channels, the far end's keys, and `continue`; AMD
+//! on a trunk, the callee's own keys, what a channel heard, and the hop
+//! into the voice agent's app that the daemon builds on.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,7 @@ use overdue_dialer::ari::{
     AriClient, AriError, Backoff, ConnState, Event, EventConnection, Originate,
 };
 use overdue_dialer::config::Secret;
-use overdue_dialer::sim::{Callee, SimConfig, Simulator};
+use overdue_dialer::sim::{AmdVerdict, Callee, SimConfig, Simulator};
 
 struct Rig {
     sim: Simulator,
@@ -696,9 +698,10 @@ async fn two_item_prompt(r: &mut Rig, id: &str, app: &str) {
             (app, "done", "number:125000", None),
         ]
     );
-    // 4.38 s of prompt, then 0.6 s a digit, at the rig's time scale.
+    // 4.38 s of prompt, then 0.6 s a spoken word ("ciento veinticinco
+    // mil"), at the rig's time scale.
     let first = r.sim.scaled(Duration::from_millis(4380));
-    let second = r.sim.scaled(Duration::from_millis(3600));
+    let second = r.sim.scaled(Duration::from_millis(1800));
     for (took, length) in [
         (continuing - started, first),
         (finished - continuing, second),
@@ -1577,4 +1580,391 @@ async fn a_continued_call_ends_when_its_queue_hangs_up() {
         Some(("overdue-queue".into(), "s".into(), 1))
     );
     until_no_channels(&r.sim).await;
+}
+
+// ---- AMD, the callee's own keys, what was played, the hop to the agent ----
+
+/// A simulator read raw, with no other connection holding the apps.
+async fn raw_rig(
+    cfg: SimConfig,
+) -> (
+    Simulator,
+    AriClient,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let sim = Simulator::start(cfg, 0).await.unwrap();
+    let ari = AriClient::new(
+        &sim.url(),
+        "asterisk",
+        Secret::new("asterisk"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let raw = raw_events(&sim).await;
+    (sim, ari, raw)
+}
+
+/// `variable=value` of every `ChannelVarset` of `id` in `seen`, once per
+/// event (not per app receiving it).
+fn varsets(seen: &[serde_json::Value], id: &str, app: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|e| e["type"] == "ChannelVarset" && e["channel"]["id"] == id)
+        .filter(|e| e["application"] == app)
+        .map(|e| {
+            format!(
+                "{}={}",
+                e["variable"].as_str().unwrap_or(""),
+                e["value"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// (type, app) of every event of channel `id` in `seen`.
+fn of_channel<'a>(seen: &'a [serde_json::Value], id: &str) -> Vec<(&'a str, &'a str)> {
+    seen.iter()
+        .filter(|e| e["channel"]["id"] == id)
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or(""),
+                e["application"].as_str().unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn amd_on_a_trunk_gives_the_numbers_verdict_and_keys_wait_for_stasis() {
+    let mut cfg = SimConfig {
+        time_scale: 0.05,
+        ..SimConfig::default()
+    };
+    let number = "3001234568";
+    cfg.amd.insert(
+        number.into(),
+        AmdVerdict {
+            status: "MACHINE".into(),
+            cause: "MAXWORDS-3-2".into(),
+            after: Duration::from_secs(2),
+        },
+    );
+    // The first key comes during AMD(), the second once back in Stasis.
+    cfg.dtmf.insert(
+        number.into(),
+        vec![
+            (Duration::from_millis(500), '7'),
+            (Duration::from_secs(4), '9'),
+        ],
+    );
+    let (sim, ari, mut raw) = raw_rig(cfg).await;
+    let a = ari
+        .originate(&originate(&format!("PJSIP/{number}@voip_issabel")))
+        .await
+        .unwrap()
+        .id;
+    let mut seen = Vec::new();
+    raw_until(&mut raw, &mut seen, "StasisStart", Some(&a)).await;
+    let answered = Instant::now();
+    let answered_stamp = parse_stamp(seen.last().unwrap()["timestamp"].as_str().unwrap());
+    seen.clear();
+    let (status, _) = post(&sim, &format!("channels/{a}/continue?context=overdue-amd")).await;
+    assert_eq!(status, 204);
+    raw_until(&mut raw, &mut seen, "StasisStart", Some(&a)).await;
+    assert!(
+        answered.elapsed() >= sim.scaled(Duration::from_secs(2)),
+        "the verdict comes after its delay"
+    );
+    let back = seen.last().unwrap();
+    assert_eq!(
+        back["args"],
+        serde_json::json!(["amd", "MACHINE", "MAXWORDS-3-2"])
+    );
+    assert_eq!(
+        back["channel"]["dialplan"],
+        serde_json::json!({
+            "context": "overdue-amd", "exten": "s", "priority": 2,
+            "app_name": "Stasis", "app_data": "overdue-app,amd,MACHINE,MAXWORDS-3-2"
+        })
+    );
+    assert_eq!(
+        of_channel(&seen, &a)
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect::<Vec<_>>(),
+        [
+            "StasisEnd",
+            "ChannelDialplan",
+            "ChannelVarset",
+            "ChannelVarset",
+            "ChannelDialplan",
+            "ChannelVarset",
+            "StasisStart"
+        ],
+        "no key reached the app during AMD(): {seen:#?}"
+    );
+    assert_eq!(
+        varsets(&seen, &a, "overdue-app"),
+        [
+            "AMDSTATUS=MACHINE",
+            "AMDCAUSE=MAXWORDS-3-2",
+            "STASISSTATUS="
+        ]
+    );
+    // Back in Stasis: the callee's next key arrives.
+    seen.clear();
+    raw_until(&mut raw, &mut seen, "ChannelDtmfReceived", Some(&a)).await;
+    let key = seen.last().unwrap();
+    assert_eq!(key["digit"], "9");
+    let took = parse_stamp(key["timestamp"].as_str().unwrap()) - answered_stamp;
+    assert!(
+        took.to_std().unwrap_or_default()
+            >= sim.scaled(Duration::from_millis(4200)) - Duration::from_millis(1),
+        "pressed 4 s after the answer, reported as it ends: {took:?}"
+    );
+    ari.hangup(&a, "normal").await.unwrap();
+    seen.clear();
+    raw_until(&mut raw, &mut seen, "ChannelDestroyed", Some(&a)).await;
+    assert_eq!(seen.last().unwrap()["cause"], 16);
+    // This Stasis() and the originate's, which ran the dialplan, return.
+    assert_eq!(
+        varsets(&seen, &a, "overdue-app"),
+        ["STASISSTATUS=SUCCESS", "STASISSTATUS=SUCCESS"]
+    );
+    until_no_channels(&sim).await;
+}
+
+#[tokio::test]
+async fn a_callee_hanging_up_during_amd_never_comes_back_to_stasis() {
+    // 3001234567 hangs up 2 s after answering; AMD() would decide at 2.92 s.
+    let (sim, ari, mut raw) = raw_rig(SimConfig {
+        time_scale: 0.05,
+        ..SimConfig::default()
+    })
+    .await;
+    let a = ari
+        .originate(&originate("Local/3001234567@sim-pstn"))
+        .await
+        .unwrap()
+        .id;
+    let mut seen = Vec::new();
+    raw_until(&mut raw, &mut seen, "StasisStart", Some(&a)).await;
+    seen.clear();
+    let path = format!("channels/{a}/continue?context=amd&extension=s&priority=1");
+    assert_eq!(post(&sim, &path).await.0, 204);
+    raw_until(&mut raw, &mut seen, "ChannelDestroyed", Some(&a)).await;
+    assert_eq!(seen.last().unwrap()["cause"], 16);
+    assert_eq!(
+        varsets(&seen, &a, "overdue-app"),
+        ["AMDSTATUS=HANGUP", "AMDCAUSE=", "STASISSTATUS=SUCCESS"]
+    );
+    // Nothing comes back later either.
+    tokio::time::sleep(sim.scaled(Duration::from_secs(2))).await;
+    while let Ok(ev) = raw.try_recv() {
+        seen.push(ev);
+    }
+    assert_eq!(
+        seen.iter()
+            .filter(|e| e["type"] == "StasisStart" || e["type"] == "StasisEnd")
+            .count(),
+        1,
+        "one StasisEnd at the continue, no StasisStart: {seen:#?}"
+    );
+    until_no_channels(&sim).await;
+}
+
+#[tokio::test]
+async fn a_callees_keys_reach_the_app_on_every_route_that_answers() {
+    let number = "3001234568";
+    let mut cfg = fast();
+    cfg.dtmf.insert(
+        number.into(),
+        vec![(Duration::from_secs(1), '1'), (Duration::from_secs(2), '#')],
+    );
+    let (sim, ari, mut raw) = raw_rig(cfg).await;
+    // Asterisk's own stamps, so a slow reader does not skew the delays.
+    let stamp = |e: &serde_json::Value| parse_stamp(e["timestamp"].as_str().unwrap_or(""));
+    for endpoint in [
+        format!("Local/{number}@sim-pstn"),
+        format!("Local/{number}@from-voip"),
+        format!("PJSIP/{number}@voip_issabel"),
+        format!("SIP/voip_issabel/{number}"),
+    ] {
+        let a = ari.originate(&originate(&endpoint)).await.unwrap().id;
+        let mut seen = Vec::new();
+        raw_until(&mut raw, &mut seen, "StasisStart", Some(&a)).await;
+        let answered = stamp(seen.last().unwrap());
+        let mut keys = Vec::new();
+        for after in [1200, 2200] {
+            raw_until(&mut raw, &mut seen, "ChannelDtmfReceived", Some(&a)).await;
+            let key = seen.last().unwrap();
+            let took = (stamp(key) - answered).to_std().unwrap_or_default();
+            // Stamps are whole milliseconds.
+            let due = sim.scaled(Duration::from_millis(after)) - Duration::from_millis(1);
+            assert!(
+                took >= due,
+                "{endpoint}: a key due {after} ms (scaled) after the answer came after {took:?}"
+            );
+            assert_eq!(
+                (&key["application"], &key["duration_ms"]),
+                (&"overdue-app".into(), &100.into())
+            );
+            keys.push(key["digit"].as_str().unwrap_or("").to_owned());
+        }
+        assert_eq!(keys, ["1", "#"], "{endpoint}");
+        ari.hangup(&a, "normal").await.unwrap();
+        until_no_channels(&sim).await;
+    }
+}
+
+#[tokio::test]
+async fn played_lists_each_item_heard_and_a_stopped_prompt() {
+    let mut r = rig(fast()).await;
+    let (a, b) = stasis_call(&mut r).await;
+    let mut seen = Vec::new();
+    let finished = |state: &'static str| move |_: &str, e: &Event| matches!(e, Event::PlaybackFinished { playback } if playback.state == state);
+    r.ari
+        .play(
+            &a,
+            &["sound:morosos_natalia".into(), "number:125000".into()],
+            Some("es_MX"),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_for(&mut r.events, &mut seen, finished("done")).await;
+    // A sound Asterisk does not have: nothing heard.
+    r.ari
+        .play(&a, &["sound:no_such_prompt".into()], Some("es_MX"), None)
+        .await
+        .unwrap();
+    wait_for(&mut r.events, &mut seen, finished("failed")).await;
+    let pb = r
+        .ari
+        .play(&a, &["sound:morosos_natalia".into()], Some("es_MX"), None)
+        .await
+        .unwrap();
+    wait_for(&mut r.events, &mut seen, |_, e| {
+        matches!(e, Event::PlaybackStarted { .. })
+    })
+    .await;
+    let stop = reqwest::Client::new()
+        .delete(format!("{}/ari/playbacks/{}", r.sim.url(), pb.id))
+        .basic_auth("asterisk", Some("asterisk"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status().as_u16(), 204);
+    // Fact 15: a stopped playback finishes `done`.
+    wait_for(&mut r.events, &mut seen, finished("done")).await;
+    r.ari.hangup(&a, "normal").await.unwrap();
+    until_no_channels(&r.sim).await;
+    let played = r.sim.played(&a);
+    assert_eq!(
+        played
+            .iter()
+            .map(|p| (p.media.as_str(), p.lang.as_deref(), p.stopped))
+            .collect::<Vec<_>>(),
+        [
+            ("sound:morosos_natalia", Some("es_MX"), false),
+            ("number:125000", Some("es_MX"), false),
+            ("sound:morosos_natalia", Some("es_MX"), true),
+        ],
+        "kept after the channel is gone"
+    );
+    let lengths: Vec<Duration> = played
+        .iter()
+        .map(|p| p.ended.expect("every item ended") - p.started)
+        .collect();
+    let prompt = r.sim.scaled(Duration::from_millis(4380));
+    assert!(lengths[0] >= prompt.mul_f64(0.8), "{lengths:?}");
+    // "ciento veinticinco mil": three words of 0.6 s.
+    assert!(
+        lengths[1] >= r.sim.scaled(Duration::from_millis(1800)).mul_f64(0.8)
+            && lengths[1] < r.sim.scaled(Duration::from_millis(3600)),
+        "{lengths:?}"
+    );
+    assert!(lengths[2] < prompt, "cut short: {lengths:?}");
+    assert!(played.windows(2).all(|w| w[0].started <= w[1].started));
+    assert!(
+        r.sim.played(&b).is_empty(),
+        "nothing was played to the callee's half"
+    );
+}
+
+#[tokio::test]
+async fn a_continue_to_overdue_agent_hands_the_callee_to_the_voice_agent_app() {
+    let (sim, ari, mut raw) = raw_rig(fast()).await;
+    let number = "3001234568";
+    let a = ari
+        .originate(&originate(&format!("Local/{number}@sim-pstn")))
+        .await
+        .unwrap()
+        .id;
+    let mut seen = Vec::new();
+    raw_until(&mut raw, &mut seen, "StasisStart", Some(&a)).await;
+    seen.clear();
+    let path = format!("channels/{a}/continue?context=overdue-agent&extension={number}&priority=1");
+    assert_eq!(post(&sim, &path).await.0, 204);
+    raw_until(&mut raw, &mut seen, "StasisStart", Some(&a)).await;
+    let start = seen.last().unwrap();
+    assert_eq!(start["application"], "openai-app");
+    assert_eq!(start["args"], serde_json::json!(["client", number]));
+    assert_eq!(
+        start["channel"]["dialplan"],
+        serde_json::json!({
+            "context": "overdue-agent", "exten": number, "priority": 1,
+            "app_name": "Stasis", "app_data": format!("openai-app,client,{number}")
+        })
+    );
+    assert_eq!(
+        of_channel(&seen, &a),
+        [
+            ("StasisEnd", "overdue-app"),
+            ("ChannelDialplan", "overdue-app"),
+            ("ChannelVarset", "overdue-app"),
+            ("StasisStart", "openai-app"),
+        ]
+    );
+    // In Stasis there like any channel: it plays and joins a bridge.
+    ari.play(&a, &["sound:hello-world".into()], None, None)
+        .await
+        .unwrap();
+    seen.clear();
+    raw_until(&mut raw, &mut seen, "PlaybackFinished", None).await;
+    assert!(seen
+        .iter()
+        .filter(|e| e.get("playback").is_some())
+        .all(|e| e["application"] == "openai-app" && e["playback"]["state"] != "failed"));
+    let bridge = ari.create_bridge("agent").await.unwrap();
+    ari.add_to_bridge(&bridge.id, &a).await.unwrap();
+    raw_until(&mut raw, &mut seen, "ChannelEnteredBridge", Some(&a)).await;
+    assert_eq!(seen.last().unwrap()["application"], "openai-app");
+    seen.clear();
+    ari.hangup(&a, "normal").await.unwrap();
+    raw_until(&mut raw, &mut seen, "ChannelDestroyed", Some(&a)).await;
+    // Each app gets its own copy: wait for any other.
+    until_no_channels(&sim).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while let Ok(ev) = raw.try_recv() {
+        seen.push(ev);
+    }
+    let events = of_channel(&seen, &a);
+    assert!(
+        events.contains(&("ChannelLeftBridge", "openai-app")),
+        "{events:?}"
+    );
+    assert!(events.contains(&("StasisEnd", "openai-app")), "{events:?}");
+    // openai-app followed it only while it was in its Stasis.
+    assert_eq!(events.last(), Some(&("ChannelDestroyed", "overdue-app")));
+    assert!(
+        !events.contains(&("ChannelDestroyed", "openai-app")),
+        "{events:?}"
+    );
+    let returns: Vec<String> = varsets(&seen, &a, "overdue-app")
+        .into_iter()
+        .filter(|v| v.starts_with("STASISSTATUS"))
+        .collect();
+    assert_eq!(returns, ["STASISSTATUS=SUCCESS", "STASISSTATUS=SUCCESS"]);
+    until_no_channels(&sim).await;
+    ari.destroy_bridge(&bridge.id).await.unwrap();
 }

@@ -4,7 +4,11 @@
 //! call runs `run`; an inbound one, `inbound`. Playbacks on any channel in
 //! Stasis go through a `Player`. A channel sent back to the dialplan with
 //! `continue` (fact 16) stays with its call's task, which runs the target
-//! context as a `Continued` (the lab's `agents`, or a queue that waits).
+//! context as a `Continued` (the lab's `agents`, `AMD()` that brings the
+//! channel back to Stasis, a hop into another Stasis app, or a queue that
+//! waits). The callee's own script (its dialplan, keys, hang-up) runs on
+//! regardless of where `continue` sent the channel facing the app, as the
+//! far end of a real call does.
 //!
 //! `a` is the channel the originate returned (`;1` of a Local pair, or the
 //! only channel of a direct trunk call); `b` is the Local `;2` half.
@@ -17,9 +21,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use super::dialplan::{Callee, Route};
+use super::dialplan::{Callee, Greeting, Route};
 use super::state::{new_channel, Ctl, Emit, Inner, Target};
-use super::Shared;
+use super::{AmdVerdict, Shared};
 use crate::ari::model::{CallerId, Channel, DialplanCep};
 
 pub struct Call {
@@ -37,8 +41,48 @@ pub struct Call {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Style {
     Pstn,
+    /// The lab's `agents` pair: as `Pstn`, but when the agent hangs up its
+    /// `;2` is destroyed before `;1` leaves its bridge and Stasis
+    /// (recording `callee-dtmf-bridge`).
+    Agents,
     FromVoip,
     Direct,
+}
+
+/// What a hang-up reports besides the route's own teardown.
+#[derive(Clone, Copy)]
+struct Pending {
+    /// `STASISSTATUS=SUCCESS` once per `Stasis()` that returns at the
+    /// hang-up: two when the channel is back in Stasis from the dialplan,
+    /// since the originate's `Stasis()` ran that dialplan (fact 17).
+    stasis_returns: usize,
+    /// `;1` is in `AMD()`, which gives up with `AMDSTATUS=HANGUP` and an
+    /// empty `AMDCAUSE` (Asterisk's `app_amd.c`; not in the recordings).
+    in_amd: bool,
+    /// `;2` is in `Playback()`, which sets `PLAYBACKSTATUS` as it is cut
+    /// (recordings `amd-human`, `amd-machine`).
+    callee_in_playback: bool,
+}
+
+impl Pending {
+    fn stasis_returned(&self, e: &mut Emit, a: &str) {
+        for _ in 0..self.stasis_returns {
+            e.varset(a, "STASISSTATUS", "SUCCESS");
+        }
+    }
+
+    fn amd_gave_up(&self, e: &mut Emit, a: &str) {
+        if self.in_amd {
+            e.varset(a, "AMDSTATUS", "HANGUP");
+            e.varset(a, "AMDCAUSE", "");
+        }
+    }
+
+    fn callee_playback_cut(&self, e: &mut Emit, b: &str) {
+        if self.callee_in_playback {
+            e.varset(b, "PLAYBACKSTATUS", "SUCCESS");
+        }
+    }
 }
 
 /// The way the ringing phase ended.
@@ -55,6 +99,10 @@ pub async fn run(sim: Arc<Shared>, mut call: Call) {
     match call.route.clone() {
         Route::LocalPstn { number } => pstn(&sim, &mut call, &number).await,
         Route::LocalPstnDtmf { number } => pstn_dtmf(&sim, &mut call, &number).await,
+        Route::LocalGreeting { number, greeting } => {
+            greets(&sim, &mut call, &number, greeting).await
+        }
+        Route::LocalAgents { number } => agents(&sim, &mut call, &number).await,
         Route::LocalFromVoip { number } => from_voip(&sim, &mut call, &number).await,
         Route::Direct {
             number, dialstring, ..
@@ -168,7 +216,8 @@ async fn pstn(sim: &Shared, call: &mut Call, number: &str) {
                 _ => "20",
             };
             let script = callee_script(sim, hangs_up_after, Some(wait));
-            answered(sim, call, Style::Pstn, script).await;
+            let amd = sim.amd_verdict(number, None);
+            answered(sim, call, Style::Pstn, script, amd).await;
         }
         Callee::Busy | Callee::Congestion => {
             let (app, data, status, cause) = if call.callee == Callee::Busy {
@@ -230,19 +279,8 @@ fn pstn_ring_timeout(e: &mut Emit, a: &str, b: &str) {
 /// answers, `Wait(2)`, presses 1 (`SendDTMF(1)`, reported on `;1` as the
 /// digit ends), `Wait(10)`, `Hangup()`.
 async fn pstn_dtmf(sim: &Shared, call: &mut Call, number: &str) {
-    let (a, b) = (call.a.clone(), call.b.clone().unwrap_or_default());
-    let ds = format!("{number}@sim-pstn-dtmf");
-    let in_stasis = sim.with(|e| {
-        e.dial(&a, "", &ds);
-        e.dialplan(&b, "Answer", "");
-        e.state(&b, "Up");
-        e.state(&a, "Up");
-        e.dial(&a, "ANSWER", &ds);
-        e.varset(&a, "STASISSTATUS", "");
-        e.stasis_start(&a, &call.app, &[])
-    });
-    if !in_stasis {
-        return sim.with(|e| stasis_failed(e, &a, Some(&b)));
+    if !answers_at_once(sim, call, &format!("{number}@sim-pstn-dtmf")) {
+        return;
     }
     let waits = Instant::now() + sim.dialplan_lag();
     let sends = waits + sim.scaled(Duration::from_secs(2));
@@ -258,7 +296,87 @@ async fn pstn_dtmf(sim: &Shared, call: &mut Call, number: &str) {
             CalleeStep::HangUp,
         ),
     ]);
-    answered(sim, call, Style::Pstn, script).await;
+    let amd = sim.amd_verdict(number, None);
+    answered(sim, call, Style::Pstn, script, amd).await;
+}
+
+/// The later lab's Local callees answer at once: `;2` runs `Answer()` and
+/// `;1` enters Stasis (recordings `callee-dtmf`, `callee-dtmf-bridge`,
+/// `amd-*`). `false` when the app is not registered and the call is gone.
+fn answers_at_once(sim: &Shared, call: &Call, ds: &str) -> bool {
+    let (a, b) = (call.a.clone(), call.b.clone().unwrap_or_default());
+    let in_stasis = sim.with(|e| {
+        e.dial(&a, "", ds);
+        e.dialplan(&b, "Answer", "");
+        e.state(&b, "Up");
+        e.state(&a, "Up");
+        e.dial(&a, "ANSWER", ds);
+        e.varset(&a, "STASISSTATUS", "");
+        e.stasis_start(&a, &call.app, &[])
+    });
+    if !in_stasis {
+        sim.with(|e| stasis_failed(e, &a, Some(&b)));
+    }
+    in_stasis
+}
+
+/// `Answer()` on a Local `;2` returns once a frame arrives from `;1`, or
+/// after 0.5 s: with nothing played to the callee (the `amd-*` and
+/// `callee-dtmf-bridge` recordings), its next step comes 0.5 s late.
+const ANSWER_WAITS: Duration = Duration::from_millis(500);
+
+/// `Local/<n>@sim-human|sim-notsure|sim-machine` (recordings `amd-human`,
+/// `amd-notsure`, `amd-machine`): the callee greets, then waits 15 s and
+/// hangs up. `AMD()` on `;1` decides as recorded for the greeting unless
+/// `SimConfig.amd` says otherwise for the number.
+async fn greets(sim: &Shared, call: &mut Call, number: &str, greeting: Greeting) {
+    if !answers_at_once(sim, call, &format!("{number}@{}", greeting.context())) {
+        return;
+    }
+    let ms = |ms: u64| sim.scaled(Duration::from_millis(ms));
+    let mut t = Instant::now() + sim.scaled(ANSWER_WAITS);
+    let mut script = Script::new();
+    let play = |script: &mut Script, t: &mut Instant, sound: &str, length: u64| {
+        script.push_back((*t, CalleeStep::App("Playback", sound.into())));
+        *t += ms(length);
+        script.push_back((*t, CalleeStep::Var("PLAYBACKSTATUS", "SUCCESS")));
+    };
+    if greeting == Greeting::Machine {
+        play(&mut script, &mut t, "vm-intro", 5660);
+    } else {
+        script.push_back((t, CalleeStep::App("Wait", "0.3".into())));
+        t += ms(300);
+        play(&mut script, &mut t, "hello-world", 1420);
+        if greeting == Greeting::Human {
+            play(&mut script, &mut t, "silence/2", 2000);
+        }
+    }
+    script.push_back((t, CalleeStep::App("Wait", "15".into())));
+    script.push_back((t + ms(15_000), CalleeStep::HangUp));
+    let amd = sim.amd_verdict(number, Some(greeting));
+    answered(sim, call, Style::Pstn, script, amd).await;
+}
+
+/// `Local/100@agents` originated into Stasis (recording
+/// `callee-dtmf-bridge`): the agent's `;2` answers, says hello, waits 3 s
+/// and hangs up.
+async fn agents(sim: &Shared, call: &mut Call, number: &str) {
+    if !answers_at_once(sim, call, &format!("{number}@agents")) {
+        return;
+    }
+    let hello = Instant::now() + sim.scaled(ANSWER_WAITS);
+    let said = hello + sim.scaled(Duration::from_millis(1420));
+    let script = VecDeque::from([
+        (hello, CalleeStep::App("Playback", "hello-world".into())),
+        (said, CalleeStep::Var("PLAYBACKSTATUS", "SUCCESS")),
+        (said, CalleeStep::App("Wait", "3".into())),
+        (
+            said + sim.scaled(Duration::from_secs(3)),
+            CalleeStep::HangUp,
+        ),
+    ]);
+    let amd = sim.amd_verdict(number, None);
+    answered(sim, call, Style::Agents, script, amd).await;
 }
 
 /// The answered call's app is not registered: `Stasis()` fails and the
@@ -379,7 +497,8 @@ async fn from_voip(sim: &Shared, call: &mut Call, number: &str) {
                 return sim.with(|e| stasis_failed(e, &a, Some(&b)));
             }
             let script = callee_script(sim, hangs_up_after, None);
-            answered(sim, call, Style::FromVoip, script).await;
+            let amd = sim.amd_verdict(number, None);
+            answered(sim, call, Style::FromVoip, script, amd).await;
         }
     }
 }
@@ -449,7 +568,8 @@ async fn direct(sim: &Shared, call: &mut Call, number: &str, ds: &str) {
                 return sim.with(|e| stasis_failed(e, &a, None));
             }
             let script = callee_script(sim, hangs_up_after, None);
-            answered(sim, call, Style::Direct, script).await;
+            let amd = sim.amd_verdict(number, None);
+            answered(sim, call, Style::Direct, script, amd).await;
         }
     }
 }
@@ -479,7 +599,8 @@ async fn agent(sim: &Shared, call: &mut Call) {
     // Answer() and the codec settings take the lab's Asterisk about 500 ms.
     let enter_at = Instant::now() + sim.scaled(Duration::from_millis(500));
     let mut entered = false;
-    let (mut ha, mut hb) = (Half::new(&a), Half::new(&b));
+    let amd = sim.amd_verdict(super::dialplan::AGENT_NUMBER, None);
+    let (mut ha, mut hb) = (Half::new(&a, amd.clone()), Half::new(&b, amd));
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         let (until_a, until_b) = (ha.player.until(), hb.player.until());
@@ -707,6 +828,9 @@ impl Player {
         };
         (p.ok, p.until) = sim.media_length(&p.media[0], &p.lang);
         sim.with(|e| {
+            if p.ok {
+                e.inner.played_start(&self.channel, &p.media[0], &p.lang);
+            }
             e.playback(
                 &self.channel,
                 "PlaybackStarted",
@@ -727,10 +851,16 @@ impl Player {
             sim.with(|e| e.playback(a, "PlaybackFinished", p.json(a, "failed")));
             return self.start_next(sim);
         }
+        sim.with(|e| e.inner.played_end(a, false));
         if p.index + 1 < p.media.len() {
             p.index += 1;
             (p.ok, p.until) = sim.media_length(&p.media[p.index], &p.lang);
-            sim.with(|e| e.playback(a, "PlaybackContinuing", p.json(a, "continuing")));
+            sim.with(|e| {
+                if p.ok {
+                    e.inner.played_start(a, &p.media[p.index], &p.lang);
+                }
+                e.playback(a, "PlaybackContinuing", p.json(a, "continuing"))
+            });
             self.playing = Some(p);
             return;
         }
@@ -745,7 +875,10 @@ impl Player {
         if self.playing.as_ref().is_some_and(|p| p.id == id) {
             if let Some(p) = self.playing.take() {
                 let a = self.channel.as_str();
-                sim.with(|e| e.playback(a, "PlaybackFinished", p.json(a, "done")));
+                sim.with(|e| {
+                    e.inner.played_end(a, true);
+                    e.playback(a, "PlaybackFinished", p.json(a, "done"))
+                });
             }
             self.start_next(sim);
             return true;
@@ -764,8 +897,10 @@ impl Player {
 enum CalleeStep {
     /// A dialplan application on `;2` (`ChannelDialplan`).
     App(&'static str, String),
+    /// A variable the callee's dialplan sets on `;2` (`ChannelVarset`).
+    Var(&'static str, &'static str),
     /// A digit the callee sent ends: the channel facing the app (`;1`)
-    /// reports it (fact 15).
+    /// reports it (fact 15), if it is in Stasis.
     Dtmf(char),
     /// The callee hangs up.
     HangUp,
@@ -793,15 +928,41 @@ fn callee_script(sim: &Shared, hangs_up_after: Duration, wait: Option<&str>) -> 
     steps.into()
 }
 
+/// The keys of `SimConfig.dtmf` for the call's number, added to the
+/// callee's script: each reported `DTMF_LENGTH` after it is pressed.
+fn with_keys(sim: &Shared, call: &Call, script: Script, answered_at: Instant) -> Script {
+    let keys = sim.dtmf_script(call.route.number());
+    if keys.is_empty() {
+        return script;
+    }
+    let length = sim.scaled(DTMF_LENGTH);
+    let mut steps: Vec<(Instant, CalleeStep)> = script.into();
+    steps.extend(
+        keys.into_iter()
+            .map(|(after, digit)| (answered_at + after + length, CalleeStep::Dtmf(digit))),
+    );
+    // Stable: the callee's own steps due at the same time keep their order.
+    steps.sort_by_key(|(at, _)| *at);
+    steps.into()
+}
+
 /// The answered call in Stasis: prompts, the callee's own steps and
-/// hang-up, our DELETE, and `continue` back to the dialplan.
-async fn answered(sim: &Shared, call: &mut Call, style: Style, mut script: Script) {
+/// hang-up, our DELETE, and `continue` back to the dialplan (and back to
+/// Stasis from `AMD()` or into another app).
+async fn answered(sim: &Shared, call: &mut Call, style: Style, script: Script, amd: AmdVerdict) {
     let a = call.a.clone();
     let b = call.b.clone();
     let answered_at = Instant::now();
-    let mut half = Half::new(&a);
+    let mut script = with_keys(sim, call, script, answered_at);
+    let mut half = Half::new(&a, amd);
+    let mut callee_in_playback = false;
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
+        let pending = Pending {
+            stasis_returns: half.stasis_returns(),
+            in_amd: half.in_amd(),
+            callee_in_playback,
+        };
         let play_until = half.player.until();
         let callee_at = script.front().map(|(t, _)| *t);
         let dialplan_at = half.dialplan_at();
@@ -810,14 +971,25 @@ async fn answered(sim: &Shared, call: &mut Call, style: Style, mut script: Scrip
                 let Some((_, step)) = script.pop_front() else { continue };
                 match step {
                     CalleeStep::App(app, data) => {
+                        callee_in_playback = app == "Playback";
                         if let Some(b) = &b {
                             sim.with(|e| e.dialplan(b, app, &data));
                         }
                     }
-                    CalleeStep::Dtmf(digit) => sim.with(|e| e.dtmf(&a, digit)),
+                    CalleeStep::Var(var, value) => {
+                        if let Some(b) = &b {
+                            sim.with(|e| e.varset(b, var, value));
+                        }
+                    }
+                    // Out of Stasis (in `AMD()`), the key is lost to the app.
+                    CalleeStep::Dtmf(digit) => sim.with(|e| {
+                        if e.inner.channels.get(&a).is_some_and(|c| c.stasis.is_some()) {
+                            e.dtmf(&a, digit);
+                        }
+                    }),
                     CalleeStep::HangUp => {
                         let billed = answered_at.elapsed();
-                        return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), half.player.current(), billed));
+                        return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), half.player.current(), billed, pending));
                     }
                 }
             }
@@ -851,11 +1023,11 @@ async fn answered(sim: &Shared, call: &mut Call, style: Style, mut script: Scrip
                 }
                 Some(Ctl::FarEndHangup) => {
                     let billed = answered_at.elapsed();
-                    return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), half.player.current(), billed));
+                    return sim.with(|e| callee_hangup(e, style, &a, b.as_deref(), half.player.current(), billed, pending));
                 }
                 Some(Ctl::Hangup { .. }) => {
                     let billed = answered_at.elapsed();
-                    return sim.with(|e| our_hangup(e, style, &a, b.as_deref(), half.player.current(), billed));
+                    return sim.with(|e| our_hangup(e, style, &a, b.as_deref(), half.player.current(), billed, pending));
                 }
                 Some(Ctl::Shutdown) => {
                     return sim.with(|e| shutdown_now(e, &a, b.as_deref(), half.player.current(), None));
@@ -874,16 +1046,38 @@ struct Half {
     player: Player,
     pending: Option<Target>,
     continued: Option<Continued>,
+    /// What `AMD()` decides for the party behind this channel.
+    amd: AmdVerdict,
+    /// In a `Stasis()` that the dialplan ran after a `continue` (back from
+    /// `AMD()`, or a hop into another app): the originate's own `Stasis()`
+    /// still waits to return, at the hang-up.
+    nested: bool,
 }
 
 impl Half {
-    fn new(id: &str) -> Half {
+    fn new(id: &str, amd: AmdVerdict) -> Half {
         Half {
             id: id.to_owned(),
             player: Player::new(id),
             pending: None,
             continued: None,
+            amd,
+            nested: false,
         }
+    }
+
+    /// How many `Stasis()` return (each `STASISSTATUS=SUCCESS`) if the
+    /// channel hangs up now.
+    fn stasis_returns(&self) -> usize {
+        if self.nested && self.continued.is_none() {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn in_amd(&self) -> bool {
+        self.continued.as_ref().is_some_and(|c| c.in_amd)
     }
 
     fn leaving(&self) -> bool {
@@ -913,7 +1107,8 @@ impl Half {
     fn settle(&mut self, sim: &Shared) {
         if self.player.idle() {
             if let Some(target) = self.pending.take() {
-                self.continued = Some(leave_for(sim, &self.id, target));
+                let nested = std::mem::take(&mut self.nested);
+                self.continued = Some(leave_for(sim, &self.id, target, &self.amd, nested));
             }
         }
     }
@@ -923,11 +1118,20 @@ impl Half {
         self.continued.as_ref().and_then(Continued::next_at)
     }
 
-    /// Runs the due dialplan step; `true` when it was `Hangup()`.
+    /// Runs the due dialplan step; `true` when the channel hangs up. Back
+    /// in Stasis, the channel plays and continues again like any other.
     fn dialplan_step(&mut self, sim: &Shared) -> bool {
-        match self.continued.as_mut() {
-            Some(c) => sim.with(|e| c.step(e)),
-            None => false,
+        let Some(c) = self.continued.as_mut() else {
+            return false;
+        };
+        match sim.with(|e| c.step(e)) {
+            Next::Ran => false,
+            Next::HangUp => true,
+            Next::InStasis => {
+                self.continued = None;
+                self.nested = true;
+                false
+            }
         }
     }
 }
@@ -953,9 +1157,26 @@ pub fn dtmf_target(inner: &Inner, id: &str) -> Option<String> {
 /// One step of the dialplan a continued channel runs.
 enum Step {
     App(&'static str, String),
-    Var(&'static str, &'static str),
+    Var(&'static str, String),
+    /// `Stasis(<app>,<args>)`: back in Stasis, the dialplan waits for it.
+    Stasis {
+        app: String,
+        args: Vec<String>,
+    },
     /// `Hangup()`: the route's teardown follows.
     HangUp,
+}
+
+/// Where a dialplan step left the channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Still in the dialplan.
+    Ran,
+    /// Hung up (`Hangup()`, its `ChannelDialplan` sent, or a `Stasis()`
+    /// that failed): the caller tears the channel down.
+    HangUp,
+    /// In Stasis again (its `StasisStart` sent).
+    InStasis,
 }
 
 /// A channel that left Stasis with `continue` and runs the dialplan of its
@@ -963,6 +1184,8 @@ enum Step {
 pub struct Continued {
     channel: String,
     steps: VecDeque<(Instant, Step)>,
+    /// `AMD()` is listening.
+    in_amd: bool,
 }
 
 impl Continued {
@@ -970,28 +1193,58 @@ impl Continued {
         self.steps.front().map(|(at, _)| *at)
     }
 
-    /// Runs the next step; `true` when it was `Hangup()` (its
-    /// `ChannelDialplan` sent): the caller tears the channel down.
-    fn step(&mut self, e: &mut Emit) -> bool {
-        match self.steps.pop_front() {
-            Some((_, Step::App(app, data))) => e.dialplan(&self.channel, app, &data),
-            Some((_, Step::Var(var, value))) => e.varset(&self.channel, var, value),
+    /// Runs the next step.
+    fn step(&mut self, e: &mut Emit) -> Next {
+        let id = self.channel.as_str();
+        let step = self.steps.pop_front();
+        self.in_amd = matches!(step, Some((_, Step::App("AMD", _))));
+        match step {
+            Some((_, Step::App(app, data))) => e.dialplan(id, app, &data),
+            Some((_, Step::Var(var, value))) => e.varset(id, var, &value),
+            Some((_, Step::Stasis { app, args })) => {
+                let data = std::iter::once(app.as_str())
+                    .chain(args.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                e.dialplan(id, "Stasis", &data);
+                e.varset(id, "STASISSTATUS", "");
+                let followed = e
+                    .inner
+                    .channels
+                    .get(id)
+                    .is_some_and(|c| c.subscribers.contains(&app));
+                if e.stasis_start(id, &app, &args) {
+                    if !followed {
+                        // Followed from its StasisStart on, as an inbound call is.
+                        e.subscribe(id, &app);
+                        if let Some(c) = e.inner.channels.get_mut(id) {
+                            c.hopped_into = Some(app);
+                        }
+                    }
+                    return Next::InStasis;
+                }
+                // Nobody registered the app: `Stasis()` fails and the
+                // channel hangs up with no `Hangup()` of its own.
+                e.varset(id, "STASISSTATUS", "FAILED");
+                return Next::HangUp;
+            }
             Some((_, Step::HangUp)) => {
-                e.dialplan(&self.channel, "Hangup", "");
-                return true;
+                e.dialplan(id, "Hangup", "");
+                return Next::HangUp;
             }
             None => {}
         }
-        false
+        Next::Ran
     }
 
-    /// Runs the steps already due that are not `Hangup()`.
+    /// Runs the steps already due that only show in events: the
+    /// `ChannelDialplan` right after `StasisEnd`.
     fn run_due(&mut self, e: &mut Emit) {
         let now = Instant::now();
         while self
             .steps
             .front()
-            .is_some_and(|(at, step)| *at <= now && !matches!(step, Step::HangUp))
+            .is_some_and(|(at, step)| *at <= now && matches!(step, Step::App(..) | Step::Var(..)))
         {
             self.step(e);
         }
@@ -1001,20 +1254,65 @@ impl Continued {
 /// `continue` (fact 16, recording `callee-dtmf`): the channel departs its
 /// bridge, leaves Stasis (its app keeps following a channel it created)
 /// and runs the target: the lab's `agents` (`Answer()`,
-/// `Playback(hello-world)`, `Wait(3)`, `Hangup()`), or any other context
-/// as a queue that holds the channel (`Queue(<context>)`) until the far
-/// end hangs up, we `DELETE` it, or `continue_hangup_after` ends it.
-/// `STASISSTATUS=SUCCESS` waits for the hang-up.
-pub fn leave_for(sim: &Shared, channel: &str, target: Target) -> Continued {
+/// `Playback(hello-world)`, `Wait(3)`, `Hangup()`); an AMD context
+/// (`amd_contexts`, fact 17: `AMD()`, `amd`'s verdict after its delay,
+/// `Stasis(<the app it left>,amd,<status>,<cause>)`, `Hangup()`); a context
+/// of `stasis_contexts` (`Stasis(<app>,<args>)`, `Hangup()`); or any other
+/// context as a queue that holds the channel (`Queue(<context>)`) until
+/// the far end hangs up, we `DELETE` it, or `continue_hangup_after` ends
+/// it. The originate's `STASISSTATUS=SUCCESS` waits for the hang-up; a
+/// `Stasis()` the dialplan ran (`nested`) returns at once.
+pub fn leave_for(
+    sim: &Shared,
+    channel: &str,
+    target: Target,
+    amd: &AmdVerdict,
+    nested: bool,
+) -> Continued {
     let now = Instant::now();
     let mut steps = VecDeque::new();
+    let first = target.priority == 1;
+    let hop = if first {
+        sim.stasis_context(&target.context, &target.exten)
+    } else {
+        None
+    };
     if target.context == "agents" {
         let played = now + sim.scaled(Duration::from_millis(1420));
         steps.push_back((now, Step::App("Answer", String::new())));
         steps.push_back((now, Step::App("Playback", "hello-world".into())));
-        steps.push_back((played, Step::Var("PLAYBACKSTATUS", "SUCCESS")));
+        steps.push_back((played, Step::Var("PLAYBACKSTATUS", "SUCCESS".into())));
         steps.push_back((played, Step::App("Wait", "3".into())));
         steps.push_back((played + sim.scaled(Duration::from_secs(3)), Step::HangUp));
+    } else if first
+        && (target.exten == "s" || target.exten == "message")
+        && sim.is_amd_context(&target.context)
+    {
+        let app = sim
+            .inner()
+            .channels
+            .get(channel)
+            .and_then(|c| c.stasis.clone())
+            .unwrap_or_else(|| "overdue-app".into());
+        let decided = now + sim.scaled(amd.after);
+        steps.push_back((now, Step::App("AMD", String::new())));
+        steps.push_back((decided, Step::Var("AMDSTATUS", amd.status.clone())));
+        steps.push_back((decided, Step::Var("AMDCAUSE", amd.cause.clone())));
+        let args = vec!["amd".to_owned(), amd.status.clone(), amd.cause.clone()];
+        // The shipped dialplan's `message` extension lets a machine's
+        // greeting end before handing back (`WaitForSilence`): here the
+        // rest of the lab's 5.66 s `vm-intro` after its 1.66 s verdict.
+        let back = if target.exten == "message" && amd.status == "MACHINE" {
+            steps.push_back((decided, Step::App("WaitForSilence", "1500,1,20".into())));
+            decided + sim.scaled(Duration::from_secs(4))
+        } else {
+            decided
+        };
+        steps.push_back((back, Step::Stasis { app, args }));
+        steps.push_back((back, Step::HangUp));
+    } else if let Some((app, args)) = hop {
+        steps.push_back((now, Step::Stasis { app, args }));
+        steps.push_back((now, Step::HangUp));
     } else {
         steps.push_back((now, Step::App("Queue", target.context.clone())));
         if let Some(after) = sim.continue_hangup_after() {
@@ -1024,6 +1322,7 @@ pub fn leave_for(sim: &Shared, channel: &str, target: Target) -> Continued {
     let mut continued = Continued {
         channel: channel.to_owned(),
         steps,
+        in_amd: false,
     };
     sim.with(|e| {
         let unsubscribe = e
@@ -1033,6 +1332,9 @@ pub fn leave_for(sim: &Shared, channel: &str, target: Target) -> Continued {
             .is_some_and(|c| c.via_dialplan);
         e.leave_bridges(channel);
         e.stasis_end(channel, unsubscribe);
+        if nested {
+            e.varset(channel, "STASISSTATUS", "SUCCESS");
+        }
         if let Some(c) = e.inner.channels.get_mut(channel) {
             // Each step's `ChannelDialplan` moves one priority on.
             c.ch.dialplan = DialplanCep {
@@ -1050,7 +1352,8 @@ pub fn leave_for(sim: &Shared, channel: &str, target: Target) -> Continued {
 }
 
 /// A continued channel no call task plays (externalMedia): its dialplan
-/// runs here until `Hangup()` or until it is gone.
+/// runs here until `Hangup()`, until it is back in Stasis (where the REST
+/// side tears it down itself), or until it is gone.
 pub async fn lone_continued(sim: Arc<Shared>, mut continued: Continued) {
     while let Some(at) = continued.next_at() {
         sleep_until(at).await;
@@ -1059,12 +1362,15 @@ pub async fn lone_continued(sim: Arc<Shared>, mut continued: Continued) {
             if !e.inner.channels.contains_key(&id) {
                 return true;
             }
-            if continued.step(e) {
-                e.varset(&id, "STASISSTATUS", "SUCCESS");
-                e.destroyed(&id, 16);
-                return true;
+            match continued.step(e) {
+                Next::Ran => false,
+                Next::InStasis => true,
+                Next::HangUp => {
+                    e.varset(&id, "STASISSTATUS", "SUCCESS");
+                    e.destroyed(&id, 16);
+                    true
+                }
             }
-            false
         });
         if done {
             return;
@@ -1078,7 +1384,7 @@ pub async fn lone_continued(sim: Arc<Shared>, mut continued: Continued) {
 fn dialplan_hangup(e: &mut Emit, style: Style, a: &str, b: Option<&str>, billed: Duration) {
     e.varset(a, "STASISSTATUS", "SUCCESS");
     match (style, b) {
-        (Style::Pstn, Some(b)) => {
+        (Style::Pstn | Style::Agents, Some(b)) => {
             e.hangup_request(b, 16, false);
             e.destroyed(a, 16);
             e.hangup_request(b, 16, true);
@@ -1111,7 +1417,8 @@ fn playback_interrupted(e: &mut Emit, a: &str, playing: Option<&Playing>) {
     }
 }
 
-/// Our `DELETE` of the answered channel (recordings `answer`, `dialplan`).
+/// Our `DELETE` of the answered channel (recordings `answer`, `dialplan`,
+/// `amd-*` back in Stasis, `callee-dtmf-bridge` alone in its bridge).
 fn our_hangup(
     e: &mut Emit,
     style: Style,
@@ -1119,15 +1426,18 @@ fn our_hangup(
     b: Option<&str>,
     playing: Option<&Playing>,
     billed: Duration,
+    pending: Pending,
 ) {
     e.hangup_request(a, 32, true);
+    pending.amd_gave_up(e, a);
     playback_interrupted(e, a, playing);
     e.leave_bridges(a);
     e.stasis_end(a, false);
-    e.varset(a, "STASISSTATUS", "SUCCESS");
+    pending.stasis_returned(e, a);
     match (style, b) {
-        (Style::Pstn, Some(b)) => {
+        (Style::Pstn | Style::Agents, Some(b)) => {
             e.hangup_request(b, 16, false);
+            pending.callee_playback_cut(e, b);
             e.hangup_request(b, 16, true);
             e.destroyed(a, 16);
             e.destroyed(b, 16);
@@ -1143,7 +1453,9 @@ fn our_hangup(
     }
 }
 
-/// The callee hangs up (recordings `short`, `fv-short`).
+/// The callee hangs up (recordings `short`, `fv-short`; the agent in
+/// `callee-dtmf-bridge`). During `AMD()` the channel dies in the dialplan:
+/// no second `StasisStart`.
 fn callee_hangup(
     e: &mut Emit,
     style: Style,
@@ -1151,18 +1463,31 @@ fn callee_hangup(
     b: Option<&str>,
     playing: Option<&Playing>,
     billed: Duration,
+    pending: Pending,
 ) {
+    let leave = |e: &mut Emit| {
+        pending.amd_gave_up(e, a);
+        playback_interrupted(e, a, playing);
+        e.leave_bridges(a);
+        e.stasis_end(a, false);
+        pending.stasis_returned(e, a);
+    };
     match (style, b) {
         (Style::Pstn, Some(b)) => {
             e.dialplan(b, "Hangup", "");
             e.hangup_request(b, 16, true);
             e.hangup_request(a, 16, false);
-            playback_interrupted(e, a, playing);
-            e.leave_bridges(a);
-            e.stasis_end(a, false);
-            e.varset(a, "STASISSTATUS", "SUCCESS");
+            leave(e);
             e.destroyed(a, 16);
             e.destroyed(b, 16);
+        }
+        (Style::Agents, Some(b)) => {
+            e.dialplan(b, "Hangup", "");
+            e.hangup_request(b, 16, true);
+            e.hangup_request(a, 16, false);
+            e.destroyed(b, 16);
+            leave(e);
+            e.destroyed(a, 16);
         }
         (Style::FromVoip, Some(b)) => {
             dial_times(e, b, billed);
@@ -1170,18 +1495,12 @@ fn callee_hangup(
             e.varset(a, "CHANLOCALSTATUS", "ANSWER");
             e.hangup_request(a, 16, false);
             e.destroyed(b, 16);
-            playback_interrupted(e, a, playing);
-            e.leave_bridges(a);
-            e.stasis_end(a, false);
-            e.varset(a, "STASISSTATUS", "SUCCESS");
+            leave(e);
             e.destroyed(a, 16);
         }
         _ => {
             e.hangup_request(a, 16, false);
-            playback_interrupted(e, a, playing);
-            e.leave_bridges(a);
-            e.stasis_end(a, false);
-            e.varset(a, "STASISSTATUS", "SUCCESS");
+            leave(e);
             e.destroyed(a, 16);
         }
     }
@@ -1253,7 +1572,7 @@ pub struct Inbound {
 pub async fn inbound(sim: Arc<Shared>, mut call: Inbound) {
     let id = call.id.clone();
     let pair = call.pair.clone();
-    let mut half = Half::new(&id);
+    let mut half = Half::new(&id, sim.amd_verdict("", None));
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         let until = half.player.until();

@@ -4,10 +4,15 @@
 //! `Local/<n>@sim-pstn` reaches the fake PSTN directly; `Local/<n>@from-voip`
 //! goes through the production-like context that `Dial()`s the PSTN (and
 //! sends 3241000752 to `openai-app`); `Local/<n>@sim-pstn-dtmf` is the later
-//! lab's callee who presses 1; `SIP/…` and `PJSIP/…` are direct trunk
-//! endpoints whose channel carries the Q.850 cause itself.
+//! lab's callee who presses 1; `Local/<n>@sim-human`, `@sim-notsure` and
+//! `@sim-machine` are the later lab's greetings that `AMD()` was recorded
+//! against (fact 17); `Local/100@agents` is the human agent a caller is
+//! bridged with (fact 18); `SIP/…` and `PJSIP/…` are direct trunk endpoints
+//! whose channel carries the Q.850 cause itself.
 
 use std::time::Duration;
+
+use super::AmdVerdict;
 
 /// How the callee behaves, picked by the last digit of the number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +60,38 @@ impl Callee {
     }
 }
 
+/// How a callee of the later lab greets (`LAB.md`, contexts added for the
+/// later scenarios), and what Asterisk's `AMD()` made of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    /// `sim-human`: a short "hello" then real silence.
+    Human,
+    /// `sim-notsure`: the "hello" then `Wait()`, which sends no audio frames.
+    NotSure,
+    /// `sim-machine`: a 5.66 s voicemail greeting.
+    Machine,
+}
+
+impl Greeting {
+    /// The lab's context for this greeting.
+    pub fn context(self) -> &'static str {
+        match self {
+            Greeting::Human => "sim-human",
+            Greeting::NotSure => "sim-notsure",
+            Greeting::Machine => "sim-machine",
+        }
+    }
+
+    /// The verdict and delay recorded for this greeting (fact 17).
+    pub fn verdict(self) -> AmdVerdict {
+        match self {
+            Greeting::Human => AmdVerdict::human(),
+            Greeting::NotSure => AmdVerdict::notsure(),
+            Greeting::Machine => AmdVerdict::machine(),
+        }
+    }
+}
+
 /// The inbound number that the `from-voip` context sends to `openai-app`.
 pub const AGENT_NUMBER: &str = "3241000752";
 
@@ -65,6 +102,12 @@ pub enum Route {
     LocalPstn { number: String },
     /// `Local/<n>@sim-pstn-dtmf`: answers, and presses 1 two seconds later.
     LocalPstnDtmf { number: String },
+    /// `Local/<n>@sim-human`, `@sim-notsure`, `@sim-machine`: answers and
+    /// greets (recordings `amd-human`, `amd-notsure`, `amd-machine`).
+    LocalGreeting { number: String, greeting: Greeting },
+    /// `Local/100@agents`: a human agent who answers, says hello, waits 3 s
+    /// and hangs up (recording `callee-dtmf-bridge`).
+    LocalAgents { number: String },
     /// `Local/<n>@from-voip`, dialling the PSTN from its `;2` half.
     LocalFromVoip { number: String },
     /// `Local/3241000752@from-voip`: answered and sent to `openai-app`.
@@ -94,6 +137,17 @@ pub fn route(endpoint: &str) -> Route {
             match context {
                 "sim-pstn" => Route::LocalPstn { number },
                 "sim-pstn-dtmf" => Route::LocalPstnDtmf { number },
+                "sim-human" | "sim-notsure" | "sim-machine" => Route::LocalGreeting {
+                    greeting: match context {
+                        "sim-human" => Greeting::Human,
+                        "sim-notsure" => Greeting::NotSure,
+                        _ => Greeting::Machine,
+                    },
+                    number,
+                },
+                // The lab defines only the agent at 100; another extension
+                // there fails as an unknown one does.
+                "agents" if number == "100" => Route::LocalAgents { number },
                 "from-voip" if number == AGENT_NUMBER => Route::LocalAgent,
                 "from-voip" => Route::LocalFromVoip { number },
                 other => Route::LocalUnknownContext {
@@ -123,6 +177,23 @@ pub fn route(endpoint: &str) -> Route {
             }
         }
         _ => Route::Unavailable,
+    }
+}
+
+impl Route {
+    /// The dialled number, as the per-number hooks of `SimConfig` key it.
+    pub fn number(&self) -> &str {
+        match self {
+            Route::LocalPstn { number }
+            | Route::LocalPstnDtmf { number }
+            | Route::LocalGreeting { number, .. }
+            | Route::LocalAgents { number }
+            | Route::LocalFromVoip { number }
+            | Route::LocalUnknownContext { number, .. }
+            | Route::Direct { number, .. } => number,
+            Route::LocalAgent => AGENT_NUMBER,
+            Route::Unavailable => "",
+        }
     }
 }
 
@@ -165,6 +236,23 @@ mod tests {
                 number: "3001234561".into()
             }
         );
+        assert_eq!(
+            route("Local/3001234560@sim-machine"),
+            Route::LocalGreeting {
+                number: "3001234560".into(),
+                greeting: Greeting::Machine
+            }
+        );
+        assert_eq!(
+            route("Local/100@agents"),
+            Route::LocalAgents {
+                number: "100".into()
+            }
+        );
+        assert!(matches!(
+            route("Local/101@agents"),
+            Route::LocalUnknownContext { .. }
+        ));
         assert!(matches!(
             route("Local/3001234560@no-such-context"),
             Route::LocalUnknownContext { .. }

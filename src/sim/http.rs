@@ -35,7 +35,7 @@ fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-fn message(status: StatusCode, text: &str) -> Response {
+pub(super) fn message(status: StatusCode, text: &str) -> Response {
     (status, Json(json!({ "message": text }))).into_response()
 }
 
@@ -84,6 +84,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ari/playbacks/{id}", delete(stop_playback))
         .route("/ari/applications", get(applications))
         .route("/ari/applications/{name}", get(application))
+        .route(
+            "/ari/applications/{name}/subscription",
+            post(super::endpoints::subscribe),
+        )
+        .route(
+            "/ari/endpoints/{tech}/{resource}",
+            get(super::endpoints::get_endpoint),
+        )
         .route("/ari/sounds/{id}", get(sound))
         .route("/ari/asterisk/ping", get(ping))
         .route("/ari/asterisk/info", get(info))
@@ -239,15 +247,7 @@ fn allocation_failed() -> Response {
 async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response {
     let endpoint = param(&q, "endpoint").unwrap_or("");
     let r = route(endpoint);
-    let number = match &r {
-        Route::LocalPstn { number }
-        | Route::LocalPstnDtmf { number }
-        | Route::LocalFromVoip { number }
-        | Route::LocalUnknownContext { number, .. }
-        | Route::Direct { number, .. } => number.clone(),
-        Route::LocalAgent => super::dialplan::AGENT_NUMBER.to_owned(),
-        Route::Unavailable => String::new(),
-    };
+    let number = r.number().to_owned();
     let (lost, late) = {
         let cfg = sim.cfg();
         (
@@ -346,6 +346,7 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
             ctl: Some(ctl_tx.clone()),
             is_call: true,
             via_dialplan: false,
+            hopped_into: None,
         });
         let b_id = b.map(|(b_id, b_name)| {
             let cep = DialplanCep {
@@ -365,6 +366,7 @@ async fn originate(State(sim): Sim, Query(q): Params, _body: Bytes) -> Response 
                 ctl: Some(ctl_tx.clone()),
                 is_call: false,
                 via_dialplan: false,
+                hopped_into: None,
             });
             b_id
         });
@@ -576,7 +578,8 @@ async fn continue_in_dialplan(
         }
         // A channel no call task plays (externalMedia) leaves here.
         None => {
-            let continued = call::leave_for(&sim, &id, target);
+            let amd = sim.amd_verdict("", None);
+            let continued = call::leave_for(&sim, &id, target, &amd, false);
             tokio::spawn(call::lone_continued(sim.clone(), continued));
         }
     }
@@ -686,6 +689,7 @@ async fn external_media(State(sim): Sim, Query(q): Params) -> Response {
             ctl: None,
             is_call: false,
             via_dialplan: false,
+            hopped_into: None,
         });
         media::attach(&sim, &mut inner, &id, stream);
         id
@@ -1048,6 +1052,7 @@ fn inbound(sim: &Arc<Shared>, caller_number: &str, local: bool) -> Option<String
                 ctl: Some(ctl.clone()),
                 is_call: false,
                 via_dialplan: false,
+                hopped_into: None,
             });
             (format!("{uid};2"), format!("{base};2"), Some(uid))
         } else {
@@ -1062,6 +1067,7 @@ fn inbound(sim: &Arc<Shared>, caller_number: &str, local: bool) -> Option<String
             ctl: Some(ctl),
             is_call: false,
             via_dialplan: true,
+            hopped_into: None,
         });
         if e.stasis_start(&id, &app, &[]) {
             e.subscribe(&id, &app);

@@ -23,14 +23,31 @@
 //!
 //! Media and the far end's keys: externalMedia channels carry real RTP on
 //! loopback (`media`), so a caller can speak to the daemon (`caller_says`)
-//! and a test can read what the caller heard back (`heard`); a party can
-//! press a key (`press`, `ChannelDtmfReceived`); and where `continue` sent
-//! a channel is kept (`continued_to`).
+//! and a test can read what the caller heard back (`heard`); what was
+//! played to any channel, item by item, with when it started and ended and
+//! whether a `DELETE` cut it, stays readable after the call (`played`); a
+//! party can press a key (`press`, `ChannelDtmfReceived`), and a callee
+//! can press keys on its own at set times after the answer (`SimConfig.dtmf`);
+//! and where `continue` sent a channel is kept (`continued_to`).
+//!
+//! Where `continue` can send a channel, besides a queue that holds it:
+//! the lab's `agents`; an AMD context (`SimConfig.amd_contexts`) whose
+//! `AMD()` brings the same channel back to the app it left with the
+//! verdict as its `StasisStart` args (`SimConfig.amd`, per number; the
+//! lab's `sim-human`, `sim-notsure` and `sim-machine` callees greet as
+//! recorded and get the recorded verdicts); and a context that hands the
+//! channel to another Stasis app (`SimConfig.stasis_contexts`, by default
+//! `overdue-agent` into `openai-app`, as the outbound call hands a callee
+//! to the voice agent). The callee behind the channel keeps its own
+//! script meanwhile: it can hang up during `AMD()`, and its keys are lost
+//! while the channel is out of Stasis.
 
 mod call;
 pub mod dialplan;
+mod endpoints;
 mod http;
 mod media;
+mod say;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -41,10 +58,64 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
-pub use dialplan::Callee;
+pub use dialplan::{Callee, Greeting};
 pub use media::{Heard, Said};
 pub use state::Request;
 use state::{Ctl, Emit, Inner, WsOut};
+
+/// What `AMD()` decides for a callee, and how long it takes (fact 17).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmdVerdict {
+    /// `AMDSTATUS`: `HUMAN`, `MACHINE` or `NOTSURE`.
+    pub status: String,
+    /// `AMDCAUSE`, e.g. `HUMAN-800-800`.
+    pub cause: String,
+    /// From `AMD()` starting to the verdict (unscaled; scaled by
+    /// `time_scale` like every simulated duration).
+    pub after: Duration,
+}
+
+impl AmdVerdict {
+    /// `amd-human`: real silence after a short greeting, 2.92 s.
+    pub fn human() -> AmdVerdict {
+        AmdVerdict::new("HUMAN", "HUMAN-800-800", 2920)
+    }
+
+    /// `amd-machine`: a long greeting, too many words, 1.66 s.
+    pub fn machine() -> AmdVerdict {
+        AmdVerdict::new("MACHINE", "MAXWORDS-3-2", 1660)
+    }
+
+    /// `amd-notsure`: a greeting then no audio frames at all, 5.01 s.
+    pub fn notsure() -> AmdVerdict {
+        AmdVerdict::new("NOTSURE", "TOOLONG-4820", 5010)
+    }
+
+    fn new(status: &str, cause: &str, ms: u64) -> AmdVerdict {
+        AmdVerdict {
+            status: status.into(),
+            cause: cause.into(),
+            after: Duration::from_millis(ms),
+        }
+    }
+}
+
+/// One media item played to a channel (`Simulator::played`): what the
+/// party on it heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Played {
+    /// One media URI of the play request (`sound:morosos_natalia`,
+    /// `number:125000`): a request with several gives one `Played` each.
+    pub media: String,
+    /// The `lang` it was played in (the channel's language if none was given).
+    pub lang: Option<String>,
+    pub started: Instant,
+    /// When it ended: played out, stopped, or the channel hung up; `None`
+    /// while it plays.
+    pub ended: Option<Instant>,
+    /// Cut short by `DELETE /playbacks/{id}`.
+    pub stopped: bool,
+}
 
 /// A sound Asterisk has on disk: in which languages, and how long it plays.
 #[derive(Debug, Clone)]
@@ -96,6 +167,29 @@ pub struct SimConfig {
     /// then reaches at priority 4. Off: straight to `Stasis()` at priority 2
     /// (recording `inbound`, fact 11).
     pub inbound_sets_ulaw: bool,
+    /// Per dialled number, what `AMD()` decides and when. A number not
+    /// here gets its lab context's verdict if dialled as
+    /// `Local/<n>@sim-human|sim-notsure|sim-machine`, else `HUMAN`
+    /// `HUMAN-800-800` after 2.92 s.
+    pub amd: HashMap<String, AmdVerdict>,
+    /// Contexts whose `s` priority 1 runs `AMD()` then
+    /// `Stasis(<the app the channel left>,amd,${AMDSTATUS},${AMDCAUSE})`
+    /// then `Hangup()`, as the lab's `amd` (fact 17).
+    pub amd_contexts: Vec<String>,
+    /// Per dialled number, the keys its callee presses: each at a delay
+    /// (unscaled) after the call was answered (its first `StasisStart`).
+    /// Reported as `press` reports them, on the channel facing the app.
+    /// Keys go on across an AMD hop, but one pressed while that channel
+    /// runs the dialplan (during `AMD()`, which reads and discards the
+    /// frames) is lost to the app: it hears keys only while the channel is
+    /// in Stasis, so the daemon must not count on a key pressed during AMD.
+    /// No recording shows this case; `press` still reports a key out of
+    /// Stasis to the channel's followers.
+    pub dtmf: HashMap<String, Vec<(Duration, char)>>,
+    /// Contexts that hand a channel to another Stasis app: a `continue` to
+    /// one of them (any extension, priority 1) runs `Stasis(<app>,<args>)`,
+    /// `${EXTEN}` in the args replaced by the extension.
+    pub stasis_contexts: HashMap<String, (String, Vec<String>)>,
 }
 
 impl Default for SimConfig {
@@ -116,6 +210,21 @@ impl Default for SimConfig {
                 duration: Duration::from_millis(1420),
             },
         );
+        // Asterisk's Spanish core sounds a spoken amount or date plays as
+        // `sound:` (`rules::media::sounds_needed`), 0.6 s a word.
+        let spanish = crate::rules::media::sounds_needed(&[
+            "number:{saldo}".to_owned(),
+            crate::rules::media::CORTE_FECHA.to_owned(),
+        ]);
+        for name in spanish {
+            sounds.insert(
+                name,
+                SoundSpec {
+                    languages: vec!["es".into(), "es_MX".into()],
+                    duration: Duration::from_millis(600),
+                },
+            );
+        }
         SimConfig {
             username: "asterisk".into(),
             password: "asterisk".into(),
@@ -133,6 +242,17 @@ impl Default for SimConfig {
             lost_originates: HashSet::new(),
             continue_hangup_after: None,
             inbound_sets_ulaw: false,
+            amd: HashMap::new(),
+            amd_contexts: vec!["amd".into(), "overdue-amd".into()],
+            dtmf: HashMap::new(),
+            // How the outbound call hands a callee to the voice agent.
+            stasis_contexts: HashMap::from([(
+                "overdue-agent".to_owned(),
+                (
+                    "openai-app".to_owned(),
+                    vec!["client".to_owned(), "${EXTEN}".to_owned()],
+                ),
+            )]),
         }
     }
 }
@@ -212,6 +332,41 @@ impl Shared {
             .map(|d| d.mul_f64(cfg.time_scale.max(0.0)))
     }
 
+    /// What `AMD()` decides for `number`: `SimConfig.amd`, else the lab
+    /// greeting it was dialled to, else a human.
+    fn amd_verdict(&self, number: &str, greeting: Option<Greeting>) -> AmdVerdict {
+        self.cfg()
+            .amd
+            .get(number)
+            .cloned()
+            .or_else(|| greeting.map(Greeting::verdict))
+            .unwrap_or_else(AmdVerdict::human)
+    }
+
+    /// The keys `number`'s callee presses: (delay after the answer, already
+    /// scaled; digit).
+    fn dtmf_script(&self, number: &str) -> Vec<(Duration, char)> {
+        let cfg = self.cfg();
+        let scale = cfg.time_scale.max(0.0);
+        cfg.dtmf
+            .get(number)
+            .map(|keys| keys.iter().map(|(d, c)| (d.mul_f64(scale), *c)).collect())
+            .unwrap_or_default()
+    }
+
+    fn is_amd_context(&self, context: &str) -> bool {
+        self.cfg().amd_contexts.iter().any(|c| c == context)
+    }
+
+    /// The Stasis app and args a context of `stasis_contexts` hands a
+    /// channel to, `${EXTEN}` replaced by `exten`.
+    fn stasis_context(&self, context: &str, exten: &str) -> Option<(String, Vec<String>)> {
+        let cfg = self.cfg();
+        let (app, args) = cfg.stasis_contexts.get(context)?;
+        let args = args.iter().map(|a| a.replace("${EXTEN}", exten)).collect();
+        Some((app.clone(), args))
+    }
+
     /// Whether a media URI can be played in `lang`, and until when.
     fn media_length(&self, media: &str, lang: &str) -> (bool, tokio::time::Instant) {
         let now = tokio::time::Instant::now();
@@ -221,11 +376,14 @@ impl Shared {
                 Some(s) if s.languages.iter().any(|l| l == lang) => (true, s.duration),
                 _ => (false, Duration::from_millis(1)),
             },
-            Some(("number" | "digits", n))
-                if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit() || c == '.') =>
-            {
-                (true, Duration::from_millis(600) * n.len() as u32)
-            }
+            Some(("number", n)) => match say::number_words(n, lang) {
+                Some(words) => (true, say::SPOKEN_WORD * words as u32),
+                None => (false, Duration::from_millis(1)),
+            },
+            Some(("digits", n)) => match say::digit_words(n) {
+                Some(words) => (true, say::SPOKEN_WORD * words as u32),
+                None => (false, Duration::from_millis(1)),
+            },
             Some(("silence", secs)) => match secs.parse::<u64>() {
                 Ok(s) => (true, Duration::from_secs(s)),
                 Err(_) => (false, Duration::from_millis(1)),
@@ -254,7 +412,11 @@ impl Simulator {
     pub async fn start(config: SimConfig, port: u16) -> std::io::Result<Simulator> {
         let shared = Arc::new(Shared {
             cfg: Mutex::new(config),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                // The lab's trunk (README "Trunks from common providers"), qualified.
+                endpoints: [("PJSIP/voip_issabel".to_owned(), "online".to_owned())].into(),
+                ..Inner::default()
+            }),
             asterisk_id: "02:fc:00:00:00:01".into(),
             startup: Mutex::new(Utc::now()),
         });
@@ -435,6 +597,8 @@ impl Simulator {
         inner.bridges.clear();
         inner.bridge_apps.clear();
         inner.bridge_playbacks.clear();
+        // Subscriptions live in the Asterisk process, not in its config.
+        inner.endpoint_subs.clear();
     }
 
     async fn come_back(&self, down: Duration) -> std::io::Result<()> {
@@ -485,6 +649,23 @@ impl Simulator {
     /// Every REST request received, in order.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.inner().requests.clone()
+    }
+
+    /// Sets an endpoint's state (`"PJSIP/voip_issabel"`, `"offline"`),
+    /// creating it if Asterisk did not know it; a change is sent as
+    /// `EndpointStateChange` to the apps subscribed to it.
+    pub fn set_endpoint_state(&self, endpoint: &str, state: &str) {
+        self.shared.set_endpoint_state(endpoint, state);
+    }
+
+    /// The apps subscribed to an endpoint's events.
+    pub fn endpoint_subscribers(&self, endpoint: &str) -> Vec<String> {
+        self.shared
+            .inner()
+            .endpoint_subs
+            .get(endpoint)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// How many originates were received (accepted or not).
@@ -602,6 +783,19 @@ impl Simulator {
             .continued
             .get(channel_id)
             .map(|t| (t.context.clone(), t.exten.clone(), t.priority))
+    }
+
+    /// What was played to `channel_id`, one entry per media item that
+    /// started, in play order; kept after the channel is gone. Media that
+    /// could not be played (a sound missing in that language) never
+    /// started and is not listed; playbacks into bridges are not either.
+    pub fn played(&self, channel_id: &str) -> Vec<Played> {
+        self.shared
+            .inner()
+            .played
+            .get(channel_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The party behind `channel_id` presses `digit`: as the digit ends,

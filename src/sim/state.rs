@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::media::{Heard, Said, Stream};
+use super::Played;
 use crate::ari::model::{Bridge, CallerId, Channel, DialplanCep};
 
 /// Commands from the REST side to the task that plays a call.
@@ -86,6 +87,11 @@ pub struct Chan {
     /// following it when it leaves Stasis. Channels created through ARI
     /// stay followed to the end.
     pub via_dialplan: bool,
+    /// An app that follows the channel only because a `continue` sent it
+    /// into that app's `Stasis()` (`stasis_contexts`, or back from `AMD()`
+    /// for a channel its app did not follow): it stops following at
+    /// `StasisEnd`, as an inbound channel's app does.
+    pub hopped_into: Option<String>,
 }
 
 /// One REST request as received, for tests that count what was asked.
@@ -139,6 +145,13 @@ pub struct Inner {
     /// Where each channel went with `continue`, by channel id; kept after
     /// the channel is gone.
     pub continued: HashMap<String, Target>,
+    /// What was played to each channel, by channel id; kept after the
+    /// channel is gone.
+    pub played: HashMap<String, Vec<Played>>,
+    /// Endpoints by `Tech/resource`, with their state (`online` …).
+    pub endpoints: HashMap<String, String>,
+    /// The apps subscribed to each endpoint's events.
+    pub endpoint_subs: HashMap<String, Vec<String>>,
 }
 
 pub struct BridgePlayback {
@@ -255,7 +268,37 @@ impl Inner {
         // Its socket closes; what it had still to say is never said.
         self.media.remove(id);
         self.speech.remove(id);
+        // The hang-up ends what it was hearing.
+        self.played_end(id, false);
         Some(chan)
+    }
+
+    /// A media item starts playing to `channel`.
+    pub fn played_start(&mut self, channel: &str, media: &str, lang: &str) {
+        self.played
+            .entry(channel.to_owned())
+            .or_default()
+            .push(Played {
+                media: media.to_owned(),
+                lang: Some(lang.to_owned()),
+                started: Instant::now(),
+                ended: None,
+                stopped: false,
+            });
+    }
+
+    /// What plays to `channel` ends; `stopped` when a `DELETE` cut it.
+    pub fn played_end(&mut self, channel: &str, stopped: bool) {
+        // One channel plays one item at a time: the open one is the last.
+        if let Some(p) = self
+            .played
+            .get_mut(channel)
+            .and_then(|v| v.last_mut())
+            .filter(|p| p.ended.is_none())
+        {
+            p.ended = Some(Instant::now());
+            p.stopped = stopped;
+        }
     }
 
     /// The other half of a Local pair (`…;1` ↔ `…;2`), if it is alive.
@@ -494,9 +537,11 @@ impl Emit<'_> {
         };
         let ev = Self::with(Self::base("StasisEnd"), json!({ "channel": snap }));
         self.inner.emit_app(&app, ev, self.asterisk_id);
-        if unsubscribe {
-            if let Some(c) = self.inner.channels.get_mut(id) {
+        if let Some(c) = self.inner.channels.get_mut(id) {
+            let hopped = c.hopped_into.as_deref() == Some(app.as_str());
+            if unsubscribe || hopped {
                 c.subscribers.retain(|s| *s != app);
+                c.hopped_into = None;
             }
         }
     }
