@@ -26,6 +26,31 @@ pub enum Prompt {
     },
 }
 
+/// Which playbacks on our channel are the reminder whose end counts as
+/// heard. With the keypad menu, the options and confirmation prompts are
+/// not, nor a reminder a key cut (its `PlaybackFinished` says `done`
+/// although it was cut, LAB.md fact 15).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Counted {
+    /// Every playback: the one-prompt call.
+    #[default]
+    Every,
+    /// Only the playback with this id.
+    Only(String),
+    /// None until the next reminder starts.
+    Nothing,
+}
+
+impl Counted {
+    fn counts(&self, playback_id: &str) -> bool {
+        match self {
+            Counted::Every => true,
+            Counted::Only(id) => id == playback_id,
+            Counted::Nothing => false,
+        }
+    }
+}
+
 /// What we learnt about one call from its events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Evidence {
@@ -40,6 +65,8 @@ pub struct Evidence {
     /// A real (not soft) hang-up request reached one of our channels.
     pub hangup_requested: bool,
     pub prompt: Prompt,
+    /// Which playbacks `prompt` follows.
+    pub counted: Counted,
     pub own_destroyed: bool,
     pub other_destroyed: bool,
     pub in_stasis: bool,
@@ -121,13 +148,19 @@ impl Evidence {
                 self.other_cause = Some(*cause);
                 self.other_destroyed = true;
             }
+            // A reminder heard to its end stays heard, whatever plays after
+            // (the menu, a repeat the callee hangs up on).
             Event::PlaybackStarted { playback }
-                if playback.target_uri == format!("channel:{}", self.channel) =>
+                if self.prompt != Prompt::Done
+                    && self.counted.counts(&playback.id)
+                    && playback.target_uri == format!("channel:{}", self.channel) =>
             {
                 self.prompt = Prompt::Playing;
             }
             Event::PlaybackFinished { playback }
-                if playback.target_uri == format!("channel:{}", self.channel) =>
+                if self.prompt != Prompt::Done
+                    && self.counted.counts(&playback.id)
+                    && playback.target_uri == format!("channel:{}", self.channel) =>
             {
                 self.prompt = if playback.state == "done" {
                     Prompt::Done

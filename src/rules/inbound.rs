@@ -22,13 +22,16 @@ pub enum CallerMatch {
     Unknown,
     /// Several clients share it: the agent knows nothing about any of them.
     Several(Vec<i64>),
+    /// The reminder call to this client handed the callee over (keypad
+    /// `agent`): who it is was known before the call.
+    Reminder(i64),
 }
 
 impl CallerMatch {
     /// The client whose account the agent may talk about.
     pub fn client(&self) -> Option<i64> {
         match self {
-            CallerMatch::One(id) => Some(*id),
+            CallerMatch::One(id) | CallerMatch::Reminder(id) => Some(*id),
             _ => None,
         }
     }
@@ -37,6 +40,7 @@ impl CallerMatch {
     pub fn detail(&self) -> String {
         match self {
             CallerMatch::One(_) => "one client".into(),
+            CallerMatch::Reminder(_) => "handed over by the reminder call".into(),
             CallerMatch::NoMobile(why) => format!("caller id not a mobile: {why}"),
             CallerMatch::Unknown => "no client has this number".into(),
             CallerMatch::Several(ids) => format!(

@@ -16,6 +16,8 @@
 //! - `outcome` — the outcomes and "delivered means heard";
 //! - `evidence` — how a call ended, from its events and what the daemon did;
 //! - `media` — a prompt's placeholders filled for one client;
+//! - `script` — what an answered reminder call does next: the machine
+//!   check, the reminder, the keypad menu and its actions;
 //! - `inbound` — the voice agent: who is calling, what it may know,
 //!   promises to pay, how an inbound call ended;
 //! - `trunks` — endpoint templates, trunk choice, cool-downs, whose fault a
@@ -28,6 +30,7 @@ pub mod inbound;
 pub mod media;
 pub mod outcome;
 pub mod phone;
+pub mod script;
 pub mod selection;
 pub mod trunks;
 pub mod window;

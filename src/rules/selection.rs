@@ -60,6 +60,8 @@ pub struct RetryMinutes {
     pub trunk_error: u32,
     /// Calls we cut ourselves (shutdown, global timeout) may go again on the next pass.
     pub aborted: u32,
+    /// An answering machine took the call (README "Answering machines").
+    pub voicemail: u32,
 }
 
 impl Default for RetryMinutes {
@@ -73,6 +75,7 @@ impl Default for RetryMinutes {
             timeout: 120,
             trunk_error: 120,
             aborted: 0,
+            voicemail: 240,
         }
     }
 }
@@ -98,7 +101,12 @@ impl Policy {
             Outcome::Timeout => r.timeout,
             Outcome::TrunkError => r.trunk_error,
             Outcome::Aborted => r.aborted,
-            Outcome::Completed | Outcome::HungUpEarly | Outcome::InvalidNumber => 0,
+            Outcome::Voicemail => r.voicemail,
+            Outcome::Completed
+            | Outcome::HungUpEarly
+            | Outcome::InvalidNumber
+            | Outcome::Transferred
+            | Outcome::OptedOut => 0,
         };
         Duration::minutes(i64::from(minutes))
     }

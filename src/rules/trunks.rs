@@ -1,7 +1,9 @@
 //! Trunks (README "A pass", trunk failover): endpoint templates, which
 //! trunk takes a call, how long a failing trunk cools down, whose fault a
-//! refused originate was, and failover between trunks for one attempt.
-//! The pool in `campaign::trunks` holds the state and the clock.
+//! refused originate was, failover between trunks for one attempt, and
+//! trunk health (README "Trunk health": which Asterisk endpoint a trunk
+//! depends on, and whether its state lets it take calls). The pool in
+//! `campaign::trunks` holds the state and the clock.
 
 use std::time::Duration;
 
@@ -38,6 +40,130 @@ pub fn check_endpoint_template(template: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The Asterisk endpoint (`Tech/resource`) whose state says whether a
+/// trunk can carry calls. `explicit` is `health_endpoint` from the trunk's
+/// configuration: empty means "none" (an operator opting out); absent
+/// means implied by the template — `PJSIP/…@x` depends on `PJSIP/x` and
+/// `SIP/x/…` on `SIP/x`. A `Local/` template goes through the dialplan,
+/// whose real trunk we cannot see, so it implies none.
+pub fn health_endpoint(explicit: Option<&str>, template: &str) -> Option<String> {
+    if let Some(e) = explicit {
+        let e = e.trim();
+        return (!e.is_empty()).then(|| e.to_owned());
+    }
+    let (tech, rest) = template.split_once('/')?;
+    let resource = match tech {
+        "PJSIP" => rest.rsplit_once('@').map(|(_, r)| r)?,
+        "SIP" => rest.split_once('/').map(|(r, _)| r)?,
+        _ => return None,
+    };
+    // A resource built from the number is not one endpoint.
+    if resource.is_empty() || resource.contains('{') {
+        return None;
+    }
+    Some(format!("{tech}/{resource}"))
+}
+
+/// Checks an explicit `health_endpoint` (`Tech/resource`, as in
+/// `GET /ari/endpoints/{tech}/{resource}`). On failure, says what was
+/// expected.
+pub fn check_health_endpoint(endpoint: &str) -> Result<(), String> {
+    let expected = "an Asterisk endpoint like \"PJSIP/voip_issabel\" (or \"\" for none)";
+    match endpoint.split_once('/') {
+        Some((tech, resource))
+            if !tech.is_empty()
+                && tech.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !resource.is_empty()
+                && !resource.chars().any(|c| {
+                    c == '/' || c == '{' || c == '}' || c.is_whitespace() || c.is_control()
+                }) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("{expected}, found {endpoint:?}")),
+    }
+}
+
+/// An endpoint's state as Asterisk reports it (`online`, `offline`,
+/// `unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Health {
+    Online,
+    Offline,
+    /// Asterisk does not know (no qualify configured, or not yet checked),
+    /// or we could not ask.
+    Unknown,
+}
+
+impl Health {
+    /// Asterisk's word for it; anything unexpected is `Unknown`, so a
+    /// newer Asterisk's new state never stops the calls.
+    pub fn parse(state: &str) -> Health {
+        match state.trim().to_ascii_lowercase().as_str() {
+            "online" => Health::Online,
+            "offline" => Health::Offline,
+            _ => Health::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Online => "online",
+            Health::Offline => "offline",
+            Health::Unknown => "unknown",
+        }
+    }
+
+    /// Only an endpoint Asterisk calls `offline` stops its trunk: `unknown`
+    /// is what Asterisk says of every endpoint without `qualify`, and
+    /// stopping those would stop working trunks.
+    pub fn takes_calls(self) -> bool {
+        self != Health::Offline
+    }
+}
+
+/// What an operator sees of a trunk (metrics, `check`, the pass summary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum TrunkState {
+    /// May take calls (when a channel is free).
+    #[default]
+    Up,
+    /// Failed recently; takes no calls until its cool-down ends.
+    Cooling,
+    /// Its endpoint is offline; takes no calls until it is online again.
+    Offline,
+}
+
+impl TrunkState {
+    pub const ALL: [TrunkState; 3] = [TrunkState::Up, TrunkState::Cooling, TrunkState::Offline];
+
+    /// An offline endpoint outranks a cool-down: the operator's fix is
+    /// on the endpoint, and the cool-down may end before it is online.
+    pub fn of(cooling: bool, health: Health) -> TrunkState {
+        if !health.takes_calls() {
+            TrunkState::Offline
+        } else if cooling {
+            TrunkState::Cooling
+        } else {
+            TrunkState::Up
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrunkState::Up => "up",
+            TrunkState::Cooling => "cooling",
+            TrunkState::Offline => "offline",
+        }
+    }
+
+    /// Whether a trunk in this state may take a call at all (its free
+    /// channels aside).
+    pub fn takes_calls(self) -> bool {
+        self == TrunkState::Up
+    }
 }
 
 /// The endpoint to originate to for these national digits.
@@ -300,5 +426,63 @@ mod tests {
             tries += 1;
         }
         assert_eq!(tries + 1, 6, "3 rounds of 2 trunks");
+    }
+
+    #[test]
+    fn health_endpoints_explicit_implied_or_none() {
+        let pj = "PJSIP/{number}@voip_issabel";
+        assert_eq!(
+            health_endpoint(None, pj).as_deref(),
+            Some("PJSIP/voip_issabel")
+        );
+        assert_eq!(
+            health_endpoint(None, "PJSIP/57{number}@t1").as_deref(),
+            Some("PJSIP/t1")
+        );
+        assert_eq!(
+            health_endpoint(None, "SIP/voip_issabel/{number}").as_deref(),
+            Some("SIP/voip_issabel")
+        );
+        assert_eq!(health_endpoint(None, "Local/{number}@from-voip"), None);
+        assert_eq!(health_endpoint(None, "PJSIP/{number}"), None, "no @trunk");
+        assert_eq!(health_endpoint(None, "SIP/{number}"), None);
+        assert_eq!(health_endpoint(None, "IAX2/{number}@x"), None);
+        assert_eq!(
+            health_endpoint(Some("PJSIP/other"), "Local/{number}@from-voip").as_deref(),
+            Some("PJSIP/other"),
+            "explicit wins, even for Local/"
+        );
+        assert_eq!(health_endpoint(Some(" "), pj), None, "empty opts out");
+        assert_eq!(check_health_endpoint("PJSIP/voip_issabel"), Ok(()));
+        for bad in [
+            "voip",
+            "/x",
+            "PJSIP/",
+            "PJSIP/a/b",
+            "PJSIP/{number}",
+            "PJ SIP/x",
+            "PJSIP/a b",
+        ] {
+            assert!(check_health_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_offline_stops_a_trunk() {
+        assert_eq!(Health::parse("online"), Health::Online);
+        assert_eq!(Health::parse("OFFLINE"), Health::Offline);
+        assert_eq!(Health::parse("unknown"), Health::Unknown);
+        assert_eq!(Health::parse("something new"), Health::Unknown);
+        assert!(Health::Online.takes_calls());
+        assert!(Health::Unknown.takes_calls());
+        assert!(!Health::Offline.takes_calls());
+        assert_eq!(TrunkState::of(false, Health::Online), TrunkState::Up);
+        assert_eq!(TrunkState::of(false, Health::Unknown), TrunkState::Up);
+        assert_eq!(TrunkState::of(true, Health::Online), TrunkState::Cooling);
+        assert_eq!(TrunkState::of(true, Health::Offline), TrunkState::Offline);
+        assert_eq!(TrunkState::of(false, Health::Offline), TrunkState::Offline);
+        assert!(TrunkState::Up.takes_calls());
+        assert!(!TrunkState::Cooling.takes_calls());
+        assert!(!TrunkState::Offline.takes_calls());
     }
 }
