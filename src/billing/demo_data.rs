@@ -151,7 +151,9 @@ fn bad_phone(rng: &mut ChaCha8Rng) -> Option<String> {
 pub fn generate(spec: &Spec) -> Data {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut data = Data::default();
-    let retryable = [
+    // Every other outcome the log can hold, so the selection SQL meets
+    // each of its branches (retry delays, never again after a key).
+    let others = [
         Outcome::Busy,
         Outcome::NoAnswer,
         Outcome::Congestion,
@@ -159,6 +161,9 @@ pub fn generate(spec: &Spec) -> Data {
         Outcome::Timeout,
         Outcome::Rejected,
         Outcome::Aborted,
+        Outcome::Voicemail,
+        Outcome::Transferred,
+        Outcome::OptedOut,
     ];
     for i in 0..spec.clients {
         let id = i as i64 + 1;
@@ -231,7 +236,7 @@ pub fn generate(spec: &Spec) -> Data {
                     1 | 2 => Some(Outcome::Completed),
                     3 => Some(Outcome::HungUpEarly),
                     4 => Some(Outcome::InvalidNumber),
-                    _ => Some(*retryable.choose(&mut rng).unwrap_or(&Outcome::Busy)),
+                    _ => Some(*others.choose(&mut rng).unwrap_or(&Outcome::Busy)),
                 };
                 // Staff fixed some numbers after an invalid_number.
                 let phone_raw = if outcome == Some(Outcome::InvalidNumber) && rng.gen_bool(0.3) {
@@ -246,7 +251,15 @@ pub fn generate(spec: &Spec) -> Data {
                     ended_at: when,
                     phone_raw,
                 });
-                if outcome == Some(Outcome::Completed) || outcome == Some(Outcome::HungUpEarly) {
+                if matches!(
+                    outcome,
+                    Some(
+                        Outcome::Completed
+                            | Outcome::HungUpEarly
+                            | Outcome::Transferred
+                            | Outcome::OptedOut
+                    )
+                ) {
                     // Most stay sent; some were re-flagged by staff since.
                     client.is_sent = rng.gen_bool(0.6);
                     client.completed_at = Some(when);

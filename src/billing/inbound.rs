@@ -5,8 +5,6 @@
 //! unknown, not as a failed call); timestamps are computed in Rust in the
 //! configured time zone and bound, as everywhere in `billing`.
 
-use std::time::Duration;
-
 use chrono::{NaiveDate, NaiveDateTime};
 use mysql_async::prelude::*;
 use mysql_async::{Row, Value};
@@ -121,42 +119,33 @@ impl Billing {
     /// call is over; nothing else is waiting on this). Gives up after
     /// about two minutes with the row logged in full.
     pub async fn close_inbound(&self, id: u64, end: &InboundEnd) -> bool {
-        let mut wait = Duration::from_millis(200);
-        for attempt in 1..=10 {
-            let result = async {
-                self.conn()
-                    .await?
-                    .exec_drop(
-                        "UPDATE overdue_inbound_log SET ended_at = ?, seconds = ?, how = ?,
-                           tokens_in = ?, tokens_out = ?, transcript = ? WHERE id = ?",
-                        (
-                            end.ended_at.map(seconds),
-                            end.seconds,
-                            &end.how,
-                            end.tokens_in,
-                            end.tokens_out,
-                            end.transcript.as_deref(),
-                            id,
-                        ),
-                    )
-                    .await
-                    .map_err(BillingError::from)
-            }
-            .await;
-            match result {
-                Ok(()) => return true,
-                Err(e) if e.is_transient() && attempt < 10 => {
-                    tracing::warn!(inbound_id = id, attempt, error = %e, "inbound call row not completed yet; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-                Err(e) => {
-                    tracing::error!(inbound_id = id, ?end, error = %e, "INBOUND CALL ROW NOT COMPLETED");
-                    return false;
-                }
-            }
+        let write = || async {
+            self.conn()
+                .await?
+                .exec_drop(
+                    "UPDATE overdue_inbound_log SET ended_at = ?, seconds = ?, how = ?,
+                       tokens_in = ?, tokens_out = ?, transcript = ? WHERE id = ?",
+                    (
+                        end.ended_at.map(seconds),
+                        end.seconds,
+                        &end.how,
+                        end.tokens_in,
+                        end.tokens_out,
+                        end.transcript.as_deref(),
+                        id,
+                    ),
+                )
+                .await
+                .map_err(BillingError::from)
+        };
+        let (result, _) = super::retry::until_written(Some(10), write, |attempt, e| {
+            tracing::warn!(inbound_id = id, attempt, error = %e, "inbound call row not completed yet; retrying");
+        })
+        .await;
+        if let Err(e) = &result {
+            tracing::error!(inbound_id = id, ?end, error = %e, "INBOUND CALL ROW NOT COMPLETED");
         }
-        false
+        result.is_ok()
     }
 
     /// Inbound rows a killed run left open (the call died with it):

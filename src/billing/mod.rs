@@ -3,9 +3,12 @@
 
 pub mod demo_data;
 pub mod inbound;
+pub mod private_server;
 pub mod report;
+mod retry;
 pub mod schema;
 pub mod store;
+pub mod tally;
 
 pub use store::{Billing, CallRecord, Claim, Orphan};
 

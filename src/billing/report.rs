@@ -129,28 +129,38 @@ impl Billing {
                 .entry(how)
                 .or_insert(0) += n;
         }
-        let promises: Vec<(NaiveDate, u64)> = conn
-            .exec(
-                "SELECT DATE(created_at), COUNT(*) FROM overdue_payment_promise
-                 WHERE created_at >= ? AND created_at < ? GROUP BY DATE(created_at)",
-                (start, end),
-            )
-            .await?;
-        for (day, n) in promises {
+        for (day, n) in per_day(
+            &mut conn,
+            "overdue_payment_promise",
+            "created_at",
+            start,
+            end,
+        )
+        .await?
+        {
             report.inbound.entry(day).or_default().promises += n;
         }
-        let opt_outs: Vec<(NaiveDate, u64)> = conn
-            .exec(
-                "SELECT DATE(opted_out_at), COUNT(*) FROM overdue_opt_out
-                 WHERE opted_out_at >= ? AND opted_out_at < ? GROUP BY DATE(opted_out_at)",
-                (start, end),
-            )
-            .await?;
-        for (day, n) in opt_outs {
+        for (day, n) in per_day(&mut conn, "overdue_opt_out", "opted_out_at", start, end).await? {
             report.inbound.entry(day).or_default().opt_outs += n;
         }
         Ok(report)
     }
+}
+
+/// Rows of `table` per local day of `column`, in `[start, end)`. The names
+/// are this module's constants, never input.
+async fn per_day(
+    conn: &mut mysql_async::Conn,
+    table: &str,
+    column: &str,
+    start: chrono::NaiveDateTime,
+    end: chrono::NaiveDateTime,
+) -> Result<Vec<(NaiveDate, u64)>, BillingError> {
+    let sql = format!(
+        "SELECT DATE({column}), COUNT(*) FROM {table}
+         WHERE {column} >= ? AND {column} < ? GROUP BY DATE({column})"
+    );
+    Ok(conn.exec(sql, (start, end)).await?)
 }
 
 /// The table for a terminal: outcomes per day and trunk, then one line per

@@ -57,12 +57,12 @@ const ELIGIBLE_WHERE: &str = "
   AND (l.id IS NULL OR l.outcome <> 'invalid_number'
        OR NOT (CAST(l.phone_raw AS BINARY) <=> CAST(a.telefono AS BINARY)))
   AND (l.id IS NULL OR l.ended_at IS NULL
-       OR l.outcome IN ('completed', 'invalid_number')
+       OR l.outcome IN ('completed', 'invalid_number', 'transferred', 'opted_out')
        OR (l.outcome = 'hung_up_early' AND l.ended_at < ?)
        OR (l.outcome <> 'hung_up_early' AND l.ended_at <= CASE l.outcome
             WHEN 'busy' THEN ? WHEN 'no_answer' THEN ? WHEN 'rejected' THEN ?
             WHEN 'congestion' THEN ? WHEN 'timeout' THEN ? WHEN 'trunk_error' THEN ?
-            WHEN 'aborted' THEN ? ELSE ? END))
+            WHEN 'aborted' THEN ? WHEN 'voicemail' THEN ? ELSE ? END))
 HAVING open_balance IS NOT NULL";
 
 const CONTACT_HAVING: &str = " AND (last_contact IS NULL OR last_contact < ?)";
@@ -166,6 +166,7 @@ impl CallRecord {
 #[derive(Clone)]
 pub struct Billing {
     pool: mysql_async::Pool,
+    tally: std::sync::Arc<super::tally::Tally>,
 }
 
 pub(super) fn seconds(t: NaiveDateTime) -> NaiveDateTime {
@@ -176,7 +177,13 @@ impl Billing {
     pub fn new(opts: mysql_async::Opts) -> Billing {
         Billing {
             pool: mysql_async::Pool::new(opts),
+            tally: Default::default(),
         }
+    }
+
+    /// The outcomes this process wrote, and the writes still waiting.
+    pub fn tally(&self) -> &super::tally::Tally {
+        &self.tally
     }
 
     pub async fn conn(&self) -> Result<mysql_async::Conn, BillingError> {
@@ -251,6 +258,7 @@ impl Billing {
             before(Outcome::Timeout),
             before(Outcome::TrunkError),
             before(Outcome::Aborted),
+            before(Outcome::Voicemail),
             before(Outcome::Failed),
         ];
         let mut sql = format!("{FACTS_SELECT}{ELIGIBLE_WHERE}");
@@ -415,34 +423,37 @@ impl Billing {
     /// the process is killed before MySQL comes back. `false` only for an
     /// error retrying cannot fix.
     pub(crate) async fn write_outcome(&self, claim: &Claim, record: &CallRecord) -> bool {
-        let mut wait = std::time::Duration::from_millis(200);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            match self.record_outcome(claim, record).await {
-                Ok(_) => {
-                    if attempt > 1 {
-                        tracing::info!(
-                            client_id = claim.client_id,
-                            attempt,
-                            "outcome written after MySQL came back"
-                        );
-                    }
-                    return true;
+        let _waiting = self.tally.waiting();
+        let (result, attempts) = super::retry::until_written(
+            None,
+            || self.record_outcome(claim, record),
+            |attempt, e| {
+                if attempt == 1 {
+                    tracing::warn!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "MySQL unreachable: outcome kept, retrying until written");
+                } else {
+                    tracing::warn!(client_id = claim.client_id, attempt, error = %e, "outcome still not written; retrying");
                 }
-                Err(e) if e.is_transient() => {
-                    if attempt == 1 {
-                        tracing::warn!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "MySQL unreachable: outcome kept, retrying until written");
-                    } else {
-                        tracing::warn!(client_id = claim.client_id, attempt, error = %e, "outcome still not written; retrying");
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            },
+        )
+        .await;
+        match result {
+            Ok(wrote) => {
+                if wrote {
+                    self.tally
+                        .written(record.outcome, record.trunk.as_deref(), record.delivered);
                 }
-                Err(e) => {
-                    tracing::error!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "OUTCOME NOT WRITTEN");
-                    return false;
+                if attempts > 1 {
+                    tracing::info!(
+                        client_id = claim.client_id,
+                        attempt = attempts,
+                        "outcome written after MySQL came back"
+                    );
                 }
+                true
+            }
+            Err(e) => {
+                tracing::error!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "OUTCOME NOT WRITTEN");
+                false
             }
         }
     }
@@ -500,6 +511,23 @@ impl Billing {
         if tx.affected_rows() == 0 {
             tx.rollback().await?;
             return Ok(false);
+        }
+        // In the outcome's transaction: an opt-out is never lost to a
+        // crash between the two, nor written twice by a retried write.
+        if r.outcome == Outcome::OptedOut {
+            tx.exec_drop(
+                "INSERT INTO overdue_opt_out (client_id, phone_e164, opted_out_at, channel_id)
+                 SELECT ?, ?, ?, ? FROM DUAL
+                 WHERE NOT EXISTS (SELECT 1 FROM overdue_opt_out WHERE client_id = ?)",
+                (
+                    claim.client_id,
+                    r.phone_e164.clone(),
+                    seconds(r.ended_at),
+                    r.channel_id.clone(),
+                    claim.client_id,
+                ),
+            )
+            .await?;
         }
         let counted = u32::from(r.dialled);
         if r.delivered {
