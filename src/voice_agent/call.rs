@@ -2,9 +2,10 @@
 //! first (the caller keeps ringing meanwhile), then answer, bridge and
 //! externalMedia, then the conversation until someone ends it.
 //!
-//! The loop owns everything of the call, so no lock is held anywhere on
-//! the audio path: caller RTP in → `input_audio_buffer.append`;
-//! `response.output_audio.delta` → the paced outbound queue → RTP to
+//! The loop owns everything of the call but the outbound queue: caller
+//! RTP in → `input_audio_buffer.append`; `response.output_audio.delta` →
+//! the call's `pacer::Line` (its queue, shared for microseconds at a time
+//! with the pacer thread that sends every call's RTP on time) → RTP to
 //! Asterisk. The hard part is barge-in: on `speech_started` the queue is
 //! dropped at once, the response cancelled, and the item truncated at
 //! exactly what went out to Asterisk (8 bytes of μ-law per ms), so the
@@ -21,8 +22,9 @@ use tokio::time::{sleep_until, Instant};
 
 use super::fallback::{self, Played};
 use super::media::{self, caller_gone, Created, SetupError};
+use super::pacer::Line;
 use super::realtime::{self, ConnectError, ServerEvent, Session, SessionSpec};
-use super::rtp::{accept, Outbound, FRAME, PTIME, SILENCE};
+use super::rtp::{accept, FRAME, PTIME, SILENCE};
 use super::tools::{self, Tool};
 use super::{Caller, End, VoiceAgent};
 use crate::ari::model::Channel;
@@ -66,7 +68,8 @@ struct Conversation<'a> {
     caller_id: &'a str,
     row: Option<u64>,
     session: Session,
-    out: Outbound,
+    /// The agent's audio on its way to Asterisk, paced by the pacer thread.
+    out: Arc<Line>,
     response_active: bool,
     response_audio: bool,
     /// Items the caller talked over: their late deltas are dropped.
@@ -153,7 +156,16 @@ pub(crate) async fn run(
         return End::just(how);
     }
     let mut created = Created::default();
-    let media = match media::setup(agent, id, inbox, &mut created).await {
+    // The pacer sends from a duplicate of the call's socket.
+    let set_up = media::setup(agent, id, inbox, &mut created)
+        .await
+        .and_then(|m| match Line::open(&m.sock, m.asterisk) {
+            Ok(line) => Ok((m, line)),
+            Err(e) => Err(SetupError::Failed(format!(
+                "cannot hand the RTP socket to the pacer: {e}"
+            ))),
+        });
+    let (media, line) = match set_up {
         Ok(m) => m,
         Err(e) => {
             session.close().await;
@@ -179,7 +191,7 @@ pub(crate) async fn run(
         caller_id: id,
         row,
         session,
-        out: Outbound::new(),
+        out: line,
         response_active: false,
         response_audio: false,
         cut: HashSet::new(),
@@ -203,10 +215,11 @@ pub(crate) async fn run(
         transcript,
         ..
     } = conv;
+    // Nothing more is sent; the pacer lets go of the line by itself.
     agent
         .stats
         .late_rtp
-        .fetch_add(out.late_packets, Ordering::Relaxed);
+        .fetch_add(out.close(), Ordering::Relaxed);
     session.close().await;
     drop(media);
     let how = match outcome {
@@ -220,13 +233,17 @@ pub(crate) async fn run(
             how
         }
         Finish::Transfer => {
-            let t = &agent.config.transfer;
             // The caller leaves the bridge by itself when it continues.
-            match agent
-                .ari
-                .continue_in_dialplan(id, &t.context, &t.extension, t.priority)
-                .await
-            {
+            // (The tool is offered only with a destination configured.)
+            let sent = match agent.config.transfer.destination() {
+                Some(to) => agent
+                    .ari
+                    .continue_to(id, &to)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("no [transfer] destination configured".to_owned()),
+            };
+            match sent {
                 Ok(()) => {
                     media::teardown(agent, id, inbox, &mut created).await;
                     How::Transferred
@@ -249,14 +266,9 @@ pub(crate) async fn run(
             } else {
                 fallback::play(agent, id, &va.apology_media, inbox, deadline).await
             };
-            let t = &agent.config.transfer;
-            match played {
-                Played::CallerGone => How::CallerHungUp,
-                _ if t.is_configured() => match agent
-                    .ari
-                    .continue_in_dialplan(id, &t.context, &t.extension, t.priority)
-                    .await
-                {
+            match (played, agent.config.transfer.destination()) {
+                (Played::CallerGone, _) => How::CallerHungUp,
+                (_, Some(to)) => match agent.ari.continue_to(id, &to).await {
                     Ok(()) => How::Transferred,
                     Err(e) => {
                         tracing::error!(channel = %id, error = %e, "cannot transfer the caller; hanging up");
@@ -264,7 +276,7 @@ pub(crate) async fn run(
                         How::Error
                     }
                 },
-                _ => {
+                (_, None) => {
                     fallback::hang_up(agent, id, inbox).await;
                     How::Error
                 }
@@ -323,21 +335,14 @@ impl Conversation<'_> {
                 }
                 _ => {}
             }
-            let due = self.out.due();
             let ending_cap = match self.ending {
                 Ending::No => far_future,
                 Ending::AwaitingWords(_, cap) | Ending::Draining(_, cap) => cap,
             };
             tokio::select! {
                 biased;
-                _ = sleep_until(due.unwrap_or(far_future)), if due.is_some() => {
-                    let now = Instant::now();
-                    if let Some(packet) = self.out.packet(now) {
-                        if let Err(e) = media.sock.send_to(packet, media.asterisk).await {
-                            tracing::debug!(channel = %self.caller_id, error = %e, "RTP send failed");
-                        }
-                    }
-                }
+                // The last words played out: back to the top to act.
+                _ = self.out.drained(), if matches!(self.ending, Ending::Draining(..)) => {}
                 r = media.sock.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         match accept(&buf[..n], from, media.asterisk) {

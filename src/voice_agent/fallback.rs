@@ -137,11 +137,20 @@ pub(crate) async fn play_fallback(
     // Without a matched client, items that would speak account details
     // are left out rather than read as zero.
     let media: Vec<String> = match &caller.account {
-        Some(_) => crate::rules::media::fill(&va.fallback_media, balance.as_deref(), corte),
+        Some(_) => crate::rules::media::fill(
+            &va.fallback_media,
+            balance.as_deref(),
+            corte,
+            crate::clock::local_now(agent.config.timezone).date(),
+        ),
         None => va
             .fallback_media
             .iter()
-            .filter(|m| !m.contains("{saldo}") && !m.contains("{corte}"))
+            .filter(|m| {
+                !m.contains("{saldo}")
+                    && !m.contains("{corte}")
+                    && m.as_str() != crate::rules::media::CORTE_FECHA
+            })
             .cloned()
             .collect(),
     };

@@ -12,6 +12,7 @@
 pub mod call;
 pub mod fallback;
 pub mod media;
+pub mod pacer;
 pub mod realtime;
 pub mod rtp;
 pub mod tools;
@@ -41,12 +42,32 @@ const DB_WAIT: Duration = Duration::from_millis(700);
 pub struct Stats {
     pub calls: AtomicU64,
     pub agent_calls: AtomicU64,
+    /// Callees a reminder call handed over (keypad `agent`).
+    pub handed_over: AtomicU64,
     pub tokens_in: AtomicU64,
     pub tokens_out: AtomicU64,
     /// Agent RTP packets sent more than 20 ms after they were due.
     pub late_rtp: AtomicU64,
     /// Datagrams dropped: not from Asterisk, unparsable, not PCMU.
     pub dropped_rtp: AtomicU64,
+    /// Inbound calls ended, by how (in the order of `How::ALL`).
+    pub ended: [AtomicU64; How::ALL.len()],
+}
+
+impl Stats {
+    /// Inbound calls ended this way so far.
+    pub fn ended(&self, how: How) -> u64 {
+        How::ALL
+            .iter()
+            .position(|h| *h == how)
+            .map_or(0, |i| self.ended[i].load(Ordering::Relaxed))
+    }
+
+    fn count_end(&self, how: How) {
+        if let Some(i) = How::ALL.iter().position(|h| *h == how) {
+            self.ended[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 pub struct VoiceAgent {
@@ -152,15 +173,32 @@ impl VoiceAgent {
     }
 
     /// Handles an inbound call that entered the agent app. Its events are
-    /// routed to it from now on.
-    pub fn take(self: &Arc<Self>, channel: Channel) {
+    /// routed to it from now on. `args` of its `StasisStart`: `["client",
+    /// id]` when a reminder call sent the callee here (keypad `agent`,
+    /// the `overdue-agent` context), so the client is known already.
+    pub fn take(self: &Arc<Self>, channel: Channel, args: &[String]) {
+        let handed_over = match args {
+            [kind, id] if kind == "client" => id.parse::<i64>().ok(),
+            _ => None,
+        };
+        if handed_over.is_some() {
+            self.stats.handed_over.fetch_add(1, Ordering::SeqCst);
+        }
         let inbox = self.router.register(&channel.id);
+        // Whether the daemon was stopping when the caller arrived, not when
+        // the lookups are done: a caller who came in before gets the agent.
+        let arrived_stopping = self.stopping.load(Ordering::SeqCst);
         self.live.fetch_add(1, Ordering::SeqCst);
         let me = self.clone();
         tokio::spawn(async move {
             let _live = LiveGuard(&me);
             let id = channel.id.clone();
-            let run = std::panic::AssertUnwindSafe(me.handle(channel, inbox));
+            let run = std::panic::AssertUnwindSafe(me.handle(
+                channel,
+                handed_over,
+                arrived_stopping,
+                inbox,
+            ));
             if let Err(panic) = futures_util::FutureExt::catch_unwind(run).await {
                 let why = panic
                     .downcast_ref::<&str>()
@@ -207,11 +245,21 @@ impl VoiceAgent {
         }
     }
 
-    async fn handle(self: &Arc<Self>, channel: Channel, inbox: Inbox) {
+    async fn handle(
+        self: &Arc<Self>,
+        channel: Channel,
+        handed_over: Option<i64>,
+        arrived_stopping: bool,
+        inbox: Inbox,
+    ) {
         let started = Instant::now();
         let started_at = local_now(self.config.timezone);
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let caller = self.identify(&channel.caller.number).await;
+        let caller = match handed_over {
+            // The callee of a reminder call: the number is the one dialled.
+            Some(client) => self.known(client, &channel.connected.number).await,
+            None => self.identify(&channel.caller.number).await,
+        };
         let row = match tokio::time::timeout(
             DB_WAIT,
             self.billing.open_inbound(
@@ -236,7 +284,7 @@ impl VoiceAgent {
         };
 
         let va = &self.config.voice_agent;
-        let slot = if self.stopping.load(Ordering::SeqCst) {
+        let slot = if arrived_stopping {
             Err(How::FallbackBusy)
         } else if va.api_key.expose().is_empty() {
             Err(How::FallbackNoKey)
@@ -255,6 +303,7 @@ impl VoiceAgent {
             Err(how) => fallback::run(self, &channel, &caller, how, &mut inbox).await,
         };
         let seconds = started.elapsed().as_secs();
+        self.stats.count_end(end.how);
         self.stats
             .tokens_in
             .fetch_add(end.tokens_in, Ordering::Relaxed);
@@ -282,6 +331,41 @@ impl VoiceAgent {
                 transcript: end.transcript,
             };
             self.billing.close_inbound(row, &end).await;
+        }
+    }
+
+    /// The client a reminder call handed over. A client gone meanwhile, or
+    /// a database too slow, means nothing is known.
+    async fn known(&self, client: i64, number: &str) -> Caller {
+        let mobile = caller_mobile(number).ok();
+        let masked = mobile
+            .as_ref()
+            .map_or_else(|| crate::rules::phone::mask(number), |m| m.masked());
+        let since = local_now(self.config.timezone) - chrono::Duration::days(31);
+        let account = match tokio::time::timeout(DB_WAIT, self.billing.account(client, since)).await
+        {
+            Ok(Ok(account)) => account,
+            Ok(Err(e)) => {
+                tracing::warn!(client_id = client, error = %e, "cannot read the client's account; the agent will know nothing");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    client_id = client,
+                    "account lookup too slow; the agent will know nothing"
+                );
+                None
+            }
+        };
+        Caller {
+            e164: mobile.map(|m| m.e164()),
+            masked,
+            matched: if account.is_some() {
+                CallerMatch::Reminder(client)
+            } else {
+                CallerMatch::Unknown
+            },
+            account,
         }
     }
 
