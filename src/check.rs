@@ -9,7 +9,9 @@ use std::time::Duration;
 use crate::ari::{AriClient, AriError};
 use crate::billing::{schema, Billing};
 use crate::config::Config;
-use crate::rules::trunks::check_endpoint_template;
+use crate::metrics::probe::{probe, Probe};
+use crate::rules::media::sounds_needed;
+use crate::rules::trunks::{check_endpoint_template, Health};
 
 /// One verified item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,17 +51,65 @@ impl Line {
 pub async fn run(config: &Config) -> Vec<Line> {
     let mut lines = vec![Line::ok("configuration is valid")];
     lines.extend(mysql(config).await);
-    lines.extend(asterisk(config).await);
+    let (ari_lines, ari) = asterisk(config).await;
+    lines.extend(ari_lines);
     for t in &config.trunks {
-        lines.push(match check_endpoint_template(&t.endpoint) {
-            Ok(()) => Line::ok(format!(
-                "trunk {} endpoint {} (priority {}, {} channels)",
-                t.name, t.endpoint, t.priority, t.max_channels
-            )),
-            Err(why) => Line::fail(format!("trunk {} endpoint", t.name), why),
-        });
+        lines.push(trunk(t, ari.as_ref()).await);
     }
+    lines.push(metrics(config).await);
     lines
+}
+
+/// A trunk's template, and its endpoint's state when it has one (README
+/// "Trunk health"); `ari` is `None` when Asterisk could not be reached.
+async fn trunk(t: &crate::config::TrunkConfig, ari: Option<&AriClient>) -> Line {
+    if let Err(why) = check_endpoint_template(&t.endpoint) {
+        return Line::fail(format!("trunk {} endpoint", t.name), why);
+    }
+    let what = format!(
+        "trunk {} endpoint {} (priority {}, {} channels)",
+        t.name, t.endpoint, t.priority, t.max_channels
+    );
+    let (Some(endpoint), Some(ari)) = (t.health_endpoint(), ari) else {
+        return Line::ok(what);
+    };
+    match ari.endpoint(&endpoint).await {
+        Ok(e) => match Health::parse(&e.state) {
+            Health::Offline => Line::fail(
+                format!("{what}: {endpoint} offline"),
+                format!("the trunk takes no calls until Asterisk sees {endpoint} online: check the provider's registration and qualify (`pjsip show endpoint {}`)", e.resource),
+            ),
+            h => Line::ok(format!("{what}: {endpoint} {}", h.as_str())),
+        },
+        Err(e) if e.is_not_found() => Line::fail(
+            format!("{what}: health endpoint {endpoint} not found on Asterisk"),
+            "set health_endpoint in [[trunks]] to the endpoint's name in pjsip.conf / sip.conf, or \"\" for none (its state is unknown meanwhile: the trunk still takes calls)",
+        ),
+        Err(e) => Line::fail(format!("{what}: state of {endpoint}"), e.to_string()),
+    }
+}
+
+/// Whether the metrics endpoint answers (README "Metrics").
+async fn metrics(config: &Config) -> Line {
+    let Some(addr) = config.metrics.addr() else {
+        return Line::ok("metrics off (metrics.listen is empty)");
+    };
+    match probe(addr).await {
+        Probe::Ours => Line::ok(format!(
+            "metrics endpoint http://{addr}/metrics answers (the daemon is running)"
+        )),
+        Probe::Free => Line::ok(format!(
+            "metrics endpoint http://{addr}/metrics not answering (no daemon running); the address is free for it"
+        )),
+        Probe::Foreign(what) => Line::fail(
+            format!("metrics endpoint http://{addr}/metrics answers without overdue metrics ({what})"),
+            "another program holds metrics.listen: choose another address, or stop it",
+        ),
+        Probe::Unusable(why) => Line::fail(
+            format!("metrics address {addr} cannot be used ({why})"),
+            "choose another metrics.listen, or \"\" to turn metrics off",
+        ),
+    }
 }
 
 async fn mysql(config: &Config) -> Vec<Line> {
@@ -107,7 +157,7 @@ async fn mysql(config: &Config) -> Vec<Line> {
     lines
 }
 
-async fn asterisk(config: &Config) -> Vec<Line> {
+async fn asterisk(config: &Config) -> (Vec<Line>, Option<AriClient>) {
     let a = &config.ari;
     let ari = match AriClient::new(
         &a.url,
@@ -116,21 +166,21 @@ async fn asterisk(config: &Config) -> Vec<Line> {
         Duration::from_secs(a.request_timeout_secs),
     ) {
         Ok(c) => c,
-        Err(e) => return vec![Line::fail("ARI client", e.to_string())],
+        Err(e) => return (vec![Line::fail("ARI client", e.to_string())], None),
     };
     match ari.ping().await {
         Ok(()) => {}
         Err(AriError::Status { status, .. }) if status.as_u16() == 401 => {
-            return vec![Line::fail(
+            return (vec![Line::fail(
                 format!("ARI at {} as {}", a.url, a.username),
                 "credentials refused: set ari.username / ari.password (ASTERISK_USERNAME / ASTERISK_PASSWORD) as in ari.conf",
-            )]
+            )], None)
         }
         Err(e) => {
-            return vec![Line::fail(
+            return (vec![Line::fail(
                 format!("ARI at {}", a.url),
                 format!("unreachable ({e}); is Asterisk up with http.conf enabled and ari.conf [general] enabled = yes?"),
-            )]
+            )], None)
         }
     }
     let mut lines = vec![Line::ok(format!(
@@ -148,18 +198,18 @@ async fn asterisk(config: &Config) -> Vec<Line> {
         });
     }
     let lang = &config.campaign.lang;
-    let sounds = config
-        .campaign
-        .media
-        .iter()
-        .chain(&config.voice_agent.fallback_media)
-        .filter_map(|m| m.strip_prefix("sound:"));
-    let mut seen = Vec::new();
-    for sound in sounds {
-        if seen.contains(&sound) {
-            continue;
-        }
-        seen.push(sound);
+    let mut media: Vec<String> = config.campaign.media.clone();
+    media.extend(config.voice_agent.fallback_media.iter().cloned());
+    if !config.menu.actions.is_empty() {
+        media.extend(config.menu.media.iter().cloned());
+        media.extend(config.menu.opt_out_media.iter().cloned());
+    }
+    // Spoken amounts and dates need many of Asterisk's own files: one
+    // line for all of them, naming the missing ones.
+    let (spoken, prompts): (Vec<String>, Vec<String>) = sounds_needed(&media)
+        .into_iter()
+        .partition(|s| s.starts_with("digits/"));
+    for sound in &prompts {
         lines.push(match ari.sound(sound).await {
             Ok(s) if s.formats.iter().any(|f| &f.language == lang) => {
                 Line::ok(format!("sound {sound} present for language {lang}"))
@@ -185,5 +235,30 @@ async fn asterisk(config: &Config) -> Vec<Line> {
             Err(e) => Line::fail(format!("sound {sound}"), e.to_string()),
         });
     }
-    lines
+    if !spoken.is_empty() {
+        let mut missing = Vec::new();
+        for sound in &spoken {
+            match ari.sound(sound).await {
+                Ok(s) if s.formats.iter().any(|f| &f.language == lang) => {}
+                _ => missing.push(sound.as_str()),
+            }
+        }
+        lines.push(if missing.is_empty() {
+            Line::ok(format!(
+                "{} sounds for spoken amounts and dates present for language {lang}",
+                spoken.len()
+            ))
+        } else {
+            Line::fail(
+                format!(
+                    "{} of {} sounds for spoken amounts and dates missing in {lang}: {}",
+                    missing.len(),
+                    spoken.len(),
+                    missing.join(", ")
+                ),
+                format!("install Asterisk's Spanish core sounds for {lang} (e.g. asterisk-core-sounds-es-gsm into /usr/share/asterisk/sounds/{lang}/)"),
+            )
+        });
+    }
+    (lines, Some(ari))
 }

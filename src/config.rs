@@ -16,6 +16,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer};
 
+use crate::rules::script::{Action, OnMachine};
 use crate::rules::selection::Policy;
 pub use crate::rules::selection::RetryMinutes;
 use crate::rules::window::CallingWindow;
@@ -145,7 +146,12 @@ pub struct Config {
     /// Where a caller goes to reach a person (keypad `transfer`, the
     /// agent's `transferir_a_asesor`).
     pub transfer: TransferConfig,
+    /// The keypad menu after the reminder (README "The callee talks back").
+    pub menu: MenuConfig,
+    /// Answering-machine detection on outbound calls.
+    pub amd: AmdConfig,
     pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -160,7 +166,10 @@ impl Default for Config {
             trunks: vec![TrunkConfig::default()],
             voice_agent: VoiceAgentConfig::default(),
             transfer: TransferConfig::default(),
+            menu: MenuConfig::default(),
+            amd: AmdConfig::default(),
             logging: LoggingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -327,6 +336,10 @@ pub struct TrunkConfig {
     /// 1 is tried first.
     pub priority: u32,
     pub caller_id: Option<String>,
+    /// The Asterisk endpoint this trunk depends on (`PJSIP/voip_issabel`):
+    /// while Asterisk says it is `offline` the trunk takes no calls.
+    /// Absent: implied by `endpoint` (`PJSIP/…@x`, `SIP/x/…`); `""`: none.
+    pub health_endpoint: Option<String>,
 }
 
 impl Default for TrunkConfig {
@@ -337,7 +350,49 @@ impl Default for TrunkConfig {
             max_channels: 10,
             priority: 1,
             caller_id: None,
+            health_endpoint: None,
         }
+    }
+}
+
+impl TrunkConfig {
+    /// The endpoint whose state gates this trunk, if any
+    /// (`rules::trunks::health_endpoint`).
+    pub fn health_endpoint(&self) -> Option<String> {
+        crate::rules::trunks::health_endpoint(self.health_endpoint.as_deref(), &self.endpoint)
+    }
+}
+
+/// The Prometheus endpoint (README "Metrics").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` on; empty turns metrics off.
+    pub listen: String,
+    /// Serve on an address other than loopback. Off by default: the
+    /// figures say how many debtors were called and reached, which is the
+    /// ISP's business; a scraper on another host should come through a
+    /// proxy or an SSH tunnel, or this must be set on purpose.
+    pub allow_remote: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+            allow_remote: false,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, `None` when metrics are off.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        let l = self.listen.trim();
+        if l.is_empty() {
+            return None;
+        }
+        l.parse().ok()
     }
 }
 
@@ -438,6 +493,101 @@ impl TransferConfig {
     pub fn is_configured(&self) -> bool {
         !self.context.trim().is_empty()
     }
+
+    /// Where `continue` sends the caller; `None` while off.
+    pub fn destination(&self) -> Option<crate::ari::Destination> {
+        self.is_configured().then(|| crate::ari::Destination {
+            context: self.context.clone(),
+            extension: self.extension.clone(),
+            priority: self.priority,
+        })
+    }
+}
+
+/// The keypad menu of the reminder call. Off while `actions` is empty.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MenuConfig {
+    /// The options prompt, played after the reminder.
+    pub media: Vec<String>,
+    /// How long to wait for a key after the options.
+    pub wait_secs: u64,
+    /// Key (`"0"`–`"9"`, `"*"`, `"#"`) → `transfer`, `repeat`, `agent`, `opt_out`.
+    pub actions: BTreeMap<String, Action>,
+    /// The confirmation played after `opt_out`.
+    pub opt_out_media: Vec<String>,
+    /// The dialplan context that hands a callee to the voice agent
+    /// (`agent`): the channel continues there with the client id as the
+    /// extension, and it runs `Stasis(<inbound app>,client,${EXTEN})`.
+    pub agent_context: String,
+}
+
+impl Default for MenuConfig {
+    fn default() -> Self {
+        MenuConfig {
+            media: vec!["sound:overdue-menu".into()],
+            wait_secs: 8,
+            actions: BTreeMap::new(),
+            opt_out_media: vec!["sound:overdue-opt-out".into()],
+            agent_context: "overdue-agent".into(),
+        }
+    }
+}
+
+impl MenuConfig {
+    /// The actions by key (keys checked by `Config::validate`).
+    pub fn keys(&self) -> BTreeMap<char, Action> {
+        self.actions
+            .iter()
+            .filter_map(|(k, a)| Some((single_key(k)?, *a)))
+            .collect()
+    }
+}
+
+/// `"1"` → `'1'`; anything but one keypad key → `None`.
+fn single_key(k: &str) -> Option<char> {
+    let mut chars = k.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if c.is_ascii_digit() || c == '*' || c == '#' => Some(c),
+        _ => None,
+    }
+}
+
+/// Answering-machine detection (`AMD()` in the dialplan). Off by default:
+/// it costs every person who answers a few seconds of silence.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmdConfig {
+    pub enabled: bool,
+    /// The context that runs `AMD()` and returns to Stasis with the verdict
+    /// (shipped in `dialplan/extensions_overdue.conf`).
+    pub context: String,
+    pub on_machine: OnMachine,
+    /// A reminder left on a machine sets `outbound_call_is_sent`.
+    pub message_counts_as_delivered: bool,
+}
+
+impl Default for AmdConfig {
+    fn default() -> Self {
+        AmdConfig {
+            enabled: false,
+            context: "overdue-amd".into(),
+            on_machine: OnMachine::Hangup,
+            message_counts_as_delivered: false,
+        }
+    }
+}
+
+impl AmdConfig {
+    /// The extension of `context` to continue to: `message` waits for the
+    /// machine's greeting (and its beep) to end before handing the call
+    /// back, which only a message needs.
+    pub fn extension(&self) -> &'static str {
+        match self.on_machine {
+            OnMachine::Hangup => "s",
+            OnMachine::LeaveMessage => "message",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -497,6 +647,8 @@ impl Config {
         config.ari.url = ari_url.to_owned();
         config.ari.username = "asterisk".into();
         config.ari.password = Secret::new("asterisk");
+        // Many of these run at once on one machine: none takes the port.
+        config.metrics.listen = String::new();
         config
     }
 
@@ -645,6 +797,7 @@ impl Config {
             ("timeout", r.timeout),
             ("trunk_error", r.trunk_error),
             ("aborted", r.aborted),
+            ("voicemail", r.voicemail),
         ] {
             if minutes > 366 * 1_440 {
                 return fail(
@@ -660,10 +813,11 @@ impl Config {
                 &format!("a number from 0.01 to 1000, found {}", c.calls_per_second),
             );
         }
-        if c.media.is_empty() || c.media.iter().any(|m| !m.contains(':')) {
+        let media_item = |m: &String| m.contains(':') || m == crate::rules::media::CORTE_FECHA;
+        if c.media.is_empty() || !c.media.iter().all(media_item) {
             return fail(
                 "campaign.media",
-                "a non-empty list like [\"sound:morosos_natalia\"]",
+                "a non-empty list like [\"sound:morosos_natalia\", \"number:{saldo}\", \"{corte_fecha}\"]",
             );
         }
         if c.call_timeout_secs <= c.ring_timeout_secs {
@@ -738,7 +892,7 @@ impl Config {
             ("voice_agent.fallback_media", &va.fallback_media),
             ("voice_agent.apology_media", &va.apology_media),
         ] {
-            if media.is_empty() || media.iter().any(|m| !m.contains(':')) {
+            if media.is_empty() || !media.iter().all(media_item) {
                 return fail(key, "a non-empty list like [\"sound:morosos_natalia\"]");
             }
         }
@@ -750,6 +904,47 @@ impl Config {
                 "an extension and a priority of 1 or more with the context",
             );
         }
+        let menu = &self.menu;
+        for (key, action) in &menu.actions {
+            if single_key(key).is_none() {
+                return fail(
+                    &format!("menu.actions.{key}"),
+                    "one keypad key (\"0\"–\"9\", \"*\", \"#\") per action",
+                );
+            }
+            if *action == Action::Transfer && !self.transfer.is_configured() {
+                return fail(
+                    &format!("menu.actions.{key}"),
+                    "\"transfer\" needs a [transfer] context and extension",
+                );
+            }
+            if *action == Action::Agent && menu.agent_context.trim().is_empty() {
+                return fail(
+                    "menu.agent_context",
+                    "a dialplan context such as \"overdue-agent\"",
+                );
+            }
+        }
+        if !menu.actions.is_empty() {
+            let opt_out = menu.actions.values().any(|a| *a == Action::OptOut);
+            for (key, media, needed) in [
+                ("menu.media", &menu.media, true),
+                ("menu.opt_out_media", &menu.opt_out_media, opt_out),
+            ] {
+                if needed && (media.is_empty() || media.iter().any(|m| !m.contains(':'))) {
+                    return fail(key, "a non-empty list like [\"sound:overdue-menu\"]");
+                }
+            }
+            if !(1..=120).contains(&menu.wait_secs) {
+                return fail(
+                    "menu.wait_secs",
+                    &format!("a whole number from 1 to 120, found {}", menu.wait_secs),
+                );
+            }
+        }
+        if self.amd.enabled && self.amd.context.trim().is_empty() {
+            return fail("amd.context", "a dialplan context such as \"overdue-amd\"");
+        }
         if self.trunks.is_empty() {
             return fail("trunks", "at least one [[trunks]] entry");
         }
@@ -759,6 +954,15 @@ impl Config {
             if let Err(why) = crate::rules::trunks::check_endpoint_template(&t.endpoint) {
                 return fail(&format!("{key}.endpoint"), &why);
             }
+            if let Some(e) = t
+                .health_endpoint
+                .as_deref()
+                .filter(|e| !e.trim().is_empty())
+            {
+                if let Err(why) = crate::rules::trunks::check_health_endpoint(e.trim()) {
+                    return fail(&format!("{key}.health_endpoint"), &why);
+                }
+            }
             if t.max_channels == 0 {
                 return fail(&format!("{key}.max_channels"), "at least 1");
             }
@@ -767,6 +971,24 @@ impl Config {
                     &format!("{key}.name"),
                     "a non-empty name no other trunk uses",
                 );
+            }
+        }
+        let listen = self.metrics.listen.trim();
+        if !listen.is_empty() {
+            match listen.parse::<std::net::SocketAddr>() {
+                Err(_) => {
+                    return fail(
+                        "metrics.listen",
+                        &format!("an address like \"127.0.0.1:9464\", or \"\" for no metrics, found {listen:?}"),
+                    )
+                }
+                Ok(a) if !a.ip().is_loopback() && !self.metrics.allow_remote => {
+                    return fail(
+                        "metrics.listen",
+                        &format!("a loopback address such as \"127.0.0.1:9464\" (found {a}); set metrics.allow_remote = true to serve other hosts"),
+                    )
+                }
+                Ok(_) => {}
             }
         }
         Ok(())
@@ -846,6 +1068,34 @@ mod tests {
         });
     }
 
+    /// Metrics are on, on loopback, by default; another address only
+    /// when asked for on purpose; empty turns them off.
+    #[test]
+    fn metrics_listen_rules() {
+        Jail::expect_with(|jail| {
+            let db = "[mysql]\ndatabase = \"b\"\n";
+            let c = load_in(jail, db).unwrap();
+            assert_eq!(c.metrics.addr(), Some(([127, 0, 0, 1], 9464).into()));
+            let c = load_in(jail, &format!("{db}[metrics]\nlisten = \"\"\n")).unwrap();
+            assert_eq!(c.metrics.addr(), None);
+            let c = load_in(jail, &format!("{db}[metrics]\nlisten = \"[::1]:9000\"\n")).unwrap();
+            assert!(c.metrics.addr().is_some());
+            let c = load_in(
+                jail,
+                &format!("{db}[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n"),
+            )
+            .unwrap();
+            assert_eq!(c.metrics.addr(), Some(([0, 0, 0, 0], 9464).into()));
+            let c = load_in(
+                jail,
+                &format!("{db}[[trunks]]\nname = \"t\"\nendpoint = \"Local/{{number}}@x\"\nhealth_endpoint = \"PJSIP/voip\"\n"),
+            )
+            .unwrap();
+            assert_eq!(c.trunks[0].health_endpoint().as_deref(), Some("PJSIP/voip"));
+            Ok(())
+        });
+    }
+
     fn error_of(toml: &str) -> String {
         let mut msg = String::new();
         Jail::expect_with(|jail| {
@@ -890,6 +1140,18 @@ mod tests {
                 "logging.format",
             ),
             ("[mysql]\nhost = \"x\"\n".to_string(), "mysql.database"),
+            (
+                format!("{db}[[trunks]]\nname = \"t\"\nendpoint = \"Local/{{number}}@x\"\nhealth_endpoint = \"voip\"\n"),
+                "trunks[0].health_endpoint",
+            ),
+            (
+                format!("{db}[metrics]\nlisten = \"9464\"\n"),
+                "metrics.listen",
+            ),
+            (
+                format!("{db}[metrics]\nlisten = \"0.0.0.0:9464\"\n"),
+                "metrics.listen",
+            ),
         ];
         for (toml, key) in cases {
             let msg = error_of(&toml);

@@ -70,6 +70,7 @@ pub async fn run_until(
 
     let dialer = Dialer::connect_with_clock(config, host_name(), clock).await?;
     let clock = dialer.campaign.clock.clone();
+    let _metrics = dialer.serve_metrics().await;
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("connected to MySQL and Asterisk"),
@@ -118,6 +119,7 @@ pub async fn run_until(
             PassOptions {
                 ignore_window: false,
                 drain: Some(drain),
+                probe: None,
             },
             abort,
         );

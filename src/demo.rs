@@ -12,6 +12,7 @@ use crate::clock::local_now;
 use crate::config::{Config, TrunkConfig};
 use crate::dialer::Dialer;
 use crate::realtime_sim::{FakeConfig, FakeRealtime};
+use crate::rules::script::Action;
 use crate::rules::selection::Policy;
 use crate::sim::{SimConfig, Simulator};
 
@@ -23,6 +24,15 @@ pub async fn run(
     preview_only: bool,
     emit: fn(&str),
 ) -> anyhow::Result<()> {
+    // No server at a local address (or root refused): a private MariaDB,
+    // stopped and removed when `mariadb` drops at the end of the demo.
+    let mariadb = crate::billing::private_server::reachable_or_private(mysql_url).await?;
+    if let Some(why) = &mariadb.why {
+        emit(&format!(
+            "{why}: using a private MariaDB, removed at exit.\n\n"
+        ));
+    }
+    let mysql_url = mariadb.url.as_str();
     let opts = mysql_async::Opts::from_url(mysql_url)
         .context("--mysql-url: expected mysql://user:password@host:port/overdue_demo")?;
     let db = opts.db_name().unwrap_or("overdue_demo").to_owned();
@@ -36,7 +46,7 @@ pub async fn run(
     let server = mysql_async::OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
     let mut conn = mysql_async::Conn::new(server).await.with_context(|| {
         format!(
-            "cannot connect to MariaDB at {}:{} — start one with `sudo .ci/setup-mariadb`",
+            "cannot connect to MariaDB at {}:{} (is it running, and does it let this user in?)",
             opts.ip_or_hostname(),
             opts.tcp_port()
         )
@@ -80,18 +90,48 @@ pub async fn run(
         return Ok(());
     }
 
+    // Five callees who will answer talk back: a key each, and a machine.
+    let billing = Billing::new(config.mysql.opts());
+    let facts = billing.flagged_clients().await;
+    billing.close().await?;
+    let talkers = talkers(&facts?, now, &Policy::from_config(&config));
+
     // The simulated PBX runs 20 times faster than life: a 30 s ring timeout
     // takes 1.5 s, the 4.4 s prompt 0.2 s.
-    let sim = Simulator::start(
-        SimConfig {
-            time_scale: 0.05,
-            answer_delay: std::time::Duration::from_secs(4),
-            ..SimConfig::default()
-        },
-        0,
-    )
-    .await
-    .context("cannot start the ARI simulator")?;
+    let mut sim_config = SimConfig {
+        time_scale: 0.05,
+        answer_delay: std::time::Duration::from_secs(4),
+        // A transferred callee talks to the call center for a while.
+        continue_hangup_after: Some(std::time::Duration::from_secs(10)),
+        ..SimConfig::default()
+    };
+    for (name, secs) in [("overdue-menu", 15), ("overdue-opt-out", 8)] {
+        sim_config.sounds.insert(
+            name.into(),
+            crate::sim::SoundSpec {
+                languages: vec!["es_MX".into()],
+                duration: std::time::Duration::from_secs(secs),
+            },
+        );
+    }
+    for (talker, (_, number)) in TALKERS.iter().zip(&talkers) {
+        match talker.key {
+            Some((at, key)) => {
+                sim_config.dtmf.insert(
+                    number.clone(),
+                    vec![(std::time::Duration::from_secs_f64(at), key)],
+                );
+            }
+            None => {
+                sim_config
+                    .amd
+                    .insert(number.clone(), crate::sim::AmdVerdict::machine());
+            }
+        }
+    }
+    let sim = Simulator::start(sim_config, 0)
+        .await
+        .context("cannot start the ARI simulator")?;
     config.ari.url = sim.url();
     let _log = crate::logging::init(&crate::config::LoggingConfig {
         level: "warn".into(),
@@ -113,6 +153,7 @@ pub async fn run(
     let opts = PassOptions {
         ignore_window: true,
         drain: None,
+        probe: None,
     };
     let tz = config.timezone;
     let dialer = match Dialer::connect(config, "demo".into()).await {
@@ -132,6 +173,12 @@ pub async fn run(
     sim.shutdown().await;
     let summary = summary?;
     emit(&demo_report(&summary));
+    emit(
+        "\nCallees who talked back (menu: 1 person, 2 repeat, 0 voice agent, 9 opt-out; AMD on):\n",
+    );
+    for (talker, (client, _)) in TALKERS.iter().zip(&talkers) {
+        emit(&format!("  client {client:>4}: {}\n", talker.what));
+    }
     if let Some(inbound) = inbound {
         emit(&inbound?);
     }
@@ -140,9 +187,14 @@ pub async fn run(
             "warning: {left} channels were still up on the simulator\n"
         ));
     }
+    let kept = if mariadb.why.is_some() {
+        " (on the private MariaDB, removed now: start a server at 127.0.0.1:3306 to keep them)"
+    } else {
+        ""
+    };
     emit(&format!(
         "\nEvery outcome is in `{db}`.overdue_call_log and the afiliados counters; \
-         the inbound call in overdue_inbound_log, its promise in overdue_payment_promise.\n"
+         the inbound call in overdue_inbound_log, its promise in overdue_payment_promise{kept}.\n"
     ));
     Ok(())
 }
@@ -192,6 +244,12 @@ async fn inbound_call(
             "\nInbound call: no demo client with a unique mobile and an open invoice.\n".into(),
         );
     };
+    // The callee handed to the agent by the keypad may still be talking.
+    let until = Instant::now() + Duration::from_secs(5);
+    while dialer.voice_agent.calls_live() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let conn_id = fake.connections();
     let Some(id) = sim.inbound_call(mobile.national()) else {
         anyhow::bail!("the simulator did not offer the inbound call");
     };
@@ -200,11 +258,12 @@ async fn inbound_call(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let promised = local_now(tz).date() + chrono::Duration::days(7);
-    fake.next_response_calls_tool(
+    fake.next_response_calls_tool_on(
+        conn_id,
         "registrar_promesa_de_pago",
         &format!(r#"{{"fecha":"{promised}"}}"#),
     );
-    fake.next_response_calls_tool("finalizar_llamada", "{}");
+    fake.next_response_calls_tool_on(conn_id, "finalizar_llamada", "{}");
     // The caller talks over the greeting: barge-in, then the promise.
     tokio::time::sleep(Duration::from_millis(400)).await;
     sim.caller_says(&id, crate::realtime_sim::g711::tone_ulaw(700, 440, 8000.0));
@@ -224,7 +283,7 @@ async fn inbound_call(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let promises = dialer.campaign.billing.promises(client).await?;
-    let conn = fake.conn(0).unwrap_or_default();
+    let conn = fake.conn(conn_id).unwrap_or_default();
     let heard_ms = sim.heard(&id).len() * 20;
     Ok(format!(
         "\nInbound call from {} (client {client}, {}):\n  \
@@ -249,12 +308,79 @@ async fn inbound_call(
     ))
 }
 
+/// A demo callee who talks back: the key pressed (seconds after the
+/// answer, simulated time), or none for an answering machine.
+struct Talker {
+    key: Option<(f64, char)>,
+    what: &'static str,
+}
+
+/// After the machine check (2.9 s for a person) the 4.4 s reminder plays,
+/// then the options; these callees hang up 20 s after answering.
+const TALKERS: [Talker; 5] = [
+    Talker {
+        key: Some((4.0, '1')),
+        what: "pressed 1 during the reminder: sent to the call center",
+    },
+    Talker {
+        key: Some((4.0, '2')),
+        what: "pressed 2 during the reminder: heard it again",
+    },
+    Talker {
+        key: Some((9.0, '9')),
+        what: "pressed 9 during the options: opted out, never called again",
+    },
+    Talker {
+        key: Some((4.0, '0')),
+        what: "pressed 0: handed to the voice agent, who knew the account",
+    },
+    Talker {
+        key: None,
+        what: "an answering machine: hung up, tried again in 4 hours",
+    },
+];
+
+/// The first callees this pass will reach who answer and stay on for 20 s
+/// (numbers ending 0–3 in the simulator), as (client, national number).
+fn talkers(
+    facts: &[crate::rules::selection::ClientFacts],
+    now: chrono::NaiveDateTime,
+    policy: &Policy,
+) -> Vec<(i64, String)> {
+    let mut seen = std::collections::HashSet::new();
+    facts
+        .iter()
+        .filter(|c| crate::rules::selection::check_client(c, now, policy).is_ok())
+        .filter_map(|c| {
+            let m = crate::rules::phone::normalize(c.telefono.as_deref()?).ok()?;
+            Some((c.id, m.national().to_owned()))
+        })
+        .filter(|(_, n)| matches!(n.as_bytes().last(), Some(b'0'..=b'3')))
+        // Two clients on one number would share one script.
+        .filter(|(_, n)| seen.insert(n.clone()))
+        .take(TALKERS.len())
+        .collect()
+}
+
 /// The demo's configuration: the simulator's defaults, the demo database,
-/// two trunks.
+/// two trunks, the keypad menu and the machine check.
 fn demo_config(opts: &mysql_async::Opts, db: &str) -> Config {
     let mut config = Config::for_simulator("http://127.0.0.1:8088", opts, db);
     config.campaign.max_concurrent_calls = 20;
     config.campaign.calls_per_second = 50.0;
+    config.menu.actions = [
+        ("1", Action::Transfer),
+        ("2", Action::Repeat),
+        ("0", Action::Agent),
+        ("9", Action::OptOut),
+    ]
+    .into_iter()
+    .map(|(k, a)| (k.to_owned(), a))
+    .collect();
+    config.menu.wait_secs = 2;
+    config.transfer.context = "call-center".into();
+    config.transfer.extension = "600".into();
+    config.amd.enabled = true;
     config.trunks = vec![
         TrunkConfig {
             name: "voip_issabel".into(),
@@ -262,6 +388,7 @@ fn demo_config(opts: &mysql_async::Opts, db: &str) -> Config {
             max_channels: 12,
             priority: 1,
             caller_id: None,
+            health_endpoint: None,
         },
         TrunkConfig {
             name: "from-voip".into(),
@@ -269,6 +396,7 @@ fn demo_config(opts: &mysql_async::Opts, db: &str) -> Config {
             max_channels: 12,
             priority: 2,
             caller_id: None,
+            health_endpoint: None,
         },
     ];
     config

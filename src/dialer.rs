@@ -5,6 +5,7 @@
 //! closes the attempts an earlier run left open, so no entry point can
 //! skip a step.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +20,10 @@ use crate::ari::{AriClient, AriError, Backoff, ConnState, Envelope, Event, Event
 use crate::billing::{schema, Billing, Claim};
 use crate::campaign::pass::{Campaign, Hooks, PassError, PassOptions, PassSummary};
 use crate::campaign::reconcile;
-use crate::campaign::trunks::TrunkPool;
+use crate::campaign::trunks::{self, TrunkPool};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::rules::trunks::Health;
 use crate::voice_agent::VoiceAgent;
 
 pub struct Dialer {
@@ -119,6 +121,10 @@ impl Dialer {
             &config.trunks,
             Duration::from_secs(config.campaign.trunk_cooldown_secs),
         ));
+        // Trunk health (README "Trunk health"): state changes as events,
+        // and the state now.
+        trunks::subscribe_health(&trunks, &ari, &a.outbound_app).await;
+        trunks::refresh_health(&trunks, &ari).await;
         let clock: Arc<dyn Clock> = clock.unwrap_or_else(|| Arc::new(SystemClock(config.timezone)));
         let campaign = Arc::new(Campaign {
             config: config.clone(),
@@ -132,9 +138,11 @@ impl Dialer {
             asterisk_started,
             hooks: Hooks::default(),
             adopted: Default::default(),
+            handed_to_agent: Default::default(),
             adopted_done: Default::default(),
             adopt_abort: watch::channel(false).0,
             in_flight: Default::default(),
+            passes: Default::default(),
         });
         let voice_agent = VoiceAgent::new(
             ari.clone(),
@@ -175,6 +183,33 @@ impl Dialer {
         self.campaign.pass(opts, abort).await
     }
 
+    /// What the metrics are read from (README "Metrics").
+    pub fn metrics_sources(&self) -> crate::metrics::Sources {
+        crate::metrics::Sources {
+            campaign: self.campaign.clone(),
+            voice_agent: self.voice_agent.clone(),
+            events: self.events.clone(),
+        }
+    }
+
+    /// Serves the metrics on `metrics.listen`, when configured. A port
+    /// that cannot be bound is logged, not fatal: the calls matter more
+    /// than the dashboard, and `check` reports it.
+    pub async fn serve_metrics(&self) -> Option<crate::metrics::MetricsServer> {
+        let m = &self.campaign.config.metrics;
+        let addr = m.addr()?;
+        match crate::metrics::MetricsServer::start(addr, self.metrics_sources().registry()).await {
+            Ok(server) => {
+                tracing::info!(listen = %server.addr(), "metrics served at /metrics");
+                Some(server)
+            }
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "cannot serve metrics (metrics.listen); running without them");
+                None
+            }
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.campaign.ari_state.borrow().is_connected()
     }
@@ -208,8 +243,21 @@ pub async fn one_pass(
     opts: PassOptions,
     abort: watch::Receiver<bool>,
 ) -> anyhow::Result<PassSummary> {
+    let grace = Duration::from_secs(config.campaign.shutdown_grace_secs);
     let dialer = Dialer::connect(config, host).await?;
     let result = dialer.pass(opts, abort).await;
+    // Callees the pass handed to the voice agent (keypad `agent`) are not
+    // cut off because the pass is over: the agent takes each (its
+    // StasisStart follows the continue), then their calls get the grace
+    // period.
+    let handed = dialer.campaign.handed_to_agent.load(Ordering::SeqCst) as u64;
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while dialer.voice_agent.stats.handed_over.load(Ordering::SeqCst) < handed
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    dialer.voice_agent.finish(grace).await;
     dialer.shutdown().await;
     let summary = result?;
     if summary.unwritten > 0 {
@@ -230,16 +278,22 @@ async fn dispatch(
 ) {
     let config = campaign.config.clone();
     while let Some(env) = rx.recv().await {
+        if let Event::EndpointStateChange { endpoint } = &env.event {
+            campaign
+                .trunks
+                .set_health(&endpoint.name(), Health::parse(&endpoint.state));
+            continue;
+        }
         // A caller entering the agent app is the agent's, even on a `…;2`
         // channel whose `;1` is one of our outbound calls (the router would
         // hand it to that call). An externalMedia channel nobody follows
         // is a leftover, not a caller.
-        if let Event::StasisStart { channel, .. } = &env.event {
+        if let Event::StasisStart { channel, args, .. } = &env.event {
             if env.application == config.ari.inbound_app
                 && !campaign.router.is_registered(&channel.id)
                 && !channel.name.starts_with("UnicastRTP/")
             {
-                voice_agent.take(channel.clone());
+                voice_agent.take(channel.clone(), args);
                 continue;
             }
         }
@@ -287,6 +341,15 @@ async fn watch_restarts(
         if !state.borrow_and_update().is_connected() {
             continue;
         }
+        // Changes while the socket was down were not heard, and a restarted
+        // Asterisk forgot the subscriptions.
+        trunks::subscribe_health(
+            &campaign.trunks,
+            &campaign.ari,
+            &campaign.config.ari.outbound_app,
+        )
+        .await;
+        trunks::refresh_health(&campaign.trunks, &campaign.ari).await;
         match campaign.ari.asterisk_info().await {
             Ok(info) => {
                 let now = info.status.startup_time;

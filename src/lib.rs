@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dialer;
 pub mod logging;
+pub mod metrics;
 pub mod realtime_sim;
 pub mod rules;
 pub mod sim;

@@ -247,6 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = PassOptions {
                 ignore_window,
                 drain: None,
+                probe: None,
             };
             let summary = one_pass(config, host_name(), opts, abort).await?;
             if let Some(closed) = summary.window_closed {

@@ -63,6 +63,7 @@ impl Rig {
         let opts = PassOptions {
             ignore_window: true,
             drain: None,
+            probe: None,
         };
         let summary = one_pass(self.config.clone(), "test-host".into(), opts, abort)
             .await

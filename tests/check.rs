@@ -150,3 +150,49 @@ async fn each_broken_setup_gets_its_cross() {
         "{text}"
     );
 }
+
+/// Every sound the configured media may need, in `campaign.lang`: the
+/// menu's prompts when the menu is on, and Asterisk's Spanish number and
+/// date files for `number:{saldo}` and `{corte_fecha}`.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_finds_every_sound_a_spoken_amount_date_or_menu_needs() {
+    let (db, sim) = healthy().await;
+    let spoken = [(
+        "OVERDUE_CAMPAIGN__MEDIA",
+        r#"["sound:morosos_natalia","number:{saldo}","{corte_fecha}"]"#,
+    )];
+    let (ok, text) = check(&db, &sim, &spoken);
+    assert!(ok, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with('✓')
+            && l.contains("sounds for spoken amounts and dates present for language es_MX")),
+        "{text}"
+    );
+
+    // One month name missing on this Asterisk: named.
+    sim.configure(|c| {
+        c.sounds.remove("digits/mon-3");
+    });
+    let (ok, text) = check(&db, &sim, &spoken);
+    assert!(!ok);
+    let fails = failed_lines(&text);
+    assert!(
+        fails.len() == 1 && fails[0].contains("missing in es_MX: digits/mon-3"),
+        "{text}"
+    );
+
+    // The menu on: its prompts are needed too (and missing here).
+    let (ok, text) = check(
+        &db,
+        &sim,
+        &[("OVERDUE_MENU__ACTIONS", r#"{"2"="repeat","9"="opt_out"}"#)],
+    );
+    assert!(!ok);
+    let fails = failed_lines(&text);
+    assert!(
+        fails.len() == 2
+            && fails[0].contains("sound overdue-menu missing")
+            && fails[1].contains("sound overdue-opt-out missing"),
+        "{text}"
+    );
+}

@@ -277,7 +277,7 @@ fn the_unit_file_verifies_and_is_hardened() {
     std::fs::write(
         &path,
         unit.replace(
-            "/usr/local/bin/overdue-dialer",
+            "/usr/bin/overdue-dialer",
             env!("CARGO_BIN_EXE_overdue-dialer"),
         ),
     )

@@ -73,6 +73,7 @@ async fn pass(dialer: &Dialer) -> PassSummary {
             PassOptions {
                 ignore_window: true,
                 drain: None,
+                probe: None,
             },
             abort,
         )
@@ -862,6 +863,7 @@ async fn a_restarted_asterisk_clears_trunk_cooldowns() {
             max_channels: 5,
             priority: 1,
             caller_id: None,
+            health_endpoint: None,
         },
         TrunkConfig {
             name: "local".into(),
@@ -869,6 +871,7 @@ async fn a_restarted_asterisk_clears_trunk_cooldowns() {
             max_channels: 5,
             priority: 2,
             caller_id: None,
+            health_endpoint: None,
         },
     ];
     // Only client 1 is due now; client 2 waits for the second pass.

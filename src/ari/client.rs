@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Application, AsteriskInfo, Bridge, Channel, Playback, Sound};
+use super::model::{Application, AsteriskInfo, Bridge, Channel, Endpoint, Playback, Sound};
 use crate::config::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,21 @@ struct Variables<'a> {
 }
 
 /// What to create with `POST /ari/channels/externalMedia`.
+/// A place in the dialplan (`context,extension,priority`) a channel is
+/// sent to with `continue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub context: String,
+    pub extension: String,
+    pub priority: i64,
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{},{}", self.context, self.extension, self.priority)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ExternalMedia {
     pub app: String,
@@ -417,6 +432,13 @@ impl AriClient {
             .await
     }
 
+    /// `continue_in_dialplan` to a configured destination: the one way
+    /// both the keypad's `transfer` and the voice agent's hand a caller on.
+    pub async fn continue_to(&self, channel_id: &str, to: &Destination) -> Result<(), AriError> {
+        self.continue_in_dialplan(channel_id, &to.context, &to.extension, to.priority)
+            .await
+    }
+
     /// A mixing bridge.
     pub async fn create_bridge(&self, name: &str) -> Result<Bridge, AriError> {
         let q = [("type", "mixing".to_owned()), ("name", name.to_owned())];
@@ -478,6 +500,31 @@ impl AriClient {
     pub async fn asterisk_info(&self) -> Result<AsteriskInfo, AriError> {
         self.json(Method::GET, &["asterisk", "info"], &[], None::<&()>)
             .await
+    }
+
+    /// `GET /ari/endpoints/{tech}/{resource}`: whether a trunk's endpoint
+    /// is `online`, `offline` or `unknown` (README "Trunk health").
+    /// `endpoint` is `Tech/resource`.
+    pub async fn endpoint(&self, endpoint: &str) -> Result<Endpoint, AriError> {
+        let (tech, resource) = endpoint.split_once('/').unwrap_or((endpoint, ""));
+        self.json(
+            Method::GET,
+            &["endpoints", tech, resource],
+            &[],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /ari/applications/{app}/subscription?eventSource=endpoint:{tech}/{resource}`:
+    /// `app` hears the endpoint's `EndpointStateChange` events.
+    pub async fn subscribe_endpoint(&self, app: &str, endpoint: &str) -> Result<(), AriError> {
+        self.empty(
+            Method::POST,
+            &["applications", app, "subscription"],
+            &[("eventSource", format!("endpoint:{endpoint}"))],
+        )
+        .await
     }
 
     /// `GET /ari/asterisk/ping`: Asterisk is up and the credentials work.

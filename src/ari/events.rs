@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Bridge, Channel, Playback};
+use super::model::{Bridge, Channel, Endpoint, Playback};
 
 /// One event with the fields common to all.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -93,6 +93,11 @@ pub enum Event {
         bridge: Bridge,
         channel: Channel,
     },
+    /// A trunk's endpoint went online or offline (README "Trunk health");
+    /// sent to apps subscribed to `endpoint:{tech}/{resource}`.
+    EndpointStateChange {
+        endpoint: Endpoint,
+    },
     ApplicationReplaced {},
     /// Any other event type (ChannelDialplan, ChannelCallerId, BridgeCreated …).
     #[serde(other)]
@@ -157,5 +162,13 @@ mod tests {
         );
         assert!(decode("not json").is_err());
         assert_eq!(type_name(r#"{"type":"Foo","a":1}"#).as_deref(), Some("Foo"));
+        let e = decode(r#"{"type":"EndpointStateChange","application":"overdue-app","endpoint":{"technology":"PJSIP","resource":"voip_issabel","state":"offline","channel_ids":[]}}"#).unwrap();
+        assert!(
+            matches!(e.event, Event::EndpointStateChange { ref endpoint } if endpoint.name() == "PJSIP/voip_issabel" && endpoint.state == "offline")
+        );
+        assert!(
+            decode(r#"{"type":"EndpointStateChange","endpoint":{"state":"offline"}}"#).is_err(),
+            "an endpoint without its name is malformed"
+        );
     }
 }

@@ -7,6 +7,6 @@ pub mod events;
 pub mod model;
 pub mod router;
 
-pub use client::{AriClient, AriError, ExternalMedia, Originate};
+pub use client::{AriClient, AriError, Destination, ExternalMedia, Originate};
 pub use connection::{Backoff, ConnState, EventConnection};
 pub use events::{Envelope, Event};

@@ -137,3 +137,22 @@ pub struct AsteriskStatus {
     #[serde(default)]
     pub last_reload_time: String,
 }
+
+/// An endpoint (`GET /ari/endpoints/{tech}/{resource}`, and in
+/// `EndpointStateChange`). `state` is `online`, `offline` or `unknown`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub technology: String,
+    pub resource: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub channel_ids: Vec<String>,
+}
+
+impl Endpoint {
+    /// `Tech/resource`, as `health_endpoint` names it.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.technology, self.resource)
+    }
+}

@@ -7,14 +7,15 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use tokio::time::Instant;
 
-use super::call::{after, place, CallEnd, CallPlan, Ended};
+use super::call::{after, place, Amd, CallEnd, CallPlan, Ended, Interaction};
 
 /// A claim older than this is checked again before its originate.
 const CLAIM_RECHECK_AFTER: Duration = Duration::from_secs(60);
 use super::pass::Shared;
+use super::probe::Stage;
 use super::summary::{CallLine, Skip};
 use super::trunks::{Refusal, Use};
-use crate::ari::ConnState;
+use crate::ari::{ConnState, Destination};
 use crate::billing::{CallRecord, Claim};
 use crate::config::Config;
 use crate::rules::evidence::not_placed;
@@ -31,28 +32,76 @@ pub(crate) struct Progress {
     claim: Option<Claim>,
     channel: Option<String>,
     trunk: Option<usize>,
+    /// The pass's channel slot. Given back as soon as the call is over
+    /// (`finish`), before the outcome write: the write needs no channel,
+    /// and holding the slot through it left a freed channel idle for a
+    /// database round trip before the next originate (BENCHMARKS.md
+    /// "Where the last percent goes").
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The media list with `{saldo}` and `{corte}` filled in for this client.
-pub(crate) fn media_for(config: &Config, client: &ClientFacts) -> Vec<String> {
+pub(crate) fn media_for(
+    config: &Config,
+    client: &ClientFacts,
+    today: chrono::NaiveDate,
+) -> Vec<String> {
     crate::rules::media::fill(
         &config.campaign.media,
         client.open_balance.as_deref(),
         client.corte,
+        today,
     )
+}
+
+/// What the callee may do besides listen, from `[menu]`, `[transfer]`
+/// and `[amd]` (README "The callee talks back").
+pub(crate) fn interaction(config: &Config, client_id: i64) -> Interaction {
+    let menu = &config.menu;
+    Interaction {
+        keys: menu.keys(),
+        options: menu.media.clone(),
+        opt_out_confirmation: menu.opt_out_media.clone(),
+        wait: Duration::from_secs(menu.wait_secs),
+        transfer: config.transfer.destination(),
+        agent: Some(Destination {
+            context: menu.agent_context.clone(),
+            extension: client_id.to_string(),
+            priority: 1,
+        }),
+        amd: config.amd.enabled.then(|| Amd {
+            on_machine: config.amd.on_machine,
+            destination: Destination {
+                context: config.amd.context.clone(),
+                extension: config.amd.extension().to_owned(),
+                priority: 1,
+            },
+        }),
+    }
 }
 
 impl Shared {
     /// `call_client`, with what a panic would leave behind cleaned up: the
     /// channel is hung up, the trunk given back and the attempt recorded
     /// `failed` with the panic's message; the pass goes on.
-    pub(super) async fn call_client_guarded(&self, client: ClientFacts, mobile: Mobile) {
+    /// One attempt holding `slot`, one of the pass's channel slots, which
+    /// is given back once no channel of the attempt can exist any more.
+    pub(super) async fn call_client_guarded(
+        &self,
+        client: ClientFacts,
+        mobile: Mobile,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         use futures_util::FutureExt;
-        let progress = std::sync::Mutex::new(Progress::default());
+        let progress = std::sync::Mutex::new(Progress {
+            slot: Some(slot),
+            ..Progress::default()
+        });
         let client_id = client.id;
         let phone = mobile.masked();
         let run = std::panic::AssertUnwindSafe(self.call_client(client, mobile, &progress));
         let Err(panic) = run.catch_unwind().await else {
+            self.release_slot(client_id, &progress);
             return;
         };
         let message = panic
@@ -126,6 +175,7 @@ impl Shared {
             drop(next);
             tokio::time::sleep_until(slot).await;
         }
+        self.probe(client.id, Stage::Paced);
         // Never originate while the event socket is down: Asterisk would hang up the answered call.
         if !self.connected().await {
             return self.skip(Skip::PassEndedFirst).await;
@@ -158,10 +208,11 @@ impl Shared {
                 return self.skip(Skip::ClaimFailed).await;
             }
         };
+        self.probe(client.id, Stage::Claimed);
         camp.hold(&claim, true);
         Self::note(progress, |p| p.claim = Some(claim.clone()));
         let claimed = Instant::now();
-        let media = media_for(&camp.config, &client);
+        let media = media_for(&camp.config, &client, camp.now().date());
         let mut failover = Failover::new(camp.trunks.len());
         // A refused originate created no channel, so its id is used again;
         // a call that existed (congestion, next trunk) needs a new one.
@@ -179,6 +230,7 @@ impl Shared {
                 break;
             };
             Self::note(progress, |p| p.trunk = Some(index));
+            self.probe(client.id, Stage::Trunk);
             // The socket may have dropped while we waited for a trunk.
             if !camp.ari_state.borrow().is_connected() {
                 camp.trunks.release(index, Use::Neutral);
@@ -217,8 +269,11 @@ impl Shared {
                 lang: cfg.lang.clone(),
                 asterisk_started: camp.asterisk_started.borrow().clone(),
                 panic_on_answer: camp.hooks.panics_on_answer(client.id),
+                interaction: interaction(&camp.config, client.id),
             };
             let originated = camp.now();
+            camp.trunks.originating(index);
+            self.probe(client.id, Stage::Originate);
             let end = place(
                 &camp.ari,
                 &camp.router,
@@ -227,6 +282,7 @@ impl Shared {
                 camp.ari_state.clone(),
             )
             .await;
+            self.probe(client.id, Stage::Ended);
             Self::note(progress, |p| {
                 p.trunk = None;
                 p.channel = None;
@@ -300,13 +356,17 @@ impl Shared {
                     for t in blame {
                         camp.trunks.blame(t);
                     }
+                    if end.to_agent {
+                        camp.handed_to_agent
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     let record = dialled(
                         &end,
                         originated,
                         Some(&trunk.name),
                         &channel_id,
                         Some(&mobile),
-                        cfg.min_heard_secs,
+                        &camp.config,
                     );
                     return self
                         .finish(&client, &mobile, &claim, Some(&end), record, progress)
@@ -320,6 +380,26 @@ impl Shared {
         let record = CallRecord::not_dialled(outcome, camp.now(), detail);
         self.finish(&client, &mobile, &claim, None, record, progress)
             .await;
+    }
+
+    /// Gives the attempt's channel slot back (once; later calls do nothing).
+    fn release_slot(&self, client_id: i64, progress: &std::sync::Mutex<Progress>) {
+        let slot = progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slot
+            .take();
+        if slot.is_some() {
+            self.probe(client_id, Stage::Released);
+            drop(slot);
+        }
+    }
+
+    /// Records `stage` of `client_id` when the benchmark asked (`probe.rs`).
+    fn probe(&self, client_id: i64, stage: Stage) {
+        if let Some(p) = &self.opts.probe {
+            p.mark(client_id, stage);
+        }
     }
 
     /// Waits until the event socket is up; `false` if the pass ends first.
@@ -369,6 +449,9 @@ impl Shared {
             detail = line.detail.as_deref().unwrap_or(""),
             "call ended"
         );
+        // The call is over (ended, or never placed): its channel slot goes
+        // to the next client now, not after the write.
+        self.release_slot(client.id, progress);
         let written = camp.billing.write_outcome(claim, &record).await;
         camp.hold(claim, false);
         Self::note(progress, |p| p.claim = None);
@@ -389,8 +472,9 @@ pub(crate) fn dialled(
     trunk: Option<&str>,
     channel_id: &str,
     mobile: Option<&Mobile>,
-    min_heard_secs: u64,
+    config: &Config,
 ) -> CallRecord {
+    let message_counts = end.message_left && config.amd.message_counts_as_delivered;
     CallRecord {
         outcome: end.outcome,
         dialled: true,
@@ -403,7 +487,12 @@ pub(crate) fn dialled(
         ring_seconds: Some(end.ring_seconds()),
         billable_seconds: Some(end.talk_seconds()),
         detail: end.detail.clone(),
-        delivered: is_delivered(end.outcome, end.heard_seconds(), min_heard_secs),
+        delivered: is_delivered(
+            end.outcome,
+            end.heard_seconds(),
+            config.campaign.min_heard_secs,
+            message_counts,
+        ),
         heard_seconds: end.heard_seconds(),
     }
 }

@@ -1,7 +1,10 @@
 //! One outbound call through ARI, from originate to its outcome (README "A pass"):
 //! StasisStart → play the prompt → PlaybackFinished → hang up, with the
-//! per-call timeout and the pass's abort signal.
+//! per-call timeout and the pass's abort signal; with the keypad menu or
+//! the machine check on, the answered part follows `rules::script` (README
+//! "The callee talks back").
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +13,10 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
 use crate::ari::router::{Inbox, Router};
-use crate::ari::{AriClient, AriError, ConnState, Event, Originate};
-use crate::rules::evidence::{decide, Daemon, Evidence, Lost, Prompt};
+use crate::ari::{AriClient, AriError, ConnState, Destination, Event, Originate};
+use crate::rules::evidence::{decide, Counted, Daemon, Evidence, Lost, Prompt};
 use crate::rules::outcome::Outcome;
+use crate::rules::script::{Action, Ending, OnMachine, Prompt as ScriptPrompt, Script, Step};
 
 /// What to dial and play.
 #[derive(Debug, Clone)]
@@ -30,6 +34,29 @@ pub struct CallPlan {
     pub asterisk_started: Option<String>,
     /// Test hook: the call task panics when the call is answered.
     pub panic_on_answer: bool,
+    /// What the callee may do besides listen (README "The callee talks back").
+    pub interaction: Interaction,
+}
+
+/// The keypad menu and the machine check of one call; the default (no
+/// keys, no check) is the plain reminder.
+#[derive(Debug, Clone, Default)]
+pub struct Interaction {
+    pub keys: BTreeMap<char, Action>,
+    pub options: Vec<String>,
+    pub opt_out_confirmation: Vec<String>,
+    pub wait: Duration,
+    /// `transfer`: the `[transfer]` destination.
+    pub transfer: Option<Destination>,
+    /// `agent`: the agent context, with the client id as the extension.
+    pub agent: Option<Destination>,
+    pub amd: Option<Amd>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Amd {
+    pub on_machine: OnMachine,
+    pub destination: Destination,
 }
 
 /// How a call attempt ended.
@@ -56,6 +83,10 @@ pub struct Ended {
     pub detail: Option<String>,
     /// How much of the prompt the callee heard (answered calls).
     pub heard: Option<Duration>,
+    /// An answering machine got the whole reminder.
+    pub message_left: bool,
+    /// The callee went to the voice agent (keypad `agent`).
+    pub to_agent: bool,
 }
 
 impl Ended {
@@ -223,8 +254,7 @@ pub async fn follow(
     let mut detail = None;
     let mut hung_up_at: Option<Instant> = None;
     let mut finish_at: Option<Instant> = None;
-    let mut prompt_started: Option<Instant> = None;
-    let mut prompt_cut: Option<Instant> = None;
+    let mut talk = Talk::new(plan);
     let never = after(started, Duration::from_secs(86_400 * 365));
     let timeout_at = after(started, plan.call_timeout);
     if aborted {
@@ -237,46 +267,58 @@ pub async fn follow(
             env = inbox.recv() => {
                 let Some(env) = env else { break };
                 ev.observe(&env.event);
-                // How much of the prompt was heard: from its start to its end,
-                // or to the call's end if that comes first (all within ms
-                // of each other when the callee hangs up).
+                talk.heard(&env.event);
                 match &env.event {
-                    Event::PlaybackStarted { .. } if ev.prompt == Prompt::Playing => {
-                        prompt_started.get_or_insert_with(Instant::now);
-                    }
-                    Event::PlaybackFinished { .. } | Event::StasisEnd { .. } | Event::ChannelDestroyed { .. }
-                        if prompt_started.is_some() =>
-                    {
-                        prompt_cut.get_or_insert_with(Instant::now);
-                    }
-                    _ => {}
-                }
-                match &env.event {
-                    Event::StasisStart { channel, .. } if channel.id == plan.channel_id => {
-                        if plan.panic_on_answer {
+                    Event::StasisStart { channel, args, .. } if channel.id == plan.channel_id => {
+                        let back_from_amd = args.first().is_some_and(|a| a == "amd");
+                        if plan.panic_on_answer && !back_from_amd {
                             panic!("test hook: call task panicked on answer of {}", plan.channel_id);
                         }
                         answered_after.get_or_insert(started.elapsed());
                         if hung_up_at.is_none() {
-                            if let Err(e) = ari.play(&plan.channel_id, &plan.media, Some(&plan.lang), None).await {
-                                if !e.is_not_found() {
-                                    tracing::error!(channel = %plan.channel_id, error = %e, "cannot play the prompt; hanging up");
-                                    detail = Some(format!("play refused: {e}"));
-                                    missing = true;
-                                    hangup(ari, &plan.channel_id, &mut hung_up_at).await;
-                                }
-                            }
+                            let step = if back_from_amd {
+                                talk.verdict(args)
+                            } else {
+                                talk.script.answered()
+                            };
+                            talk.carry_out(step, ari, router, &mut ev, &mut inbox).await;
                         }
                     }
-                    Event::PlaybackFinished { playback } if ev.answered => match ev.prompt {
-                        Prompt::Done => hangup(ari, &plan.channel_id, &mut hung_up_at).await,
-                        Prompt::Failed { hangup_seen: false } => {
-                            missing_sound = Some(Instant::now() + MISSING_SOUND_GRACE);
-                            detail = Some(format!("prompt failed at {} (lang {}): sound missing on Asterisk?", playback.media_uri, plan.lang));
+                    Event::ChannelDtmfReceived { channel, digit, .. }
+                        if channel.id == plan.channel_id && hung_up_at.is_none() =>
+                    {
+                        let step = digit.chars().next().map_or(Step::Nothing, |d| talk.script.digit(d));
+                        if step != Step::Nothing {
+                            tracing::debug!(channel = %plan.channel_id, %digit, ?step, "key");
+                            talk.cut(ari, &mut ev).await;
+                            talk.carry_out(step, ari, router, &mut ev, &mut inbox).await;
                         }
-                        _ => {}
-                    },
+                    }
+                    Event::PlaybackFinished { playback } if ev.answered && talk.is_current(&playback.id) => {
+                        let prompt = talk.current.take().map(|(_, p)| p);
+                        if playback.state == "done" {
+                            let step = talk.script.finished();
+                            talk.carry_out(step, ari, router, &mut ev, &mut inbox).await;
+                        } else if prompt == Some(ScriptPrompt::Reminder) {
+                            if let Prompt::Failed { hangup_seen: false } = ev.prompt {
+                                missing_sound = Some(Instant::now() + MISSING_SOUND_GRACE);
+                                detail = Some(format!("prompt failed at {} (lang {}): sound missing on Asterisk?", playback.media_uri, plan.lang));
+                            }
+                        } else {
+                            // Failed while the channel stays up: a missing sound
+                            // (a hang-up fails the playback too, and then the
+                            // channel goes within the grace).
+                            talk.menu_failed = Some((Instant::now() + MISSING_SOUND_GRACE, playback.media_uri.clone()));
+                        }
+                    }
                     _ => {}
+                }
+                if talk.hang_up_now {
+                    talk.hang_up_now = false;
+                    hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                }
+                if talk.left.is_some() {
+                    break;
                 }
                 if ev.own_destroyed && (!local || ev.other_destroyed) {
                     break;
@@ -292,6 +334,27 @@ pub async fn follow(
                     missing = true;
                     tracing::error!(channel = %plan.channel_id, media = ?plan.media, lang = %plan.lang,
                         "PROMPT NOT PLAYED: Asterisk could not play the configured sound; check campaign.media and the sound files");
+                    hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                }
+            }
+            _ = sleep_until(talk.menu_failed.as_ref().map_or(never, |f| f.0)), if talk.menu_failed.is_some() => {
+                if let Some((_, media)) = talk.menu_failed.take() {
+                    if !ev.own_destroyed && ev.in_stasis {
+                        // Say so loudly, and go on as if it had played (the keys still work).
+                        tracing::error!(channel = %plan.channel_id, %media, lang = %plan.lang,
+                            "MENU PROMPT NOT PLAYED: Asterisk could not play it; check menu.media / menu.opt_out_media and the sound files");
+                        let step = talk.script.finished();
+                        talk.carry_out(step, ari, router, &mut ev, &mut inbox).await;
+                        if talk.hang_up_now {
+                            talk.hang_up_now = false;
+                            hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(talk.wait_until.unwrap_or(never)), if talk.wait_until.is_some() => {
+                talk.wait_until = None;
+                if talk.script.wait_over() == Step::HangUp {
                     hangup(ari, &plan.channel_id, &mut hung_up_at).await;
                 }
             }
@@ -335,7 +398,11 @@ pub async fn follow(
             }
         }
     }
-    router.unregister(&plan.channel_id);
+    // A callee handed to the voice agent is followed by it now (its
+    // StasisStart may have come before the continue's answer).
+    if talk.left != Some(Action::Agent) {
+        router.unregister(&plan.channel_id);
+    }
     if missing_sound.is_some() && !missing {
         // The playback failed and the channel went within the grace: the callee hung up.
         ev.prompt = Prompt::Failed { hangup_seen: true };
@@ -351,11 +418,7 @@ pub async fn follow(
     } else {
         false
     };
-    let heard = prompt_started.map(|from| {
-        prompt_cut
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(from)
-    });
+    let heard = talk.heard_most();
     let decided = decide(
         &ev,
         &Daemon {
@@ -370,15 +433,254 @@ pub async fn follow(
             heard,
         },
     );
+    // What the callee chose, or a machine, says more than the events;
+    // our own cut (shutdown, timeout) before that does not take it back.
+    let (outcome, detail, message_left) = match talk.script.ending(talk.left) {
+        Ending::Plain => (decided.outcome, decided.detail, false),
+        // Our own hang-up after the menu: unless something else (a shutdown,
+        // a timeout) cut the call first, the callee heard what there was.
+        Ending::MenuDone if !aborted && !timed_out => (Outcome::Completed, None, false),
+        Ending::MenuDone => (decided.outcome, decided.detail, false),
+        Ending::Left(Action::Agent) => (Outcome::Transferred, Some("agent".to_owned()), false),
+        Ending::Left(_) => (
+            Outcome::Transferred,
+            talk.interaction
+                .transfer
+                .as_ref()
+                .map(|t| format!("to {t}")),
+            false,
+        ),
+        Ending::OptedOut => (Outcome::OptedOut, None, false),
+        Ending::Machine { message_left } => (
+            Outcome::Voicemail,
+            Some(
+                if message_left {
+                    "message left"
+                } else {
+                    "hung up on the machine"
+                }
+                .to_owned(),
+            ),
+            message_left,
+        ),
+    };
+    let detail = match (detail, talk.amd_note.take()) {
+        (Some(d), Some(a)) => Some(format!("{d}; {a}")),
+        (d, a) => d.or(a),
+    };
     Ended {
-        outcome: decided.outcome,
+        outcome,
         cause: ev.cause(),
         trunk_congested: decided.trunk_congested,
         started,
         answered_after,
         lasted: started.elapsed(),
-        detail: decided.detail,
+        detail,
         heard,
+        message_left,
+        to_agent: talk.left == Some(Action::Agent),
+    }
+}
+
+/// The answered part of a call: the script (`rules::script`) carried out
+/// on the channel, and what the callee heard of the reminder.
+struct Talk<'a> {
+    plan: &'a CallPlan,
+    interaction: &'a Interaction,
+    script: Script,
+    /// The playback running now, by our own id, and which prompt it is.
+    current: Option<(String, ScriptPrompt)>,
+    playbacks: u32,
+    /// When the reminder playing now started (the id is `current`'s).
+    reminder_from: Option<Instant>,
+    /// The longest stretch of the reminder heard in one go.
+    heard: Option<Duration>,
+    /// Waiting for a key after the options, until then.
+    wait_until: Option<Instant>,
+    /// A menu prompt failed: a missing sound if the channel is still up then.
+    menu_failed: Option<(Instant, String)>,
+    amd_from: Option<Instant>,
+    amd_note: Option<String>,
+    /// The channel went on to the dialplan by a key: the call is no longer ours.
+    left: Option<Action>,
+    hang_up_now: bool,
+}
+
+impl<'a> Talk<'a> {
+    fn new(plan: &'a CallPlan) -> Talk<'a> {
+        let i = &plan.interaction;
+        Talk {
+            plan,
+            interaction: i,
+            script: Script::new(i.keys.clone(), i.amd.as_ref().map(|a| a.on_machine)),
+            current: None,
+            playbacks: 0,
+            reminder_from: None,
+            heard: None,
+            wait_until: None,
+            menu_failed: None,
+            amd_from: None,
+            amd_note: None,
+            left: None,
+            hang_up_now: false,
+        }
+    }
+
+    fn is_current(&self, playback_id: &str) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|(id, _)| id == playback_id)
+    }
+
+    /// How much of the reminder was heard: from the start of a reminder
+    /// playback to its end, or to the call's end or a key that cut it
+    /// (all within ms of each other when the callee hangs up).
+    fn heard(&mut self, event: &Event) {
+        match event {
+            Event::PlaybackStarted { playback }
+                if self
+                    .current
+                    .as_ref()
+                    .is_some_and(|(id, p)| *p == ScriptPrompt::Reminder && *id == playback.id) =>
+            {
+                self.reminder_from.get_or_insert_with(Instant::now);
+            }
+            Event::PlaybackFinished { playback } if self.is_current(&playback.id) => {
+                self.reminder_ended()
+            }
+            Event::StasisEnd { .. } | Event::ChannelDestroyed { .. } => self.reminder_ended(),
+            _ => {}
+        }
+    }
+
+    fn reminder_ended(&mut self) {
+        if let Some(from) = self.reminder_from.take() {
+            let d = from.elapsed();
+            self.heard = Some(self.heard.map_or(d, |h| h.max(d)));
+        }
+    }
+
+    fn heard_most(&mut self) -> Option<Duration> {
+        self.reminder_ended();
+        self.heard
+    }
+
+    /// `AMD()`'s verdict from the returning `StasisStart`'s args
+    /// (`["amd", STATUS, CAUSE]`, LAB.md fact 17).
+    fn verdict(&mut self, args: &[String]) -> Step {
+        let status = args.get(1).map_or("", String::as_str);
+        let cause = args.get(2).map_or("", String::as_str);
+        let took = self.amd_from.map(|t| t.elapsed().as_secs_f64());
+        self.amd_note = Some(match took {
+            Some(s) => format!("AMD {status} ({cause}) in {s:.1} s"),
+            None => format!("AMD {status} ({cause})"),
+        });
+        self.script.verdict(status)
+    }
+
+    /// Stops what is playing, at once: a key cuts any prompt (its
+    /// `PlaybackFinished` will say `done`, LAB.md fact 15, and is ignored).
+    async fn cut(&mut self, ari: &AriClient, ev: &mut Evidence) {
+        self.wait_until = None;
+        self.menu_failed = None;
+        if let Some((id, prompt)) = self.current.take() {
+            if prompt == ScriptPrompt::Reminder {
+                self.reminder_ended();
+                ev.counted = Counted::Nothing;
+            }
+            if let Err(e) = ari.stop_playback(&id).await {
+                if !e.is_not_found() {
+                    tracing::warn!(channel = %self.plan.channel_id, playback = %id, error = %e, "cannot stop the prompt");
+                }
+            }
+        }
+    }
+
+    async fn carry_out(
+        &mut self,
+        step: Step,
+        ari: &AriClient,
+        router: &Arc<Router>,
+        ev: &mut Evidence,
+        inbox: &mut Inbox,
+    ) {
+        let plan = self.plan;
+        let i = self.interaction;
+        match step {
+            Step::Nothing => {}
+            Step::HangUp => self.hang_up_now = true,
+            Step::WaitForDigit => self.wait_until = Some(after(Instant::now(), i.wait)),
+            Step::DetectMachine => {
+                let Some(amd) = &i.amd else { return };
+                self.amd_from = Some(Instant::now());
+                if let Err(e) = ari.continue_to(&plan.channel_id, &amd.destination).await {
+                    if !e.is_not_found() {
+                        // No verdict will come: play the reminder as if it were a person.
+                        tracing::error!(channel = %plan.channel_id, error = %e, "cannot send the call to AMD(); playing the reminder");
+                        let step = self.script.verdict("NOTSURE");
+                        Box::pin(self.carry_out(step, ari, router, ev, inbox)).await;
+                    }
+                }
+            }
+            Step::Play(prompt) => {
+                let media = match prompt {
+                    ScriptPrompt::Reminder => &plan.media,
+                    ScriptPrompt::Options => &i.options,
+                    ScriptPrompt::OptOutConfirmation => &i.opt_out_confirmation,
+                };
+                self.playbacks += 1;
+                let id = format!("{}-play{}", plan.channel_id, self.playbacks);
+                if prompt == ScriptPrompt::Reminder {
+                    ev.counted = Counted::Only(id.clone());
+                }
+                self.current = Some((id.clone(), prompt));
+                if let Err(e) = ari
+                    .play(&plan.channel_id, media, Some(&plan.lang), Some(&id))
+                    .await
+                {
+                    self.current = None;
+                    if !e.is_not_found() {
+                        tracing::error!(channel = %plan.channel_id, error = %e, ?prompt, "cannot play; hanging up");
+                        self.hang_up_now = true;
+                    }
+                }
+            }
+            Step::OptOut => {
+                let step = Step::Play(ScriptPrompt::OptOutConfirmation);
+                Box::pin(self.carry_out(step, ari, router, ev, inbox)).await;
+            }
+            Step::Transfer | Step::Agent => {
+                let (action, to) = if step == Step::Agent {
+                    (Action::Agent, i.agent.as_ref())
+                } else {
+                    (Action::Transfer, i.transfer.as_ref())
+                };
+                let Some(to) = to else {
+                    let step = self.script.left_failed();
+                    return Box::pin(self.carry_out(step, ari, router, ev, inbox)).await;
+                };
+                // The agent app's StasisStart for this channel must reach the
+                // voice agent, not this call: stop following it first.
+                if action == Action::Agent {
+                    router.unregister(&plan.channel_id);
+                }
+                match ari.continue_to(&plan.channel_id, to).await {
+                    Ok(()) => self.left = Some(action),
+                    Err(e) => {
+                        if action == Action::Agent {
+                            if let Some(again) = router.try_register(&plan.channel_id, None) {
+                                *inbox = again;
+                            }
+                        }
+                        if !e.is_not_found() {
+                            tracing::error!(channel = %plan.channel_id, error = %e, %to, "cannot send the callee on; hanging up");
+                        }
+                        let step = self.script.left_failed();
+                        Box::pin(self.carry_out(step, ari, router, ev, inbox)).await;
+                    }
+                }
+            }
+        }
     }
 }
 

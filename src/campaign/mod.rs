@@ -5,6 +5,7 @@ pub mod attempt;
 pub mod call;
 pub mod pass;
 pub mod preview;
+pub mod probe;
 pub mod reconcile;
 pub mod schedule;
 pub mod summary;

@@ -22,7 +22,7 @@ use crate::rules::phone::{mask, normalize, Mobile};
 use crate::rules::selection::{decide, ClientFacts, Decision, Policy, SkipReason};
 use crate::rules::window::CallingWindow;
 
-pub use super::summary::{CallLine, PassSummary, Skip};
+pub use super::summary::{CallLine, PassFacts, PassSummary, PassTally, Skip};
 
 /// Everything a pass needs, shared by all passes of a daemon.
 pub struct Campaign {
@@ -41,12 +41,16 @@ pub struct Campaign {
     pub hooks: Hooks,
     /// Calls adopted after a restart still being followed.
     pub(crate) adopted: std::sync::atomic::AtomicUsize,
+    /// Callees sent to the voice agent by the keypad's `agent`.
+    pub handed_to_agent: std::sync::atomic::AtomicUsize,
     pub(crate) adopted_done: tokio::sync::Notify,
     /// Raised at shutdown: adopted calls are hung up.
     pub(crate) adopt_abort: watch::Sender<bool>,
     /// Attempts this process has claimed and not yet written: never an
     /// orphan, and a stray channel of one is not adopted.
     pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<crate::billing::Claim>>,
+    /// What the passes so far did (metrics).
+    pub passes: PassTally,
 }
 
 /// Faults tests inject into a running campaign. Empty in production.
@@ -70,6 +74,10 @@ pub struct PassOptions {
     pub ignore_window: bool,
     /// Turning true (SIGTERM): originate nothing more; calls in flight go on.
     pub drain: Option<watch::Receiver<bool>>,
+    /// Timestamps of the refill path, for the benchmark (`probe.rs`);
+    /// `None` in production.
+    #[doc(hidden)]
+    pub probe: Option<Arc<super::probe::Probe>>,
 }
 
 impl PassOptions {
@@ -200,7 +208,12 @@ impl Campaign {
             .await
             .map_err(PassError::Orphans)?;
         self.wait_adopted(Some(abort.clone())).await;
-        self.run_pass(opts, abort).await
+        // Events may have been missed (a reconnect, a subscription that
+        // failed): the pass starts from what Asterisk says now.
+        super::trunks::refresh_health(&self.trunks, &self.ari).await;
+        let summary = self.run_pass(opts, abort).await?;
+        self.passes.record(&summary);
+        Ok(summary)
     }
 
     /// Until no adopted call is left (or `abort` is raised).
@@ -237,12 +250,26 @@ impl Campaign {
             tracing::info!(reason = %closed, "calling window closed; no pass");
             return Ok(summary);
         }
+        if self.trunks.all_offline() {
+            summary.all_trunks_offline = true;
+            summary.trunks = self.trunks.stats();
+            tracing::warn!("every trunk's endpoint is offline; no pass (nobody is claimed)");
+            summary.wall = began.elapsed();
+            return Ok(summary);
+        }
         let policy = Policy::from_config(&self.config);
         let c = &self.config.campaign;
         let mut hopper = Hopper::new(c.max_concurrent_calls);
+        if let Some(p) = &opts.probe {
+            p.pass_began(began);
+        }
+        let page_began = Instant::now();
         self.next_page(&mut hopper, &policy, &window, &mut summary)
             .await
             .map_err(PassError::Select)?;
+        if let Some(p) = &opts.probe {
+            p.page(page_began);
+        }
 
         // Global timeout: the seed script's rule, base + per selected
         // client; it grows as pages of clients arrive.
@@ -282,10 +309,14 @@ impl Campaign {
             };
             if hopper.queue.is_empty() && !hopper.done && !stopped() {
                 let mut found = PassSummary::default();
-                match self
+                let page_began = Instant::now();
+                let read = self
                     .next_page(&mut hopper, &policy, &window, &mut found)
-                    .await
-                {
+                    .await;
+                if let Some(p) = &shared.opts.probe {
+                    p.page(page_began);
+                }
+                match read {
                     Ok(()) => {
                         let more = Duration::from_secs(
                             c.run_timeout_per_client_secs
@@ -318,10 +349,12 @@ impl Campaign {
                 drop(permit);
                 break;
             }
+            if let Some(p) = &shared.opts.probe {
+                p.mark(client.id, super::probe::Stage::Granted);
+            }
             let shared = shared.clone();
             tasks.spawn(async move {
-                shared.call_client_guarded(client, mobile).await;
-                drop(permit);
+                shared.call_client_guarded(client, mobile, permit).await;
             });
             while tasks.try_join_next().is_some() {}
         }
@@ -344,6 +377,9 @@ impl Campaign {
         }
         summary.trunks = self.trunks.stats();
         summary.wall = began.elapsed();
+        if let Some(p) = &shared.opts.probe {
+            p.pass_ended();
+        }
         summary.log();
         Ok(summary)
     }

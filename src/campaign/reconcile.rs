@@ -168,7 +168,7 @@ fn spawn_adoption(campaign: &Arc<Campaign>, orphan: Orphan, channel: Channel, in
             .flatten();
         let cfg = &campaign.config.campaign;
         let media = match &facts {
-            Some(f) => super::attempt::media_for(&campaign.config, f),
+            Some(f) => super::attempt::media_for(&campaign.config, f, campaign.now().date()),
             None => cfg.media.clone(),
         };
         // The per-call timeout runs from the original originate (≈ the claim).
@@ -189,6 +189,7 @@ fn spawn_adoption(campaign: &Arc<Campaign>, orphan: Orphan, channel: Channel, in
             lang: cfg.lang.clone(),
             asterisk_started: campaign.asterisk_started.borrow().clone(),
             panic_on_answer: false,
+            interaction: super::attempt::interaction(&campaign.config, orphan.claim.client_id),
         };
         let end = follow(
             &campaign.ari,
@@ -248,7 +249,7 @@ fn adopted_record(
         None,
         channel_id,
         phone.as_ref(),
-        campaign.config.campaign.min_heard_secs,
+        &campaign.config,
     );
     CallRecord {
         detail: Some(match &end.detail {

@@ -74,6 +74,34 @@ pub struct PassSummary {
     pub window_closed: Option<String>,
     /// Outcomes that could not be written (MySQL down): logged in full.
     pub unwritten: usize,
+    /// Every trunk's endpoint was offline: nothing was selected.
+    pub all_trunks_offline: bool,
+}
+
+/// What the passes so far did, for the metrics (README "Metrics").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PassFacts {
+    /// Passes run (including those that found the window closed).
+    pub passes: u64,
+    /// The last pass's wall time and clients read.
+    pub last_wall: Duration,
+    pub last_selected: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct PassTally(std::sync::Mutex<PassFacts>);
+
+impl PassTally {
+    pub(crate) fn record(&self, summary: &PassSummary) {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f.passes += 1;
+        f.last_wall = summary.wall;
+        f.last_selected = summary.selected;
+    }
+
+    pub fn get(&self) -> PassFacts {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl PassSummary {
@@ -98,8 +126,11 @@ impl PassSummary {
             .iter()
             .map(|(t, s)| {
                 format!(
-                    "{t}:attempts={},answered={},failed={}",
-                    s.attempts, s.answered, s.failed
+                    "{t}:attempts={},answered={},failed={},state={}",
+                    s.attempts,
+                    s.answered,
+                    s.failed,
+                    s.state.as_str()
                 )
             })
             .collect();

@@ -1,7 +1,8 @@
 //! The configured trunks at run time: who has a free channel, who is
-//! cooling down after failing, who is held while Asterisk refuses, and
+//! cooling down after failing, who is held while Asterisk refuses, whose
+//! endpoint Asterisk says is offline (README "Trunk health"), and
 //! per-trunk counts. The decisions are `rules::trunks`'; this holds the
-//! state, the clock and the waiting.
+//! state, the clock and the waiting, and asks Asterisk for endpoint states.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,18 +10,40 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::ari::AriClient;
 use crate::config::TrunkConfig;
-use crate::rules::trunks::{asterisk_refusing, choose, cooldown, REFUSAL_WINDOW};
+use crate::rules::trunks::{
+    asterisk_refusing, choose, cooldown, Health, TrunkState, REFUSAL_WINDOW,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrunkStats {
     pub attempts: u64,
     pub answered: u64,
     pub failed: u64,
+    /// Originates sent to Asterisk on this trunk (accepted or refused).
+    pub originates: u64,
+    /// Its state when the stats were taken.
+    pub state: TrunkState,
+}
+
+/// One trunk as an operator sees it now (metrics, the pass summary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkView {
+    pub name: String,
+    pub in_use: u32,
+    pub max_channels: u32,
+    pub state: TrunkState,
+    /// `Tech/resource` and its last known state, when the trunk has one.
+    pub health_endpoint: Option<(String, Health)>,
+    pub originates: u64,
 }
 
 struct Slot {
     cfg: TrunkConfig,
+    /// The endpoint gating this trunk (`rules::trunks::health_endpoint`).
+    health_endpoint: Option<String>,
+    health: Health,
     in_use: u32,
     cool_until: Option<Instant>,
     failures: u32,
@@ -95,6 +118,8 @@ impl TrunkPool {
         let slots = cfgs
             .into_iter()
             .map(|cfg| Slot {
+                health_endpoint: cfg.health_endpoint(),
+                health: Health::Unknown,
                 cfg,
                 in_use: 0,
                 cool_until: None,
@@ -137,8 +162,9 @@ impl TrunkPool {
                         let usable: Vec<bool> = slots
                             .iter()
                             .map(|s| {
+                                let cooling = s.cool_until.is_some_and(|t| t > now);
                                 s.in_use < s.cfg.max_channels
-                                    && s.cool_until.is_none_or(|t| t <= now)
+                                    && TrunkState::of(cooling, s.health).takes_calls()
                             })
                             .collect();
                         if let Some(i) = choose(&usable, avoid, never) {
@@ -281,6 +307,79 @@ impl TrunkPool {
         }
     }
 
+    /// Counts an originate about to be sent on trunk `index`.
+    pub(crate) fn originating(&self, index: usize) {
+        if let Some(s) = self.state().slots.get_mut(index) {
+            s.stats.originates += 1;
+        }
+    }
+
+    /// The distinct endpoints the trunks depend on.
+    pub fn health_endpoints(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .state()
+            .slots
+            .iter()
+            .filter_map(|s| s.health_endpoint.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Records what Asterisk says of `endpoint`; each trunk whose state
+    /// changes gets one log line. A trunk back online may take the calls
+    /// waiting for one at once.
+    pub fn set_health(&self, endpoint: &str, health: Health) {
+        let mut state = self.state();
+        let mut changed = false;
+        for s in state
+            .slots
+            .iter_mut()
+            .filter(|s| s.health_endpoint.as_deref() == Some(endpoint))
+        {
+            if s.health == health {
+                continue;
+            }
+            let before = s.health;
+            s.health = health;
+            changed = true;
+            if health.takes_calls() {
+                tracing::info!(trunk = %s.cfg.name, endpoint, from = before.as_str(), to = health.as_str(), "trunk endpoint state changed; the trunk takes calls");
+            } else {
+                tracing::warn!(trunk = %s.cfg.name, endpoint, from = before.as_str(), to = health.as_str(), "trunk endpoint offline; the trunk takes no calls until it is online");
+            }
+        }
+        drop(state);
+        if changed {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Every trunk's endpoint is offline: a pass now would only claim
+    /// clients to wait for a trunk.
+    pub fn all_offline(&self) -> bool {
+        let state = self.state();
+        !state.slots.is_empty() && state.slots.iter().all(|s| !s.health.takes_calls())
+    }
+
+    /// Each trunk as it is now, in priority order.
+    pub fn view(&self) -> Vec<TrunkView> {
+        let now = Instant::now();
+        self.state()
+            .slots
+            .iter()
+            .map(|s| TrunkView {
+                name: s.cfg.name.clone(),
+                in_use: s.in_use,
+                max_channels: s.cfg.max_channels,
+                state: TrunkState::of(s.cool_until.is_some_and(|t| t > now), s.health),
+                health_endpoint: s.health_endpoint.clone().map(|e| (e, s.health)),
+                originates: s.stats.originates,
+            })
+            .collect()
+    }
+
     /// Whether trunk `index` is cooling down now.
     pub fn is_cooling(&self, index: usize) -> bool {
         let now = Instant::now();
@@ -308,11 +407,51 @@ impl TrunkPool {
 
     /// (name, counts) per trunk, in priority order.
     pub fn stats(&self) -> Vec<(String, TrunkStats)> {
+        let now = Instant::now();
         self.state()
             .slots
             .iter()
-            .map(|s| (s.cfg.name.clone(), s.stats.clone()))
+            .map(|s| {
+                let state = TrunkState::of(s.cool_until.is_some_and(|t| t > now), s.health);
+                (
+                    s.cfg.name.clone(),
+                    TrunkStats {
+                        state,
+                        ..s.stats.clone()
+                    },
+                )
+            })
             .collect()
+    }
+}
+
+/// Asks Asterisk for the state of every trunk's endpoint (before each
+/// pass, and after each reconnect, when events may have been missed).
+/// An endpoint Asterisk cannot tell us about stays as it was, or becomes
+/// `unknown` if Asterisk does not know it: usable, with a warning.
+pub async fn refresh_health(pool: &TrunkPool, ari: &AriClient) {
+    for endpoint in pool.health_endpoints() {
+        match ari.endpoint(&endpoint).await {
+            Ok(e) => pool.set_health(&endpoint, Health::parse(&e.state)),
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(endpoint = %endpoint, "trunk health endpoint not found on Asterisk; the trunk's state is unknown (it still takes calls): check health_endpoint in [[trunks]]");
+                pool.set_health(&endpoint, Health::Unknown);
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint, error = %e, "cannot read the trunk's endpoint state; keeping the last one known");
+            }
+        }
+    }
+}
+
+/// Subscribes `app` to every trunk endpoint's `EndpointStateChange`
+/// events. Needed after every (re)connect: a restarted Asterisk forgets
+/// subscriptions.
+pub async fn subscribe_health(pool: &TrunkPool, ari: &AriClient, app: &str) {
+    for endpoint in pool.health_endpoints() {
+        if let Err(e) = ari.subscribe_endpoint(app, &endpoint).await {
+            tracing::warn!(endpoint = %endpoint, error = %e, "cannot subscribe to the trunk endpoint's state changes; its state is read before each pass only");
+        }
     }
 }
 
@@ -327,6 +466,7 @@ mod tests {
             max_channels: max,
             priority,
             caller_id: None,
+            health_endpoint: None,
         }
     }
 
@@ -383,6 +523,41 @@ mod tests {
         // An Asterisk restart clears it.
         pool.clear_cooldowns();
         assert!(!pool.is_cooling(0));
+    }
+
+    /// An offline endpoint stops its trunk (the next one takes the call);
+    /// back online, the trunk takes calls again, waiters included.
+    #[tokio::test(start_paused = true)]
+    async fn offline_trunks_take_no_calls() {
+        let pool = TrunkPool::new(
+            &[trunk("a", 1, 1), trunk("b", 2, 1)],
+            Duration::from_secs(60),
+        );
+        assert_eq!(pool.health_endpoints(), ["PJSIP/a", "PJSIP/b"]);
+        pool.set_health("PJSIP/a", Health::Offline);
+        assert_eq!(pool.view()[0].state, TrunkState::Offline);
+        assert!(!pool.all_offline());
+        let (i, t) = pool.acquire(&[], &[]).await;
+        assert_eq!(t.name, "b");
+        // b is full and a offline: wait until a is online.
+        let waiter = pool.acquire(&[], &[]);
+        tokio::pin!(waiter);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), waiter.as_mut())
+                .await
+                .is_err()
+        );
+        pool.set_health("PJSIP/a", Health::Online);
+        assert_eq!(waiter.await.1.name, "a");
+        pool.release(i, Use::Neutral);
+        pool.set_health("PJSIP/a", Health::Offline);
+        pool.set_health("PJSIP/b", Health::Offline);
+        assert!(pool.all_offline());
+        pool.set_health("PJSIP/b", Health::Unknown);
+        assert!(!pool.all_offline(), "unknown takes calls");
+        let stats = pool.stats();
+        assert_eq!(stats[0].1.state, TrunkState::Offline);
+        assert_eq!(stats[1].1.state, TrunkState::Up);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,21 +2,50 @@
 //! and the fixtures the tests share (due clients, a configuration for the
 //! simulator, trunks).
 //!
-//! Tests that need MariaDB fail (never skip) when none answers, saying how
-//! to start one. `OVERDUE_TEST_MYSQL_URL` points them at another server.
+//! The server is the one at `OVERDUE_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306`). When nothing answers there, or `root` is
+//! refused (Debian's socket-only root), the test binary starts one private
+//! MariaDB of its own, shared by its tests and gone when it exits
+//! (`billing::private_server`). Without the `mariadb-server` package the
+//! tests fail (never skip) with the one line that installs it.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mysql_async::prelude::*;
 use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
+use overdue_dialer::billing::private_server::{self, Server};
 use overdue_dialer::config::{Config, TrunkConfig};
 use overdue_dialer::sim::Simulator;
 
 pub const DEFAULT_SERVER: &str = "mysql://root@127.0.0.1:3306";
 
-pub fn server_url() -> String {
-    std::env::var("OVERDUE_TEST_MYSQL_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
+/// The configured server, or this test binary's private one; decided once.
+static SERVER: tokio::sync::OnceCell<Result<Server, String>> = tokio::sync::OnceCell::const_new();
+
+/// The URL of the server every test of this binary uses (no database).
+pub async fn server_url() -> String {
+    let server = SERVER
+        .get_or_init(|| async {
+            let configured = std::env::var("OVERDUE_TEST_MYSQL_URL")
+                .unwrap_or_else(|_| DEFAULT_SERVER.to_owned());
+            let server = private_server::reachable_or_private(&configured)
+                .await
+                .map_err(|e| format!("{e}"))?;
+            if let (Some(why), Some(private)) = (&server.why, &server.private) {
+                eprintln!(
+                    "tests: {why}; using a private MariaDB at {} for this test binary \
+                     (removed when it exits)",
+                    private.url()
+                );
+            }
+            Ok(server)
+        })
+        .await;
+    match server {
+        Ok(s) => s.url.clone(),
+        Err(e) => panic!("These tests need a MariaDB server: {e}"),
+    }
 }
 
 /// A database that exists for one test. Dropped (with its tables) when the
@@ -25,6 +54,7 @@ pub struct TestDb {
     pub name: String,
     pub opts: mysql_async::Opts,
     server: mysql_async::Opts,
+    server_url: String,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -32,7 +62,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 impl TestDb {
     /// An empty database.
     pub async fn empty() -> TestDb {
-        let server = mysql_async::Opts::from_url(&server_url())
+        let server_url = server_url().await;
+        let server = mysql_async::Opts::from_url(&server_url)
             .expect("OVERDUE_TEST_MYSQL_URL is not a mysql:// URL");
         let name = format!(
             "odtest_{}_{}_{}",
@@ -43,11 +74,9 @@ impl TestDb {
         let mut conn = match mysql_async::Conn::new(server.clone()).await {
             Ok(c) => c,
             Err(e) => panic!(
-                "MariaDB is not reachable at {} ({e}).\n\
-                 These tests need a real MariaDB server. Start one with:\n  \
-                 sudo apt-get install -y mariadb-server && sudo service mariadb start\n\
-                 (or run .ci/run, which does it), or point OVERDUE_TEST_MYSQL_URL at one.",
-                server_url()
+                "cannot connect to MariaDB at {server_url} ({e}).\n\
+                 Point OVERDUE_TEST_MYSQL_URL at one that lets its user in, or at an address \
+                 where none listens (the tests then start a private one)."
             ),
         };
         conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
@@ -57,7 +86,12 @@ impl TestDb {
         let opts = mysql_async::OptsBuilder::from_opts(server.clone())
             .db_name(Some(name.clone()))
             .into();
-        TestDb { name, opts, server }
+        TestDb {
+            name,
+            opts,
+            server,
+            server_url,
+        }
     }
 
     /// A database holding the billing tables, our schema and `data`.
@@ -76,7 +110,7 @@ impl TestDb {
     }
 
     pub fn url(&self) -> String {
-        format!("{}/{}", server_url().trim_end_matches('/'), self.name)
+        format!("{}/{}", self.server_url.trim_end_matches('/'), self.name)
     }
 }
 
@@ -134,6 +168,7 @@ pub fn trunk(name: &str, endpoint: &str, priority: u32, max_channels: u32) -> Tr
         max_channels,
         priority,
         caller_id: None,
+        health_endpoint: None,
     }
 }
 
