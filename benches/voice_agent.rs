@@ -28,8 +28,9 @@
 //! - outbound: the fake starting to write a response's first
 //!   `response.output_audio.delta` (`ConnRecord::deltas`) → the simulator
 //!   receiving the first RTP packet of the talk spurt (`Simulator::heard`);
-//! - jitter: gaps between consecutive packets of a talk spurt as the
-//!   simulator receives them, less 20 ms;
+//! - jitter: gaps between consecutive packets of a talk spurt, less 20 ms:
+//!   by the kernel's timestamps of the packets on loopback (`spawn_wire`,
+//!   taken in the daemon's `sendto`), and as the simulator receives them;
 //! - barge-in: the fake starting to write `speech_started`
 //!   (`ConnRecord::speech_started`) → the last packet of the cut spurt the
 //!   simulator receives.
@@ -42,6 +43,8 @@
 //! Only the full run writes BENCHMARKS.md (between its markers); nothing
 //! is asserted against the targets, only that the calls really talked.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -49,14 +52,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mysql_async::prelude::*;
-use overdue_dialer::billing::demo_data::{self, Client, Data, Invoice};
+use common::{drop_db, load_database, server_url};
+use overdue_dialer::billing::demo_data::{Client, Data, Invoice};
 use overdue_dialer::config::{Config, Secret};
 use overdue_dialer::dialer::Dialer;
 use overdue_dialer::realtime_sim::{g711, ConnRecord, FakeConfig, FakeRealtime};
 use overdue_dialer::sim::{Heard, Said, SimConfig, Simulator};
 
-const SERVER: &str = "mysql://root@127.0.0.1:3306";
 /// μ-law bytes per 20 ms frame.
 const FRAME: usize = 160;
 const PTIME: Duration = Duration::from_millis(20);
@@ -78,10 +80,6 @@ const TARGET_JITTER_MS: f64 = 2.0;
 const TARGET_LATENCY_MS: f64 = 5.0;
 const TARGET_CUTOFF_MS: f64 = 40.0;
 
-fn server_url() -> String {
-    std::env::var("OVERDUE_TEST_MYSQL_URL").unwrap_or_else(|_| SERVER.into())
-}
-
 /// The caller number and client of call `i` (distinct, all known).
 fn number(i: usize) -> String {
     format!("30010{i:05}")
@@ -92,22 +90,6 @@ fn db_name() -> String {
 }
 
 async fn database(name: &str, n: usize) -> mysql_async::Opts {
-    let server = mysql_async::Opts::from_url(&server_url()).expect("bad OVERDUE_TEST_MYSQL_URL");
-    let mut conn = mysql_async::Conn::new(server.clone())
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "MariaDB not reachable at {} ({e}): run `sudo .ci/setup-mariadb`",
-                server_url()
-            )
-        });
-    conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-        .await
-        .unwrap();
-    conn.query_drop(format!("CREATE DATABASE `{name}`"))
-        .await
-        .unwrap();
-    conn.query_drop(format!("USE `{name}`")).await.unwrap();
     let mut data = Data::default();
     for i in 0..n {
         let id = 100 + i as i64;
@@ -127,20 +109,7 @@ async fn database(name: &str, n: usize) -> mysql_async::Opts {
             cerrado: false,
         });
     }
-    demo_data::load(&mut conn, &data).await.unwrap();
-    conn.disconnect().await.unwrap();
-    mysql_async::OptsBuilder::from_opts(server)
-        .db_name(Some(name))
-        .into()
-}
-
-async fn drop_db(name: &str) {
-    let server = mysql_async::Opts::from_url(&server_url()).unwrap();
-    let mut conn = mysql_async::Conn::new(server).await.unwrap();
-    conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-        .await
-        .unwrap();
-    conn.disconnect().await.unwrap();
+    load_database(name, &data).await
 }
 
 // ---------------------------------------------------------------- probe
@@ -170,6 +139,151 @@ fn spawn_probe(on: Arc<AtomicBool>) -> Arc<Mutex<Vec<f64>>> {
         }
     });
     late
+}
+
+// ---------------------------------------------------------------- wire
+
+/// The kernel's timestamp of each of the daemon's RTP packets, by (SSRC,
+/// sequence number), in ns of `CLOCK_REALTIME`.
+type WireTimes = HashMap<(u32, u16), i64>;
+
+/// Records when each RTP packet of the daemon (source port `ports`) went
+/// through loopback, by the kernel's clock rather than the simulator's
+/// receiving task: a raw UDP socket sees a copy of every UDP datagram,
+/// and `SO_TIMESTAMPNS` gives the time loopback took it, which is in the
+/// daemon's own `sendto`. So the send jitter is the daemon's alone, not
+/// also how late this process's tasks ran (the "as received" row keeps
+/// that view). Needs `CAP_NET_RAW`; `None` when the socket cannot be
+/// opened. Stops when `stop` is set.
+fn spawn_wire(
+    ports: std::ops::RangeInclusive<u16>,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<WireTimes>> {
+    // SAFETY: plain socket calls on a descriptor this function owns; every
+    // pointer passed points at a live local of the size given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP);
+        if fd < 0 {
+            return None;
+        }
+        let on: libc::c_int = 1;
+        let rcvbuf: libc::c_int = 8 << 20;
+        let tick = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        let int = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let ok = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            int,
+        ) == 0
+            && libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const rcvbuf).cast(),
+                int,
+            ) == 0
+            && libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tick).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            ) == 0;
+        if !ok {
+            libc::close(fd);
+            return None;
+        }
+        // Only the daemon's datagrams wake the thread (the callers' RTP
+        // towards it is as many again): a classic BPF filter on the UDP
+        // source port, the IP header's length taken from the packet.
+        let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        };
+        let filter = [
+            op(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, 0, 0, 0),
+            op(libc::BPF_LD | libc::BPF_H | libc::BPF_IND, 0, 0, 0),
+            op(
+                libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+                0,
+                2,
+                u32::from(*ports.start()),
+            ),
+            op(
+                libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K,
+                1,
+                0,
+                u32::from(*ports.end()),
+            ),
+            op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+            op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // Without it the check below still keeps only the daemon's.
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        );
+        Some(std::thread::spawn(move || {
+            let mut times = WireTimes::new();
+            let mut buf = [0u8; 2048];
+            let mut control = [0u64; 16];
+            while !stop.load(Ordering::Relaxed) {
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &raw mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control) as _;
+                let n = libc::recvmsg(fd, &raw mut msg, 0);
+                if n <= 0 {
+                    continue;
+                }
+                let mut at = None;
+                let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS
+                    {
+                        let ts: libc::timespec =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        at = Some(ts.tv_sec * 1_000_000_000 + ts.tv_nsec);
+                    }
+                    c = libc::CMSG_NXTHDR(&raw const msg, c);
+                }
+                // IPv4 header, UDP header, then the RTP header.
+                let d = &buf[..n as usize];
+                let ihl = usize::from(d[0] & 15) * 4;
+                let (Some(at), Some(udp)) = (at, d.get(ihl..)) else {
+                    continue;
+                };
+                if udp.len() < 8 + 12 || !ports.contains(&u16::from_be_bytes([udp[0], udp[1]])) {
+                    continue;
+                }
+                let rtp = &udp[8..];
+                let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
+                let ssrc = u32::from_be_bytes([rtp[8], rtp[9], rtp[10], rtp[11]]);
+                times.insert((ssrc, seq), at);
+            }
+            libc::close(fd);
+            times
+        }))
+    }
 }
 
 // ---------------------------------------------------------------- child
@@ -435,6 +549,9 @@ struct Figures {
     inbound: Dist,
     outbound: Dist,
     jitter: Dist,
+    /// The same gaps by the kernel's timestamps (`spawn_wire`), when it
+    /// could capture.
+    jitter_wire: Dist,
     cutoff: Dist,
     /// Packets of a cut spurt heard after `speech_started` was sent.
     after_cut: Vec<usize>,
@@ -461,7 +578,7 @@ struct CallData {
     conn: ConnRecord,
 }
 
-fn measure(calls: &[CallData], window: (Instant, Instant), f: &mut Figures) {
+fn measure(calls: &[CallData], window: (Instant, Instant), wire: &WireTimes, f: &mut Figures) {
     let inside = |t: Instant| t >= window.0 && t <= window.1;
     let first = g711::pattern_ulaw(FRAME);
     for (i, c) in calls.iter().enumerate() {
@@ -534,6 +651,17 @@ fn measure(calls: &[CallData], window: (Instant, Instant), f: &mut Figures) {
                     ms(secs(window.0, w[1].at))
                 ));
                 f.lost_out += usize::from(w[1].seq.wrapping_sub(w[0].seq)).saturating_sub(1);
+                if let (Some(a), Some(b)) = (
+                    wire.get(&(w[0].ssrc, w[0].seq)),
+                    wire.get(&(w[1].ssrc, w[1].seq)),
+                ) {
+                    let v = ((b - a) as f64 / 1e6 - ms(PTIME.as_secs_f64())).abs();
+                    f.jitter_wire.0.push(v);
+                    f.dump.push(format!(
+                        "jitter_wire,{i},{:.3},{v:.3}",
+                        ms(secs(window.0, w[1].at))
+                    ));
+                }
             }
         }
         // Barge-in: speech_started while a spurt was playing → its last
@@ -636,6 +764,11 @@ async fn run(plan: &Plan) -> Outcome {
     println!("  daemon: pid {pid}");
     let probing = Arc::new(AtomicBool::new(false));
     let own_late = spawn_probe(probing.clone());
+    let wire_stop = Arc::new(AtomicBool::new(false));
+    let wire = spawn_wire(FIRST_PORT..=FIRST_PORT + n as u16 + 20, wire_stop.clone());
+    if wire.is_none() {
+        println!("  no raw socket (needs CAP_NET_RAW): jitter only as the simulator receives it");
+    }
     let mut to_child = child.stdin.take().unwrap();
 
     // The daemon idle.
@@ -696,6 +829,7 @@ async fn run(plan: &Plan) -> Outcome {
     }
     let live1 = reading(pid);
     probing.store(false, Ordering::Relaxed);
+    wire_stop.store(true, Ordering::Relaxed);
     writeln!(to_child, "stop").unwrap();
     live_rss_kb = live_rss_kb.max(status_kb(pid, "VmRSS:"));
     let hwm_kb = status_kb(pid, "VmHWM:");
@@ -763,7 +897,14 @@ async fn run(plan: &Plan) -> Outcome {
         })
         .collect();
     let mut figures = Figures::default();
-    measure(&calls, (live0.at, live1.at), &mut figures);
+    let wire = match wire {
+        Some(h) => tokio::task::spawn_blocking(move || h.join())
+            .await
+            .unwrap()
+            .expect("the wire thread"),
+        None => WireTimes::new(),
+    };
+    measure(&calls, (live0.at, live1.at), &wire, &mut figures);
     fake.shutdown().await;
     sim.shutdown().await;
     drop_db(&db).await;
@@ -846,6 +987,15 @@ fn main() {
         plan.steady.as_secs()
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // No usable server at the configured address: a private one for this
+    // run (billing::private_server); child processes inherit its URL.
+    let mariadb = rt
+        .block_on(overdue_dialer::billing::private_server::reachable_or_private(&server_url()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(why) = &mariadb.why {
+        println!("{why}: using a private MariaDB for this run");
+    }
+    std::env::set_var("OVERDUE_TEST_MYSQL_URL", &mariadb.url);
     let o = rt.block_on(run(&plan));
     let f = &o.figures;
     if let Some(path) = &dump {
@@ -883,7 +1033,11 @@ fn main() {
         f.outbound.line()
     );
     println!(
-        "  jitter   |gap − 20 ms| in spurts:     {}",
+        "  jitter   |gap − 20 ms| in spurts, as sent (kernel timestamps): {}",
+        f.jitter_wire.line()
+    );
+    println!(
+        "  jitter   |gap − 20 ms| in spurts, as the simulator receives:   {}",
         f.jitter.line()
     );
     println!(
@@ -933,14 +1087,19 @@ fn main() {
         println!("smoke run: BENCHMARKS.md not written");
         return;
     }
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
+    let cpu_model = common::cpu_model();
+    // Without a capture (no CAP_NET_RAW) the received gaps are all there is.
+    let wired = !f.jitter_wire.0.is_empty();
+    let plain = |what: &str, d: &Dist, why: &str| {
+        format!(
+            "| {what} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {why} |\n",
+            d.p(0.5),
+            d.p(0.9),
+            d.p(0.99),
+            d.p(1.0),
+            d.0.len(),
+        )
+    };
     let row = |what: &str, d: &Dist, target: f64| {
         format!(
             "| {what} | {:.2} | {:.2} | **{:.2}** | {:.2} | {} | ≤ {target} ms: {} |\n",
@@ -961,7 +1120,7 @@ the machine's {cores} cores were {machine:.0} % busy in all (load average {load}
 | daemon CPU per live call (utime+stime of the daemon's process with {calls} calls live, less the same process idle, ÷ {calls}) | **{cpu:.3} % of a core** ({live:.2} % live, {idle:.2} % idle) | ≤ {TARGET_CPU_PCT} % | {cpu_ok} |\n\
 | daemon RSS per live call (largest VmRSS with {calls} calls live, less VmRSS idle, ÷ {calls}) | **{rss:.0} kB** ({live_rss:.0} kB live, {idle_rss:.0} kB idle; VmHWM {hwm:.0} kB) | ≤ {TARGET_RSS_KB:.0} kB | {rss_ok} |\n\n\
 | interval (ms) | p50 | p90 | p99 | max | samples | target (p99) |\n|---|---|---|---|---|---|---|\n\
-{inbound}{outbound}{jitter}{cutoff}\
+{inbound}{outbound}{jitter_wire}{jitter}{cutoff}\
 | for comparison: how late a 20 ms timer of the daemon's runtime wakes (a probe task in the daemon's process; waiting for a core, plus tokio's 1 ms timer grain) | {dl50:.2} | {dl90:.2} | {dl99:.2} | {dlmax:.2} | {dln:.0} | — |\n\
 | the same in the simulator+fake process (the receiving end of every interval above) | {ol50:.2} | {ol90:.2} | {ol99:.2} | {olmax:.2} | {oln} | — |\n\n\
 Barge-ins: {barge_ins} (at most {max_after} packet(s) of the cut spurt heard after `speech_started` was sent; {truncations} truncations sent). \
@@ -994,11 +1153,28 @@ Call setup, `inbound_call` → first agent packet heard (ramp of {calls} calls i
             &f.outbound,
             TARGET_LATENCY_MS
         ),
-        jitter = row(
-            "RTP send jitter: \\|gap − 20 ms\\| between packets of a talk spurt, as the simulator receives them",
-            &f.jitter,
-            TARGET_JITTER_MS
-        ),
+        jitter_wire = if wired {
+            row(
+                "RTP send jitter: \\|gap − 20 ms\\| between packets of a talk spurt, as sent (the kernel's timestamps on loopback, taken in the daemon's `sendto`)",
+                &f.jitter_wire,
+                TARGET_JITTER_MS,
+            )
+        } else {
+            String::new()
+        },
+        jitter = if wired {
+            plain(
+                "the same gaps as the simulator's task receives them (adds how late this process's tasks run)",
+                &f.jitter,
+                "— (for comparison)",
+            )
+        } else {
+            row(
+                "RTP send jitter: \\|gap − 20 ms\\| between packets of a talk spurt, as the simulator receives them (no raw socket for kernel timestamps)",
+                &f.jitter,
+                TARGET_JITTER_MS,
+            )
+        },
         cutoff = row(
             "barge-in cut-off: fake writes `speech_started` → simulator receives the cut spurt's last RTP",
             &f.cutoff,
