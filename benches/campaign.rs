@@ -139,8 +139,8 @@ fn pcts(mut v: Vec<f64>) -> String {
 
 /// The refill breakdown (BENCHMARKS.md "Where the last percent goes"):
 /// each slot grant after the first C is paired with the release that made
-/// it possible (one waiter on a FIFO semaphore: the k-th grant after the
-/// first C follows the k-th release), and the gap from the freeing call's
+/// it possible (C permits: the k-th grant after the first C can only follow
+/// the k-th release), and the gap from the freeing call's
 /// end to the next originate is split into its parts. A markdown table.
 fn refill(probe: &Probe, c: usize) -> String {
     let calls = probe.calls();
@@ -160,28 +160,33 @@ fn refill(probe: &Probe, c: usize) -> String {
     let pages = probe.pages();
     let names = [
         "freed channel → next originate (total)",
-        "outcome write (call ended → slot released)",
-        "slot released → slot granted (pass loop)",
+        "call ended → slot released",
+        "slot released → slot granted (waiting for a claimed client)",
         "… of which a page read (hopper empty)",
         "pacing wait",
-        "claim transaction",
-        "trunk acquire",
+        "checks and trunk acquire",
         "trunk → originate sent",
+        "claim transaction (made ahead, off this path when ready in time)",
     ];
     let mut parts: Vec<Vec<f64>> = vec![vec![]; names.len()];
+    let mut ready = 0usize;
     for (j, (granted, m)) in grants.iter().enumerate().skip(c) {
         let Some((released, prev)) = releases.get(j - c) else {
             break;
         };
-        let (Some(ended), Some(paced), Some(claimed), Some(trunk), Some(orig)) = (
+        let (Some(ended), Some(ticket), Some(claimed), Some(paced), Some(trunk), Some(orig)) = (
             prev.get(&Stage::Ended),
-            m.get(&Stage::Paced),
+            m.get(&Stage::Ticket),
             m.get(&Stage::Claimed),
+            m.get(&Stage::Paced),
             m.get(&Stage::Trunk),
             m.get(&Stage::Originate),
         ) else {
             continue;
         };
+        if claimed <= released {
+            ready += 1;
+        }
         let paging: f64 = pages
             .iter()
             .map(|(a, b)| ms((*a).max(*released), (*b).min(*granted)))
@@ -192,9 +197,9 @@ fn refill(probe: &Probe, c: usize) -> String {
             ms(*released, *granted),
             paging,
             ms(*granted, *paced),
-            ms(*paced, *claimed),
-            ms(*claimed, *trunk),
+            ms(*paced, *trunk),
             ms(*trunk, *orig),
+            ms(*ticket, *claimed),
         ]
         .into_iter()
         .enumerate()
@@ -206,9 +211,14 @@ fn refill(probe: &Probe, c: usize) -> String {
         "| part ({} refills) | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---|---|---|---|\n",
         parts[0].len()
     );
+    let refills = parts[0].len();
     for (name, v) in names.iter().zip(parts) {
         out.push_str(&format!("| {name} | {} |\n", pcts(v)));
     }
+    out.push_str(&format!(
+        "| a claimed client was waiting when the channel freed | {:.1} % of refills | | | |\n",
+        100.0 * ready as f64 / refills.max(1) as f64
+    ));
     let originates: Vec<_> = calls
         .values()
         .filter_map(|m| m.get(&Stage::Originate).copied())

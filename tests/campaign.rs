@@ -673,3 +673,84 @@ async fn an_opted_out_client_is_never_dialled_until_staff_delete_the_row() {
     assert_eq!(called, vec![2], "callable again once the row is gone");
     billing.close().await.unwrap();
 }
+
+/// Claims are made ahead of a free channel (README "A pass"): while both
+/// channels are busy, the next clients are already claimed; when SIGTERM
+/// drains the pass, those claims are given back at once — no row, no
+/// attempt spent — while the calls in flight finish.
+#[tokio::test]
+async fn claims_made_ahead_are_given_back_when_the_pass_drains() {
+    let phones: Vec<(i64, String)> = (1..=8).map(|i| (i, format!("3{:08}8", i))).collect();
+    let refs: Vec<(i64, &str)> = phones.iter().map(|(i, p)| (*i, p.as_str())).collect();
+    let mut rig = rig(
+        &clients(&refs),
+        vec![trunk("t1", "PJSIP/{number}@t", 1, 10)],
+    )
+    .await;
+    rig.sim.configure(|c| {
+        c.sounds.insert(
+            "very_long".into(),
+            SoundSpec {
+                languages: vec!["es_MX".into()],
+                duration: Duration::from_secs(10_000),
+            },
+        );
+    });
+    rig.config.campaign.media = vec!["sound:very_long".into()];
+    rig.config.campaign.max_concurrent_calls = 2;
+    rig.config.campaign.call_timeout_secs = 3;
+    let (drain_tx, drain) = tokio::sync::watch::channel(false);
+    let (_abort_tx, abort) = tokio::sync::watch::channel(false);
+    let opts = PassOptions {
+        ignore_window: true,
+        drain: Some(drain),
+        probe: None,
+    };
+    let pass = one_pass(rig.config.clone(), "test-host".into(), opts, abort);
+    let watch = async {
+        // Two calls up and, beside them, two clients claimed and waiting.
+        async fn open(conn: &mut mysql_async::Conn) -> Result<Option<i64>, mysql_async::Error> {
+            conn.query_first("SELECT COUNT(*) FROM overdue_call_log WHERE outcome IS NULL")
+                .await
+        }
+        let mut conn = rig.db.conn().await;
+        let began = std::time::Instant::now();
+        let mut seen = 0;
+        while began.elapsed() < Duration::from_secs(2) {
+            seen = open(&mut conn).await.unwrap().unwrap_or(0);
+            if seen == 4 && rig.sim.originate_count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, 4, "two calls in flight and two claims made ahead");
+        drain_tx.send(true).unwrap();
+        // Given back at once, long before the calls in flight end.
+        let began = std::time::Instant::now();
+        while open(&mut conn).await.unwrap().unwrap_or(0) > 2 {
+            assert!(
+                began.elapsed() < Duration::from_secs(1),
+                "the claims made ahead were not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (summary, ()) = tokio::join!(pass, watch);
+    let summary = summary.unwrap();
+    assert_eq!(rig.sim.originate_count(), 2);
+    let rows = rig.log_rows().await;
+    assert_eq!(rows.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    for id in [1, 2] {
+        assert_eq!(rows[&id].outcome.as_deref(), Some("timeout"), "client {id}");
+    }
+    for id in 3..=8 {
+        assert_eq!(rig.client(id).await, (0, 0, false), "client {id} untouched");
+    }
+    assert_eq!(summary.calls.len(), 2);
+    assert_eq!(
+        summary.skipped.values().sum::<usize>(),
+        6,
+        "{:?}",
+        summary.skipped
+    );
+}

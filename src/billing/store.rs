@@ -458,6 +458,32 @@ impl Billing {
         }
     }
 
+    /// Gives back a claim that was made ahead of a free channel and is no
+    /// longer needed (the pass ended, the daemon is stopping, the window
+    /// closed): nothing was dialled, so its row goes as if it had never
+    /// been claimed — no attempt spent, no call in the log that was not
+    /// made. Should MySQL refuse, the attempt is closed `aborted`, not
+    /// dialled, instead (retried until written, like any outcome).
+    pub(crate) async fn withdraw(&self, claim: &Claim, now: NaiveDateTime, why: &str) {
+        let deleted = async {
+            self.conn()
+                .await?
+                .exec_drop(
+                    "DELETE FROM overdue_call_log WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
+                    (claim.client_id, claim.attempt_no),
+                )
+                .await?;
+            Ok::<_, BillingError>(())
+        }
+        .await;
+        if let Err(e) = deleted {
+            tracing::warn!(client_id = claim.client_id, error = %e, "cannot withdraw an unused claim; closing it as not dialled");
+            let record =
+                CallRecord::not_dialled(Outcome::Aborted, now, format!("not dialled: {why}"));
+            self.write_outcome(claim, &record).await;
+        }
+    }
+
     /// Records the channel id of a retry on another trunk before its
     /// originate (the first try's id is written with the claim).
     pub(crate) async fn set_channel(

@@ -108,6 +108,15 @@ impl Hopper {
     }
 }
 
+/// How many claims may wait ready for a free channel: enough to cover a
+/// claim transaction's slow tail (tens of ms, BENCHMARKS.md "Where the last
+/// percent goes") at the rate channels free up, few enough that a pass
+/// ending or a daemon stopping has little to give back. One in ten
+/// channels, at least two.
+pub(super) fn claims_ahead(max_concurrent_calls: u32) -> usize {
+    (max_concurrent_calls as usize / 10).max(2)
+}
+
 /// Raises `abort` at the pass's deadline (which may move later while the
 /// pass reads more clients) or when the daemon shuts down.
 async fn global_timeout(
@@ -297,6 +306,11 @@ impl Campaign {
             opts,
         });
         let slots = Arc::new(Semaphore::new(c.max_concurrent_calls as usize));
+        // Attempts under way: every channel's call plus a few claimed
+        // ahead, waiting ready for the next free channel (`attempt.rs`).
+        let tickets = Arc::new(Semaphore::new(
+            c.max_concurrent_calls as usize + claims_ahead(c.max_concurrent_calls),
+        ));
         let mut tasks = tokio::task::JoinSet::new();
         let mut abort_rx = abort_rx;
         loop {
@@ -336,25 +350,26 @@ impl Campaign {
             let Some((client, mobile)) = hopper.queue.pop_front() else {
                 break;
             };
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => p.ok(),
+            let ticket = tokio::select! {
+                p = tickets.clone().acquire_owned() => p.ok(),
                 _ = abort_rx.wait_for(|a| *a) => None,
             };
-            let Some(permit) = permit else { break };
+            let Some(ticket) = ticket else { break };
             if *abort_rx.borrow()
+                || shared.opts.draining()
                 || shared
                     .window_shut
                     .load(std::sync::atomic::Ordering::Relaxed)
             {
-                drop(permit);
+                drop(ticket);
                 break;
             }
-            if let Some(p) = &shared.opts.probe {
-                p.mark(client.id, super::probe::Stage::Granted);
-            }
             let shared = shared.clone();
+            let slots = slots.clone();
             tasks.spawn(async move {
-                shared.call_client_guarded(client, mobile, permit).await;
+                shared
+                    .call_client_guarded(client, mobile, ticket, slots)
+                    .await;
             });
             while tasks.try_join_next().is_some() {}
         }

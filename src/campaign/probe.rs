@@ -3,8 +3,8 @@
 //! `PassOptions::probe` holds one: production passes carry `None`, so the
 //! cost there is one `Option` check per stage.
 //!
-//! What is recorded: per call, when its channel slot was granted, when
-//! pacing let it go, when its claim committed, when a trunk was acquired,
+//! What is recorded: per call, when its claim began and committed, when
+//! its channel slot was granted, when pacing let it go, when a trunk was acquired,
 //! when the originate was sent, when the call ended and when its slot was
 //! given back (after the outcome write); per pass, the page reads and the
 //! pass's start and end. The benchmark pairs each slot grant with the
@@ -18,19 +18,21 @@ use tokio::time::Instant;
 /// The stages of one attempt, in the order they happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
-    /// The pass loop got a channel slot (semaphore permit) for it.
+    /// The pass loop gave it a look-ahead ticket; its claim begins.
+    Ticket,
+    /// Its claim transaction committed.
+    Claimed,
+    /// It got a channel slot (semaphore permit).
     Granted,
     /// The pacing bucket let it go.
     Paced,
-    /// Its claim transaction committed.
-    Claimed,
     /// A trunk was acquired.
     Trunk,
     /// The originate request is about to be sent.
     Originate,
     /// The call ended (`place` returned).
     Ended,
-    /// The outcome is written and the slot is given back.
+    /// The slot is given back (before the outcome write).
     Released,
 }
 
