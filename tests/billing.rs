@@ -9,7 +9,7 @@ use chrono::{Duration, NaiveDateTime};
 use common::TestDb;
 use mysql_async::prelude::*;
 use overdue_dialer::billing::demo_data::{self, Spec};
-use overdue_dialer::billing::{schema, Billing, CallRecord};
+use overdue_dialer::billing::{schema, Billing, CallRecord, Seen};
 use overdue_dialer::config::RetryMinutes;
 use overdue_dialer::rules::outcome::Outcome;
 use overdue_dialer::rules::selection::{check_client, Policy, SkipReason};
@@ -361,7 +361,7 @@ async fn eight_claimers_race_for_500_attempts() {
                 if let Some(claim) = billing
                     .claim(
                         id,
-                        0,
+                        Seen::default(),
                         Some("3001234567"),
                         &format!("worker-{worker}"),
                         at(ANCHOR),
@@ -407,13 +407,16 @@ async fn outcomes_update_the_client_once() {
 
     // Client 1: busy, then not eligible for 30 minutes, then claimed as attempt 2.
     let claim = billing
-        .claim(1, 0, Some("x"), "host-a", now)
+        .claim(1, Seen::default(), Some("x"), "host-a", now)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(claim.channel_id(), "overdue-1-1");
     assert_eq!(
-        billing.claim(1, 0, Some("x"), "host-b", now).await.unwrap(),
+        billing
+            .claim(1, Seen::default(), Some("x"), "host-b", now)
+            .await
+            .unwrap(),
         None,
         "in flight"
     );
@@ -466,12 +469,50 @@ async fn outcomes_update_the_client_once() {
         [1, 2, 3]
     );
     assert_eq!(
-        billing.claim(1, 0, None, "host-a", now).await.unwrap(),
+        billing
+            .claim(
+                1,
+                Seen {
+                    attempts: 0,
+                    last_attempt_no: 1
+                },
+                None,
+                "host-a",
+                now
+            )
+            .await
+            .unwrap(),
         None,
         "stale attempt count"
     );
+    assert_eq!(
+        billing
+            .claim(
+                1,
+                Seen {
+                    attempts: 1,
+                    last_attempt_no: 0
+                },
+                None,
+                "host-a",
+                now
+            )
+            .await
+            .unwrap(),
+        None,
+        "an attempt written since the client was read"
+    );
     let second = billing
-        .claim(1, 1, Some("x"), "host-a", now + Duration::minutes(31))
+        .claim(
+            1,
+            Seen {
+                attempts: 1,
+                last_attempt_no: 1,
+            },
+            Some("x"),
+            "host-a",
+            now + Duration::minutes(31),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -479,7 +520,7 @@ async fn outcomes_update_the_client_once() {
 
     // Client 2: completed sets the flags and the completion time.
     let claim2 = billing
-        .claim(2, 0, Some("y"), "host-a", now)
+        .claim(2, Seen::default(), Some("y"), "host-a", now)
         .await
         .unwrap()
         .unwrap();

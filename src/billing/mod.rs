@@ -10,7 +10,7 @@ pub mod schema;
 pub mod store;
 pub mod tally;
 
-pub use store::{Billing, CallRecord, Claim, Orphan};
+pub use store::{Billing, CallRecord, Claim, Orphan, Seen};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {

@@ -7,7 +7,7 @@
 
 use chrono::{Datelike, NaiveDateTime, Timelike};
 use mysql_async::prelude::*;
-use mysql_async::{IsolationLevel, Params, Row, TxOpts, Value};
+use mysql_async::{Params, Row, TxOpts, Value};
 
 use super::BillingError;
 use crate::rules::cutoff::days_in_month;
@@ -175,6 +175,12 @@ pub(super) fn seconds(t: NaiveDateTime) -> NaiveDateTime {
 
 impl Billing {
     pub fn new(opts: mysql_async::Opts) -> Billing {
+        // Every statement reads what is committed when it starts, and a
+        // claim's INSERT … SELECT locks nothing but the row it adds
+        // (`try_claim`). Set once per connection, whatever built `opts`.
+        let mut setup = opts.setup().to_vec();
+        setup.push("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_owned());
+        let opts = mysql_async::OptsBuilder::from_opts(opts).setup(setup);
         Billing {
             pool: mysql_async::Pool::new(opts),
             tally: Default::default(),
@@ -288,20 +294,18 @@ impl Billing {
         Ok((page, next))
     }
 
-    /// Atomically claims the next attempt for a client selected with
-    /// `seen_attempts` attempts. `None` when someone else got there first,
-    /// or the client changed since it was selected (flag cleared, reminder
-    /// delivered, another attempt in flight).
+    /// Atomically claims the next attempt for a client as it was `seen`
+    /// when selected. `None` when someone else got there first, or the
+    /// client changed since it was selected (flag cleared, reminder
+    /// delivered, another attempt written or in flight).
     ///
-    /// The client's `afiliados` row is locked for the length of the claim,
-    /// so claims for one client are serialised across daemons; READ
-    /// COMMITTED makes the call-log read see the winner's committed row and
-    /// avoids gap locks between claims for neighbouring clients. The unique
-    /// key on (client, attempt) is the final guard.
+    /// One INSERT … SELECT whose conditions are what the selection saw; the
+    /// unique key on (client, attempt) settles two claimers of the same
+    /// attempt (`try_claim`).
     pub async fn claim(
         &self,
         client_id: i64,
-        seen_attempts: u32,
+        seen: Seen,
         phone_raw: Option<&str>,
         claimed_by: &str,
         now: NaiveDateTime,
@@ -310,13 +314,7 @@ impl Billing {
         loop {
             tries += 1;
             match self
-                .try_claim(
-                    client_id,
-                    seen_attempts,
-                    phone_raw,
-                    claimed_by,
-                    seconds(now),
-                )
+                .try_claim(client_id, seen, phone_raw, claimed_by, seconds(now))
                 .await
             {
                 Err(BillingError::Mysql(mysql_async::Error::Server(e))) if e.code == 1062 => {
@@ -360,61 +358,54 @@ impl Billing {
         }))
     }
 
+    /// One statement, no transaction: the row goes in only if the client
+    /// is still as the caller read it — flagged, not yet reached, the same
+    /// attempt count, the same latest attempt, none open. Reads are
+    /// consistent (READ COMMITTED, `MysqlConfig::opts`), and two claimers
+    /// of one attempt collide on its unique key (1062: claimed elsewhere).
+    /// The old five round trips (begin, lock, read, insert, commit) cost a
+    /// freed channel ~20 ms and the daemon CPU per call (BENCHMARKS.md).
     async fn try_claim(
         &self,
         client_id: i64,
-        seen_attempts: u32,
+        seen: Seen,
         phone_raw: Option<&str>,
         claimed_by: &str,
         now: NaiveDateTime,
     ) -> Result<Option<Claim>, BillingError> {
-        let mut conn = self.conn().await?;
-        let mut opts = TxOpts::default();
-        opts.with_isolation_level(IsolationLevel::ReadCommitted);
-        let mut tx = conn.start_transaction(opts).await?;
-        let current: Option<(i64, i64, i64)> = tx
-            .exec_first(
-                "SELECT COALESCE(outbound_call, 0), COALESCE(outbound_call_is_sent, 0), COALESCE(outbound_call_attempts, 0)
-                 FROM afiliados WHERE id = ? FOR UPDATE",
-                (client_id,),
-            )
-            .await?;
-        if current != Some((1, 0, i64::from(seen_attempts))) {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let last: Option<(u32, Option<String>, String, NaiveDateTime)> = tx
-            .exec_first(
-                "SELECT attempt_no, outcome, claimed_by, claimed_at FROM overdue_call_log WHERE client_id = ? ORDER BY attempt_no DESC LIMIT 1",
-                (client_id,),
-            )
-            .await?;
-        if let Some((attempt_no, None, by, at)) = &last {
-            tx.rollback().await?;
-            // Our own claim of this very call, whose COMMIT answer was lost
-            // (and the check for it failed too): it is ours to dial.
-            if by == claimed_by && *at == now {
-                return Ok(Some(Claim {
-                    client_id,
-                    attempt_no: *attempt_no,
-                }));
-            }
-            return Ok(None);
-        }
-        let attempt_no = last.map_or(1, |(n, ..)| n + 1);
         let claim = Claim {
             client_id,
-            attempt_no,
+            attempt_no: seen.last_attempt_no + 1,
         };
+        let mut conn = self.conn().await?;
         // The channel id goes in with the claim, before any originate: after
         // a crash, reconciliation asks Asterisk for exactly this channel.
-        tx.exec_drop(
-            "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, phone_raw, channel_id) VALUES (?, ?, ?, ?, ?, ?)",
-            (client_id, attempt_no, now, claimed_by, phone_raw, claim.channel_id()),
+        conn.exec_drop(
+            "INSERT INTO overdue_call_log (client_id, attempt_no, claimed_at, claimed_by, phone_raw, channel_id)
+             SELECT a.id, ?, ?, ?, ?, ? FROM afiliados a
+             WHERE a.id = ? AND COALESCE(a.outbound_call, 0) = 1 AND COALESCE(a.outbound_call_is_sent, 0) = 0
+               AND COALESCE(a.outbound_call_attempts, 0) = ?
+               AND (SELECT COALESCE(MAX(l.attempt_no), 0) FROM overdue_call_log l WHERE l.client_id = a.id) = ?
+               AND NOT EXISTS (SELECT 1 FROM overdue_call_log o WHERE o.client_id = a.id AND o.outcome IS NULL)",
+            (
+                claim.attempt_no,
+                now,
+                claimed_by,
+                phone_raw,
+                claim.channel_id(),
+                client_id,
+                seen.attempts,
+                seen.last_attempt_no,
+            ),
         )
         .await?;
-        tx.commit().await?;
-        Ok(Some(claim))
+        if conn.affected_rows() == 1 {
+            return Ok(Some(claim));
+        }
+        drop(conn);
+        // Refused. It may be our own claim of this very call, whose answer
+        // was lost (and the check for it failed too): then it is ours to dial.
+        self.own_claim(client_id, claimed_by, now).await
     }
 
     /// Writes an outcome, retrying with backoff for as long as MySQL is
@@ -510,66 +501,65 @@ impl Billing {
         claim: &Claim,
         r: &CallRecord,
     ) -> Result<bool, BillingError> {
+        let counted = u32::from(r.dialled);
+        // The attempt and the client's counters in one statement (one round
+        // trip, atomic without a transaction); the LEFT JOIN writes the
+        // attempt even if the client row is gone. Nothing matches once the
+        // outcome is written: a retried write changes nothing.
+        let params = Params::Positional(vec![
+            r.outcome.as_str().into(),
+            r.hangup_cause.into(),
+            r.trunk.clone().into(),
+            r.channel_id.clone().into(),
+            r.phone_e164.clone().into(),
+            r.answered_at.map(seconds).into(),
+            seconds(r.ended_at).into(),
+            r.ring_seconds.into(),
+            r.billable_seconds.into(),
+            r.detail.as_deref().map(|d| truncate(d, 255)).into(),
+            r.delivered.into(),
+            r.heard_seconds.into(),
+            counted.into(),
+            r.delivered.into(),
+            r.delivered.into(),
+            seconds(r.ended_at).into(),
+            claim.client_id.into(),
+            claim.attempt_no.into(),
+        ]);
+        const UPDATE: &str = "UPDATE overdue_call_log l LEFT JOIN afiliados a ON a.id = l.client_id
+             SET l.outcome = ?, l.hangup_cause = ?, l.trunk = ?, l.channel_id = ?, l.phone_e164 = ?,
+               l.answered_at = ?, l.ended_at = ?, l.ring_seconds = ?, l.billable_seconds = ?, l.detail = ?,
+               l.delivered = ?, l.heard_seconds = ?,
+               a.outbound_call_attempts = COALESCE(a.outbound_call_attempts, 0) + ?,
+               a.outbound_call_is_sent = IF(?, 1, a.outbound_call_is_sent),
+               a.outbound_call_completed_at = IF(?, ?, a.outbound_call_completed_at)
+             WHERE l.client_id = ? AND l.attempt_no = ? AND l.outcome IS NULL";
         let mut conn = self.conn().await?;
+        if r.outcome != Outcome::OptedOut {
+            conn.exec_drop(UPDATE, params).await?;
+            return Ok(conn.affected_rows() > 0);
+        }
+        // An opt-out goes in the outcome's transaction: never lost to a
+        // crash between the two, nor written twice by a retried write.
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        tx.exec_drop(
-            "UPDATE overdue_call_log SET outcome = ?, hangup_cause = ?, trunk = ?, channel_id = ?, phone_e164 = ?,
-               answered_at = ?, ended_at = ?, ring_seconds = ?, billable_seconds = ?, detail = ?, delivered = ?, heard_seconds = ?
-             WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
-            Params::Positional(vec![
-                r.outcome.as_str().into(),
-                r.hangup_cause.into(),
-                r.trunk.clone().into(),
-                r.channel_id.clone().into(),
-                r.phone_e164.clone().into(),
-                r.answered_at.map(seconds).into(),
-                seconds(r.ended_at).into(),
-                r.ring_seconds.into(),
-                r.billable_seconds.into(),
-                r.detail.as_deref().map(|d| truncate(d, 255)).into(),
-                r.delivered.into(),
-                r.heard_seconds.into(),
-                claim.client_id.into(),
-                claim.attempt_no.into(),
-            ]),
-        )
-        .await?;
+        tx.exec_drop(UPDATE, params).await?;
         if tx.affected_rows() == 0 {
             tx.rollback().await?;
             return Ok(false);
         }
-        // In the outcome's transaction: an opt-out is never lost to a
-        // crash between the two, nor written twice by a retried write.
-        if r.outcome == Outcome::OptedOut {
-            tx.exec_drop(
-                "INSERT INTO overdue_opt_out (client_id, phone_e164, opted_out_at, channel_id)
-                 SELECT ?, ?, ?, ? FROM DUAL
-                 WHERE NOT EXISTS (SELECT 1 FROM overdue_opt_out WHERE client_id = ?)",
-                (
-                    claim.client_id,
-                    r.phone_e164.clone(),
-                    seconds(r.ended_at),
-                    r.channel_id.clone(),
-                    claim.client_id,
-                ),
-            )
-            .await?;
-        }
-        let counted = u32::from(r.dialled);
-        if r.delivered {
-            tx.exec_drop(
-                "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + ?,
-                   outbound_call_is_sent = 1, outbound_call_completed_at = ? WHERE id = ?",
-                (counted, seconds(r.ended_at), claim.client_id),
-            )
-            .await?;
-        } else {
-            tx.exec_drop(
-                "UPDATE afiliados SET outbound_call_attempts = COALESCE(outbound_call_attempts, 0) + ? WHERE id = ?",
-                (counted, claim.client_id),
-            )
-            .await?;
-        }
+        tx.exec_drop(
+            "INSERT INTO overdue_opt_out (client_id, phone_e164, opted_out_at, channel_id)
+             SELECT ?, ?, ?, ? FROM DUAL
+             WHERE NOT EXISTS (SELECT 1 FROM overdue_opt_out WHERE client_id = ?)",
+            (
+                claim.client_id,
+                r.phone_e164.clone(),
+                seconds(r.ended_at),
+                r.channel_id.clone(),
+                claim.client_id,
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -577,6 +567,25 @@ impl Billing {
 
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
+}
+
+/// What a claimer read of a client before claiming it: the claim goes in
+/// only if neither has changed since (`Billing::claim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seen {
+    /// `afiliados.outbound_call_attempts`.
+    pub attempts: u32,
+    /// The latest attempt's number in the call log (0: none).
+    pub last_attempt_no: u32,
+}
+
+impl Seen {
+    pub fn of(client: &ClientFacts) -> Seen {
+        Seen {
+            attempts: client.attempts,
+            last_attempt_no: client.last_attempt.as_ref().map_or(0, |l| l.attempt_no),
+        }
+    }
 }
 
 /// A claimed attempt with no outcome, left by a daemon that stopped.

@@ -188,7 +188,7 @@ impl Shared {
             .billing
             .claim(
                 client.id,
-                client.attempts,
+                crate::billing::Seen::of(&client),
                 client.telefono.as_deref(),
                 &camp.host,
                 now,

@@ -109,7 +109,7 @@ impl Hopper {
 }
 
 /// How many claims may wait ready for a free channel: enough to cover a
-/// claim transaction's slow tail (tens of ms, BENCHMARKS.md "Where the last
+/// claim's slow tail (tens of ms, BENCHMARKS.md "Where the last
 /// percent goes") at the rate channels free up, few enough that a pass
 /// ending or a daemon stopping has little to give back. One in ten
 /// channels, at least two.
@@ -442,7 +442,13 @@ impl Campaign {
         let now = self.now();
         match self
             .billing
-            .claim(c.id, c.attempts, c.telefono.as_deref(), &self.host, now)
+            .claim(
+                c.id,
+                crate::billing::Seen::of(c),
+                c.telefono.as_deref(),
+                &self.host,
+                now,
+            )
             .await
         {
             Ok(Some(claim)) => {

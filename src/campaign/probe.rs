@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub enum Stage {
     /// The pass loop gave it a look-ahead ticket; its claim begins.
     Ticket,
-    /// Its claim transaction committed.
+    /// Its claim is written.
     Claimed,
     /// It got a channel slot (semaphore permit).
     Granted,
