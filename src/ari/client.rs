@@ -127,9 +127,23 @@ struct ErrorBody {
 pub struct AriClient {
     http: reqwest::Client,
     base: String,
+    /// `{base}/ari`, parsed once (or why it cannot be): every request
+    /// appends its segments to a copy.
+    api: Result<reqwest::Url, String>,
+    /// The `Authorization` header, encoded once and marked sensitive.
+    auth: reqwest::header::HeaderValue,
     username: String,
     password: Secret,
     timeout: Duration,
+}
+
+/// The `Authorization` value for HTTP Basic.
+pub(crate) fn basic_auth(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
 }
 
 impl std::fmt::Debug for AriClient {
@@ -158,9 +172,29 @@ impl AriClient {
                 path: String::new(),
                 reason: e.to_string(),
             })?;
+        let base = base.trim_end_matches('/');
+        let api = reqwest::Url::parse(base)
+            .map_err(|e| format!("bad ari.url: {e}"))
+            .and_then(|mut url| {
+                url.path_segments_mut()
+                    .map_err(|_| "bad ari.url".to_owned())?
+                    .pop_if_empty()
+                    .push("ari");
+                Ok(url)
+            });
+        let mut auth =
+            reqwest::header::HeaderValue::from_str(&basic_auth(username, password.expose()))
+                .map_err(|e| AriError::Other {
+                    method: Method::GET,
+                    path: String::new(),
+                    reason: format!("ARI credentials: {e}"),
+                })?;
+        auth.set_sensitive(true);
         Ok(AriClient {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            api,
+            auth,
+            base: base.to_owned(),
             username: username.to_owned(),
             password,
             timeout,
@@ -189,24 +223,18 @@ impl AriClient {
         let path = format!("/{}", segments.join("/"));
         let path = path.as_str();
         // Url escapes each segment (`x;2`, ids with spaces …) for us.
-        let mut url = reqwest::Url::parse(&self.base).map_err(|e| AriError::Other {
+        let mut url = self.api.clone().map_err(|reason| AriError::Other {
             method: method.clone(),
             path: path.to_owned(),
-            reason: format!("bad ari.url: {e}"),
+            reason,
         })?;
-        url.path_segments_mut()
-            .map_err(|_| AriError::Other {
-                method: method.clone(),
-                path: path.to_owned(),
-                reason: "bad ari.url".into(),
-            })?
-            .pop_if_empty()
-            .push("ari")
-            .extend(segments);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.extend(segments);
+        }
         let mut req = self
             .http
             .request(method.clone(), url)
-            .basic_auth(&self.username, Some(self.password.expose()))
+            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .query(query);
         if let Some(body) = body {
             req = req.json(body);

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -107,7 +106,7 @@ impl EventConnection {
         let stats = Arc::new(Stats::default());
         let sup = Supervisor {
             url: events_url(client.base_url(), apps),
-            auth: basic_auth(client.username(), client.password().expose()),
+            auth: super::client::basic_auth(client.username(), client.password().expose()),
             tx,
             state: state_tx,
             stop: stop_rx,
@@ -183,13 +182,6 @@ fn events_url(base: &str, apps: &[&str]) -> String {
         "{}/ari/events?app={}&subscribeAll=false",
         ws.trim_end_matches('/'),
         apps.join(",")
-    )
-}
-
-fn basic_auth(user: &str, pass: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
     )
 }
 
@@ -389,6 +381,9 @@ mod tests {
             "ws://127.0.0.1:8088/ari/events?app=overdue-app,openai-app&subscribeAll=false"
         );
         assert!(events_url("https://pbx:8089/", &["a"]).starts_with("wss://pbx:8089/ari/events"));
-        assert_eq!(basic_auth("Asterisk", "pw"), "Basic QXN0ZXJpc2s6cHc=");
+        assert_eq!(
+            crate::ari::client::basic_auth("Asterisk", "pw"),
+            "Basic QXN0ZXJpc2s6cHc="
+        );
     }
 }
