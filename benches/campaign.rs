@@ -1,7 +1,7 @@
 //! The dialer's performance figures (BENCHMARKS.md), measured against the
 //! in-repo simulator and a local MariaDB, written to BENCHMARKS.md.
 //!
-//!     cargo bench --bench campaign              # full run, ~5 min on 2 cores
+//!     cargo bench --bench campaign              # full run, ~10 min on 2 cores
 //!     cargo bench --bench campaign -- --smoke   # small N, checks nothing rots (CI)
 //!     cargo bench --bench campaign -- --refill  # only the N=5000 pass and its refill breakdown
 //!     cargo bench --bench campaign -- --scaling [--runs 3]
