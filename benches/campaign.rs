@@ -1,9 +1,13 @@
 //! The dialer's performance figures (BENCHMARKS.md), measured against the
 //! in-repo simulator and a local MariaDB, written to BENCHMARKS.md.
 //!
-//!     cargo bench --bench campaign              # full run, ~5 min on 2 cores
+//!     cargo bench --bench campaign              # full run, ~10 min on 2 cores
 //!     cargo bench --bench campaign -- --smoke   # small N, checks nothing rots (CI)
 //!     cargo bench --bench campaign -- --refill  # only the N=5000 pass and its refill breakdown
+//!     cargo bench --bench campaign -- --scaling [--runs 3]
+//!         # only "How cost grows": 100 / 500 / 1,000 / 5,000 calls in flight
+//!     cargo bench --bench campaign -- --realistic [--time-scale 0.02]
+//!         # only the realistic campaign: N=2,000, C=30, a seeded call mix
 //!
 //! Every figure is the median of several runs; the baseline (one call at a
 //! time, as the seed script dialled) is measured in the same run.
@@ -298,12 +302,20 @@ async fn sequential(n: usize, prompt: Duration) -> f64 {
 }
 
 /// Child mode: one pass of `n` calls all in flight at once, against an
-/// `ari-sim` process (so the simulator's work is not counted); prints
-/// "cpu_ms_per_call peak_rss_kb".
-async fn cost_child(n: usize) {
-    let opts = database("overdue_bench_cost", n, 2, true).await;
+/// `ari-sim` process (so the simulator's work is not counted), on the
+/// database `db` its parent loaded (so generating and loading the clients
+/// is not counted in the peak RSS either); prints
+/// "cpu_ms_per_call peak_rss_kb peak_calls_in_flight".
+async fn cost_child(n: usize, db: &str, prompt_ms: u64) {
+    raise_nofile();
+    let opts: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(
+        mysql_async::Opts::from_url(&server_url()).expect("bad OVERDUE_TEST_MYSQL_URL"),
+    )
+    .db_name(Some(db))
+    .into();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_ari-sim"))
-        .args(["--port", "0", "--all-answer", "--prompt-ms", "4000"])
+        .args(["--port", "0", "--all-answer", "--prompt-ms"])
+        .arg(prompt_ms.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .expect("ari-sim");
@@ -319,14 +331,59 @@ async fn cost_child(n: usize) {
         .expect("sim url")
         .to_owned();
     let before = rusage();
-    let (summary, _, _) = pass(config(&opts, &url, n as u32)).await;
+    let dialer = Dialer::connect(config(&opts, &url, n as u32), "bench".into())
+        .await
+        .expect("dialer");
+    // Calls in flight = trunk channels in use, read every 10 ms (a lock
+    // and a one-element Vec: nothing next to the calls' own work).
+    let trunks = dialer.campaign.trunks.clone();
+    let (done_tx, mut done) = tokio::sync::watch::channel(false);
+    let peak = tokio::spawn(async move {
+        let mut peak = 0u32;
+        loop {
+            peak = peak.max(trunks.view().iter().map(|t| t.in_use).sum());
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = done.changed() => return peak,
+            }
+        }
+    });
+    let (_tx, abort) = tokio::sync::watch::channel(false);
+    let summary = dialer
+        .pass(
+            PassOptions {
+                ignore_window: true,
+                drain: None,
+                probe: None,
+            },
+            abort,
+        )
+        .await
+        .unwrap();
+    let _ = done_tx.send(true);
+    let peak = peak.await.unwrap();
+    dialer.shutdown().await;
     let after = rusage();
     let _ = sim.kill();
     let _ = sim.wait();
-    drop_db("overdue_bench_cost").await;
     assert_eq!(summary.calls.len(), n);
     let cpu = (after.0 - before.0) * 1000.0 / n as f64;
-    println!("{cpu:.3} {}", after.1);
+    println!("{cpu:.3} {} {peak}", after.1);
+}
+
+/// Raises this process's soft limit on open files to its hard limit (and
+/// so the `ari-sim` it starts, which inherits it): n calls in flight hold
+/// up to n HTTP connections on each side, beyond a default soft limit of
+/// 1,024.
+fn raise_nofile() {
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// (user + sys seconds, peak RSS in kB) of this process.
@@ -351,11 +408,23 @@ fn rusage() -> (f64, i64) {
     (secs(u.ru_utime) + secs(u.ru_stime), hwm)
 }
 
-fn cost(n: usize) -> (f64, f64) {
+/// Daemon cost with `n` calls in flight, each call `prompt_ms` long: (CPU
+/// ms per call, peak RSS in MB, peak calls in flight), from a child process.
+fn cost(rt: &tokio::runtime::Runtime, n: usize, prompt_ms: u64) -> (f64, f64, f64) {
+    const DB: &str = "overdue_bench_cost";
+    rt.block_on(database(DB, n, 2, true));
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--cost-child", &n.to_string()])
+        .args(["--cost-child", &n.to_string(), "--db", DB, "--prompt-ms"])
+        .arg(prompt_ms.to_string())
         .output()
         .unwrap();
+    rt.block_on(drop_db(DB));
+    if !out.status.success() {
+        eprintln!(
+            "cost child for n={n} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or("");
     let mut it = line
@@ -364,13 +433,21 @@ fn cost(n: usize) -> (f64, f64) {
     (
         it.next().unwrap_or(f64::NAN),
         it.next().unwrap_or(f64::NAN) / 1024.0,
+        it.next().unwrap_or(f64::NAN),
     )
 }
 
 /// Events digested per second, and StasisStart → play delays (p50, p99) in ms.
 async fn events(n: usize) -> (f64, f64, f64) {
+    let e = events_with(n, Duration::from_secs(3)).await;
+    (e.0, e.1, e.2)
+}
+
+/// As `events`, each call `prompt` long; also the most calls the
+/// simulator had live at once.
+async fn events_with(n: usize, prompt: Duration) -> (f64, f64, f64, usize) {
     let opts = database("overdue_bench_ev", n, 2, true).await;
-    let sim = sim(Duration::from_secs(3)).await;
+    let sim = sim(prompt).await;
     let (summary, wall, events) = pass(config(&opts, &sim.url(), n as u32)).await;
     assert_eq!(summary.calls.len(), n);
     let starts: std::collections::HashMap<String, Instant> =
@@ -388,9 +465,324 @@ async fn events(n: usize) -> (f64, f64, f64) {
         .collect();
     delays.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| delays[((delays.len() as f64 - 1.0) * q) as usize];
+    let peak = sim.peak_calls();
     sim.shutdown().await;
     drop_db("overdue_bench_ev").await;
-    (events as f64 / wall.as_secs_f64(), p(0.5), p(0.99))
+    (events as f64 / wall.as_secs_f64(), p(0.5), p(0.99), peak)
+}
+
+/// How the daemon's cost grows with the calls in flight (BENCHMARKS.md
+/// "How cost grows"): for each n, CPU per call, peak RSS and calls in
+/// flight from the cost child (simulator in its own process), and
+/// StasisStart → play latency from `events_with` (simulator in process).
+/// Each call lasts `prompt_ms`: long enough that all n are in flight
+/// before the first ends. A markdown table, plus the CPU and RSS per call
+/// above the smallest size.
+fn scaling(
+    rt: &tokio::runtime::Runtime,
+    sizes: &[usize],
+    runs: usize,
+    min_prompt_ms: u64,
+) -> String {
+    struct Row {
+        n: usize,
+        cpu: f64,
+        rss: f64,
+        peak: f64,
+        lat_peak: f64,
+        p50: f64,
+        p99: f64,
+    }
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let prompt_ms = scaling_prompt_ms(n, min_prompt_ms);
+        println!(
+            "scaling: {n} calls in flight, {:.1} s calls, {runs} run(s)…",
+            prompt_ms as f64 / 1e3
+        );
+        let costs: Vec<(f64, f64, f64)> = (0..runs).map(|_| cost(rt, n, prompt_ms)).collect();
+        let evs: Vec<(f64, f64, f64, usize)> = (0..runs)
+            .map(|_| rt.block_on(events_with(n, Duration::from_millis(prompt_ms))))
+            .collect();
+        let row = Row {
+            n,
+            cpu: median(costs.iter().map(|c| c.0).collect()),
+            rss: median(costs.iter().map(|c| c.1).collect()),
+            peak: median(costs.iter().map(|c| c.2).collect()),
+            lat_peak: median(evs.iter().map(|e| e.3 as f64).collect()),
+            p50: median(evs.iter().map(|e| e.1).collect()),
+            p99: median(evs.iter().map(|e| e.2).collect()),
+        };
+        println!(
+            "  {:.3} ms CPU per call, peak RSS {:.1} MB, {:.0} in flight at peak; StasisStart → play p50 {:.2} ms, p99 {:.2} ms ({:.0} in flight)",
+            row.cpu, row.rss, row.peak, row.p50, row.p99, row.lat_peak
+        );
+        rows.push(row);
+    }
+    let base = &rows[0];
+    let mut md = format!(
+        "| calls in flight | peak seen (cost run / latency run) | daemon CPU per call | CPU per call above {b} | daemon peak RSS | RSS per call above {b} | StasisStart → play p50 | p99 |\n|---|---|---|---|---|---|---|---|\n",
+        b = base.n
+    );
+    for r in &rows {
+        // Above the base: what each further call adds, the fixed part
+        // (connecting, the runtime, the pool) taken out.
+        let (rss_call, cpu_call) = if r.n > base.n {
+            let more = (r.n - base.n) as f64;
+            (
+                format!("{:.1} kB", (r.rss - base.rss) * 1024.0 / more),
+                format!(
+                    "{:.3} ms",
+                    (r.cpu * r.n as f64 - base.cpu * base.n as f64) / more
+                ),
+            )
+        } else {
+            ("(base)".into(), "(base)".into())
+        };
+        md.push_str(&format!(
+            "| {} | {:.0} / {:.0} | {:.3} ms | {cpu_call} | {:.1} MB | {rss_call} | {:.2} ms | {:.2} ms |\n",
+            r.n, r.peak, r.lat_peak, r.cpu, r.rss, r.p50, r.p99
+        ));
+    }
+    md
+}
+
+/// Call length for the scaling runs: long enough that every call is
+/// originated before the first one ends (about 1 ms of originating per
+/// call on 2 cores, doubled), never under `min_ms` (the cost rows' 4 s;
+/// less in a smoke run).
+fn scaling_prompt_ms(n: usize, min_ms: u64) -> u64 {
+    (2 * n as u64).max(min_ms)
+}
+
+/// What a callee of the realistic campaign does (BENCHMARKS.md "A
+/// realistic campaign"; /work/bench-notes.md states the mix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// Rings 5–25 s, answers, hears the 20 s prompt to the end.
+    Listens,
+    /// Rings 5–25 s, answers, hangs up 3–15 s into the prompt.
+    HangsUpEarly,
+    /// Rings until the ring timeout (30 s).
+    NoAnswer,
+    Busy,
+    Congestion,
+    /// Unallocated number (cause 1).
+    Unreachable,
+    /// Rings 5–25 s, answers, hangs up after 2–6 s.
+    Short,
+}
+
+/// One callee drawn from the mix: its behaviour and how long it rings
+/// before answering (unscaled).
+fn draw(rng: &mut rand_chacha::ChaCha8Rng) -> (Kind, Callee, Duration) {
+    use rand::Rng;
+    let secs = |rng: &mut rand_chacha::ChaCha8Rng, lo: f64, hi: f64| {
+        Duration::from_secs_f64(rng.gen_range(lo..hi))
+    };
+    let answers = |d: Duration| Callee::Answers { hangs_up_after: d };
+    let u: f64 = rng.gen();
+    if u < 0.45 {
+        let ring = secs(rng, 5.0, 25.0);
+        if rng.gen::<f64>() < 0.8 {
+            (Kind::Listens, answers(Duration::from_secs(3600)), ring)
+        } else {
+            (Kind::HangsUpEarly, answers(secs(rng, 3.0, 15.0)), ring)
+        }
+    } else if u < 0.65 {
+        (Kind::NoAnswer, Callee::NeverAnswers, Duration::ZERO)
+    } else if u < 0.80 {
+        (Kind::Busy, Callee::Busy, Duration::ZERO)
+    } else if u < 0.85 {
+        (Kind::Congestion, Callee::Congestion, Duration::ZERO)
+    } else if u < 0.90 {
+        (Kind::Unreachable, Callee::Unallocated, Duration::ZERO)
+    } else {
+        let ring = secs(rng, 5.0, 25.0);
+        (Kind::Short, answers(secs(rng, 2.0, 6.0)), ring)
+    }
+}
+
+/// The seed of the realistic campaign's call mix.
+const MIX_SEED: u64 = 2026;
+/// The reminder's length in the realistic campaign (unscaled).
+const REAL_PROMPT: Duration = Duration::from_secs(20);
+
+/// `key`'s value in a raw query string, percent-decoded.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// N clients on C channels, each callee drawn from the mix, the simulator
+/// running `scale` times real time (its ring timeout, ringing, prompt
+/// and hang-ups all scaled). Every time reported is scaled back.
+async fn realistic(n: usize, c: u32, scale: f64) -> String {
+    use rand::SeedableRng;
+    const DB: &str = "overdue_bench_real";
+    let anchor = NaiveDateTime::parse_from_str("2026-03-14 10:00", "%Y-%m-%d %H:%M").unwrap();
+    let data = demo_data::generate(&Spec {
+        clients: n,
+        seed: 7,
+        anchor,
+        clean: true,
+        invoices_max: 2,
+    });
+    let opts = load_database(DB, &data).await;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(MIX_SEED);
+    let mut simcfg = SimConfig {
+        time_scale: scale,
+        ..SimConfig::default()
+    };
+    if let Some(s) = simcfg.sounds.get_mut("morosos_natalia") {
+        s.duration = REAL_PROMPT;
+    }
+    // Client → dialled number (what the daemon puts in the endpoint);
+    // number → its callee's kind.
+    let mut number_of = std::collections::HashMap::new();
+    let mut kind_of = std::collections::HashMap::new();
+    for client in &data.clients {
+        let Some(mobile) = client
+            .telefono
+            .as_deref()
+            .and_then(|raw| overdue_dialer::rules::phone::normalize(raw).ok())
+        else {
+            continue;
+        };
+        let number = mobile.national().to_owned();
+        number_of.insert(client.id, number.clone());
+        if kind_of.contains_key(&number) {
+            continue;
+        }
+        let (kind, callee, ring) = draw(&mut rng);
+        simcfg.callees.insert(number.clone(), callee);
+        if !ring.is_zero() {
+            simcfg.answer_delays.insert(number.clone(), ring);
+        }
+        kind_of.insert(number, kind);
+    }
+    let sim = Simulator::start(simcfg, 0).await.unwrap();
+    let mut cfg = config(&opts, &sim.url(), c);
+    // The default pacing (5 originates a second) on the scaled clock; the
+    // ring timeout goes to the simulator as the originate timeout and is
+    // scaled there. The daemon's own call timeout (real time) stays far
+    // above the longest scaled call.
+    cfg.campaign.calls_per_second =
+        overdue_dialer::config::CampaignConfig::default().calls_per_second / scale;
+    cfg.campaign.ring_timeout_secs = 30;
+    let min_heard = cfg.campaign.min_heard_secs;
+    let (summary, wall, _) = pass(cfg).await;
+    assert_eq!(summary.calls.len(), n, "{:?}", summary.outcomes);
+    // Σ channel-seconds: the simulator's count of live calls (originate
+    // to channel destroyed), integrated over the run.
+    let log = sim.live_log();
+    let chan_secs: f64 = log
+        .windows(2)
+        .map(|w| w[0].1 as f64 * (w[1].0 - w[0].0).as_secs_f64())
+        .sum::<f64>()
+        / scale;
+    // What each number heard of the prompt (the daemon's heard time runs
+    // on the real clock, so it is measured here on the simulator's).
+    let mut heard = std::collections::HashMap::new();
+    for r in sim.requests() {
+        if r.method != "POST" || r.path != "/ari/channels" {
+            continue;
+        }
+        let (Some(id), Some(endpoint)) = (
+            query_param(&r.query, "channelId"),
+            query_param(&r.query, "endpoint"),
+        ) else {
+            continue;
+        };
+        let number = endpoint
+            .strip_prefix("PJSIP/")
+            .and_then(|e| e.split('@').next())
+            .unwrap_or_default()
+            .to_owned();
+        let secs: f64 = sim
+            .played(&id)
+            .iter()
+            .filter_map(|p| p.ended.map(|e| (e - p.started).as_secs_f64()))
+            .sum::<f64>()
+            / scale;
+        heard.insert(number, secs);
+    }
+    sim.shutdown().await;
+    drop_db(DB).await;
+    let delivered = summary
+        .calls
+        .iter()
+        .filter(|call| {
+            let h = number_of
+                .get(&call.client_id)
+                .and_then(|n| heard.get(n))
+                .map(|s| *s as u32);
+            overdue_dialer::rules::outcome::is_delivered(call.outcome, h, min_heard, false)
+        })
+        .count();
+    let mut mix = std::collections::BTreeMap::new();
+    for call in &summary.calls {
+        if let Some(k) = number_of.get(&call.client_id).and_then(|n| kind_of.get(n)) {
+            *mix.entry(*k).or_insert(0usize) += 1;
+        }
+    }
+    let mix = mix
+        .iter()
+        .map(|(k, v)| format!("{k:?} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let outcomes = summary
+        .outcomes
+        .iter()
+        .map(|(o, v)| format!("{o} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let wall_s = wall.as_secs_f64() / scale;
+    let limit = chan_secs / c as f64;
+    let ratio = wall_s / limit;
+    let md = format!(
+        "| figure | measured |\n|---|---|\n\
+| clients N / channels C / time scale | {n} / {c} / {scale} (every time below scaled back to real seconds) |\n\
+| callees drawn (seed {MIX_SEED}) | {mix} |\n\
+| outcomes written | {outcomes} |\n\
+| Σ channel time (originate → channel gone) | {chan_secs:.0} s, {mean:.1} s per call |\n\
+| physical limit Σ ÷ C | {limit:.0} s ({limit_min:.1} min) |\n\
+| wall time | {wall_s:.0} s ({wall_min:.1} min) |\n\
+| ratio wall ÷ limit | **{ratio:.3}** |\n\
+| delivered reminders (whole prompt, or ≥ {min_heard} s heard) | {delivered} ({pct:.1} % of N) |\n\
+| deliveries per channel-hour held | **{per_held:.1}** |\n\
+| deliveries per channel-hour available (C × wall) | {per_avail:.1} |\n",
+        mean = chan_secs / n as f64,
+        limit_min = limit / 60.0,
+        wall_min = wall_s / 60.0,
+        pct = 100.0 * delivered as f64 / n as f64,
+        per_held = delivered as f64 / (chan_secs / 3600.0),
+        per_avail = delivered as f64 / (c as f64 * wall_s / 3600.0),
+    );
+    md
 }
 
 /// Eligibility on a big database, as a pass reads it: pages of 4 × C
@@ -461,14 +853,43 @@ async fn selection(clients: usize, invoices_max: u32, page: usize, runs: usize) 
 }
 
 const BEGIN: &str = "<!-- figures: written by cargo bench --bench campaign -->";
+const SCALING_BEGIN: &str = "<!-- scaling: written by cargo bench --bench campaign -->";
+const SCALING_END: &str = "<!-- end of scaling -->";
+const REAL_BEGIN: &str = "<!-- realistic: written by cargo bench --bench campaign -->";
+const REAL_END: &str = "<!-- end of realistic -->";
+/// Calls in flight of "How cost grows".
+const SCALING_SIZES: [usize; 4] = [100, 500, 1000, 5000];
+/// The realistic campaign: clients, channels; and its time scale.
+const REAL_SIZE: (usize, u32) = (2000, 30);
+const REAL_SCALE: f64 = 0.02;
+
+/// `text` with what lies between the lines `begin` and `end` replaced by
+/// `body`; `None` unless both markers are there, in that order (the file
+/// is then left alone: the sections around are written by hand).
+fn replace_between(text: &str, begin: &str, end: &str, body: &str) -> Option<String> {
+    let b = text.find(begin)?;
+    let e = text[b..].find(end)? + b;
+    let body = body.trim_end();
+    Some(format!("{}{begin}\n{body}\n{}", &text[..b], &text[e..]))
+}
 const END: &str = "<!-- end of figures -->";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    if let Some(i) = args.iter().position(|a| a == "--cost-child") {
-        let n = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(1000);
-        rt.block_on(cost_child(n));
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(n) = value("--cost-child") {
+        let n = n.parse().unwrap_or(1000);
+        let db = value("--db").unwrap_or_else(|| "overdue_bench_cost".into());
+        let prompt_ms = value("--prompt-ms")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(4000);
+        rt.block_on(cost_child(n, &db, prompt_ms));
         return;
     }
     // `cargo test --all-targets` runs bench targets too, without `--bench`:
@@ -487,6 +908,31 @@ fn main() {
     }
     std::env::set_var("OVERDUE_TEST_MYSQL_URL", &mariadb.url);
     let smoke = args.iter().any(|a| a == "--smoke");
+    // n calls in flight hold n connections on each side, in this process
+    // when the simulator runs in it (`events_with`).
+    raise_nofile();
+    let runs_flag = value("--runs").and_then(|r| r.parse::<usize>().ok());
+    let scale = value("--time-scale")
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(REAL_SCALE);
+    // Only "How cost grows" or only the realistic campaign (or both):
+    // printed, nothing written.
+    let scaling_only = args.iter().any(|a| a == "--scaling");
+    let realistic_only = args.iter().any(|a| a == "--realistic");
+    if scaling_only || realistic_only {
+        if scaling_only {
+            println!(
+                "{}",
+                scaling(&rt, &SCALING_SIZES, runs_flag.unwrap_or(1), 4000)
+            );
+        }
+        if realistic_only {
+            let (n, c) = REAL_SIZE;
+            println!("realistic campaign: N={n} C={c}, time scale {scale}…");
+            println!("{}", rt.block_on(realistic(n, c, scale)));
+        }
+        return;
+    }
     // Only the throughput pass at full size, with its refill breakdown
     // (BENCHMARKS.md "Where the last percent goes"); nothing written.
     let refill_only = args.iter().any(|a| a == "--refill");
@@ -550,7 +996,7 @@ fn main() {
     let mut cost_rows = String::new();
     for cost_n in cost_ns {
         println!("daemon cost: {cost_n} calls in flight (simulator in its own process)…");
-        let costs: Vec<(f64, f64)> = (0..runs).map(|_| cost(cost_n)).collect();
+        let costs: Vec<(f64, f64, f64)> = (0..runs).map(|_| cost(&rt, cost_n, 4000)).collect();
         let cpu = median(costs.iter().map(|c| c.0).collect());
         let rss = median(costs.iter().map(|c| c.1).collect());
         println!("  {cpu:.3} ms CPU per call, peak RSS {rss:.1} MB");
@@ -576,6 +1022,19 @@ fn main() {
         "  {invoices} invoices, {rows} eligible, pages of {page}: first page {:.1} ms / all pages {:.0} ms without indexes; {:.1} ms / {:.0} ms with",
         sel.without.0, sel.without.1, sel.with.0, sel.with.1
     );
+
+    // How cost grows, and a realistic campaign (BENCHMARKS.md sections
+    // of their own); small in a smoke run.
+    let scaling_md = if smoke {
+        scaling(&rt, &[20, 50], 1, 500)
+    } else {
+        scaling(&rt, &SCALING_SIZES, runs_flag.unwrap_or(runs), 4000)
+    };
+    println!("{scaling_md}");
+    let (real_n, real_c) = if smoke { (100, 10) } else { REAL_SIZE };
+    println!("realistic campaign: N={real_n} C={real_c}, time scale {scale}…");
+    let real = rt.block_on(realistic(real_n, real_c, scale));
+    println!("{real}");
 
     if smoke {
         println!("smoke run: BENCHMARKS.md not written");
@@ -618,4 +1077,35 @@ Medians of {runs} runs (selection: {sel_runs}). Nothing here is asserted by the 
     };
     std::fs::write(path, out).unwrap();
     println!("wrote BENCHMARKS.md");
+    let stamp = format!(
+        "Produced by `cargo bench --bench campaign` on {} ({} cores, {cpu_model}; MariaDB on loopback).",
+        chrono::Local::now().format("%Y-%m-%d"),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    for (name, begin, end, body) in [
+        (
+            "scaling",
+            SCALING_BEGIN,
+            SCALING_END,
+            format!(
+                "{stamp} Medians of {} runs per size; the simulator is a separate `ari-sim` process for CPU and RSS, in process for the latency.\n\n{scaling_md}",
+                runs_flag.unwrap_or(runs)
+            ),
+        ),
+        (
+            "realistic",
+            REAL_BEGIN,
+            REAL_END,
+            format!("{stamp} One pass, the simulator in process.\n\n{real}"),
+        ),
+    ] {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        match replace_between(&old, begin, end, &body) {
+            Some(new) => {
+                std::fs::write(path, new).unwrap();
+                println!("wrote the {name} section of BENCHMARKS.md");
+            }
+            None => println!("BENCHMARKS.md has no {name} markers: that section not written"),
+        }
+    }
 }
