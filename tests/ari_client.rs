@@ -350,3 +350,67 @@ async fn malformed_frames_are_counted_and_skipped() {
     );
     events.shutdown().await;
 }
+
+/// A burst of requests never opens more than `MAX_REQUESTS` connections to
+/// Asterisk at once (its HTTP server drops those past `sessionlimit`); the
+/// rest wait their turn and all are answered. The server here answers each
+/// request after 20 ms on a keep-alive connection and counts how many
+/// connections are open at the same time.
+#[tokio::test]
+async fn a_burst_of_requests_stays_within_the_connection_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (o, p) = (open.clone(), peak.clone());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                // One request per read is enough: each is small and the
+                // client waits for its answer before sending the next.
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let answer = "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n";
+                    if sock.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let ari = AriClient::new(
+        &url,
+        "asterisk",
+        Secret::new("pw"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let burst = overdue_dialer::ari::client::MAX_REQUESTS * 4;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..burst {
+        let ari = ari.clone();
+        calls.spawn(async move { ari.hangup(&format!("c{i}"), "normal").await });
+    }
+    let mut answered = 0;
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap();
+        answered += 1;
+    }
+    assert_eq!(answered, burst);
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= overdue_dialer::ari::client::MAX_REQUESTS,
+        "{peak} connections open at once"
+    );
+    assert!(peak > 1, "the requests were not sent side by side");
+}

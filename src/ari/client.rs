@@ -132,10 +132,21 @@ pub struct AriClient {
     api: Result<reqwest::Url, String>,
     /// The `Authorization` header, encoded once and marked sensitive.
     auth: reqwest::header::HeaderValue,
+    /// Requests in flight at once (`MAX_REQUESTS`).
+    requests: std::sync::Arc<tokio::sync::Semaphore>,
     username: String,
     password: Secret,
     timeout: Duration,
 }
+
+/// At most this many ARI requests in flight, each on its own HTTP
+/// connection; the rest wait their turn. Asterisk's HTTP server takes at
+/// most `sessionlimit` connections (`http.conf`, 100 unless set, the event
+/// WebSocket included) and drops the rest, so a burst of originates must
+/// not open one connection each; and every open connection costs both
+/// sides buffers (1,000 calls started at once opened up to 1,000: RSS per
+/// call 13.2 → 10.7 kB with the limit, BENCHMARKS.md "How cost grows").
+pub const MAX_REQUESTS: usize = 48;
 
 /// The `Authorization` value for HTTP Basic.
 pub(crate) fn basic_auth(user: &str, pass: &str) -> String {
@@ -165,7 +176,7 @@ impl AriClient {
     ) -> Result<AriClient, AriError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(MAX_REQUESTS)
             .build()
             .map_err(|e| AriError::Other {
                 method: Method::GET,
@@ -194,6 +205,7 @@ impl AriClient {
             http,
             api,
             auth,
+            requests: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS)),
             base: base.to_owned(),
             username: username.to_owned(),
             password,
@@ -219,7 +231,19 @@ impl AriClient {
         segments: &[&str],
         query: &[(&str, String)],
         body: Option<&(impl Serialize + ?Sized)>,
-    ) -> Result<reqwest::Response, AriError> {
+    ) -> Result<(reqwest::Response, tokio::sync::OwnedSemaphorePermit), AriError> {
+        // Held until the answer's body is read (the connection is busy
+        // until then). The semaphore is never closed.
+        let turn = self
+            .requests
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| AriError::Other {
+                method: method.clone(),
+                path: String::new(),
+                reason: e.to_string(),
+            })?;
         let path = format!("/{}", segments.join("/"));
         let path = path.as_str();
         // Url escapes each segment (`x;2`, ids with spaces …) for us.
@@ -245,9 +269,10 @@ impl AriClient {
             .map_err(|e| self.transport_error(&method, path, e))?;
         let status = resp.status();
         if status.is_success() {
-            return Ok(resp);
+            return Ok((resp, turn));
         }
         let text = resp.text().await.unwrap_or_default();
+        drop(turn);
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.message)
             .unwrap_or_else(|_| text.trim().chars().take(200).collect());
@@ -292,7 +317,7 @@ impl AriClient {
         query: &[(&str, String)],
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, AriError> {
-        let resp = self.call(method.clone(), segments, query, body).await?;
+        let (resp, _turn) = self.call(method.clone(), segments, query, body).await?;
         resp.json::<T>().await.map_err(|e| AriError::Other {
             method,
             path: format!("/{}", segments.join("/")),
@@ -306,9 +331,10 @@ impl AriClient {
         segments: &[&str],
         query: &[(&str, String)],
     ) -> Result<(), AriError> {
-        self.call(method, segments, query, None::<&()>)
-            .await
-            .map(drop)
+        let (resp, _turn) = self.call(method, segments, query, None::<&()>).await?;
+        // Read to the end, so that the connection can serve the next request.
+        let _ = resp.bytes().await;
+        Ok(())
     }
 
     /// `POST /ari/channels`. The answer is the channel in state `Down`;
