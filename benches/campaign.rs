@@ -246,6 +246,95 @@ fn refill(probe: &Probe, c: usize) -> String {
     out
 }
 
+/// One call's life beyond its prompt (BENCHMARKS.md "Where the last
+/// percent goes"): a channel is busy for the prompt plus these parts, each
+/// the simulator's (Asterisk's) or the daemon's, from the simulator's record
+/// of requests, Stasis entries and playbacks and the probe's call ends.
+fn call_life(sim: &Simulator, probe: &Probe, prompt: Duration) -> String {
+    use std::collections::HashMap;
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+    let requests = sim.requests();
+    let mut originate = HashMap::new();
+    let mut play = HashMap::new();
+    let mut hangup = HashMap::new();
+    for r in &requests {
+        if r.method == "POST" && r.path == "/ari/channels" {
+            if let Some(id) = r
+                .query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("channelId="))
+            {
+                originate.insert(id.to_owned(), r.at);
+            }
+        } else if let Some(id) = r
+            .path
+            .strip_prefix("/ari/channels/")
+            .and_then(|p| p.strip_suffix("/play"))
+        {
+            play.entry(id.to_owned()).or_insert(r.at);
+        } else if r.method == "DELETE" {
+            if let Some(id) = r.path.strip_prefix("/ari/channels/") {
+                hangup.entry(id.to_owned()).or_insert(r.at);
+            }
+        }
+    }
+    let ended: HashMap<i64, Instant> = probe
+        .calls()
+        .into_iter()
+        .filter_map(|(id, m)| m.get(&Stage::Ended).map(|e| (id, e.into_std())))
+        .collect();
+    let names = [
+        "originate → call ended, beyond the prompt (total)",
+        "originate sent → StasisStart (simulator: dial, answer)",
+        "StasisStart → play request (daemon)",
+        "play request → playback started (simulator)",
+        "playback length − prompt (simulator)",
+        "playback ended → hang-up request (daemon: PlaybackFinished)",
+        "hang-up request → call over in the daemon (StasisEnd/ChannelDestroyed)",
+    ];
+    let mut parts: Vec<Vec<f64>> = vec![vec![]; names.len()];
+    for (id, stasis) in sim.stasis_starts() {
+        let client: Option<i64> = id
+            .strip_prefix("overdue-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|c| c.parse().ok());
+        let played = sim.played(&id);
+        let (Some(o), Some(p), Some(h), Some(e), Some(pb)) = (
+            originate.get(&id),
+            play.get(&id),
+            hangup.get(&id),
+            client.and_then(|c| ended.get(&c)),
+            played.first(),
+        ) else {
+            continue;
+        };
+        let Some(pb_end) = pb.ended else { continue };
+        let t = prompt.as_secs_f64() * 1e3;
+        for (i, v) in [
+            ms(*o, *e) - t,
+            ms(*o, stasis),
+            ms(stasis, *p),
+            ms(*p, pb.started),
+            ms(pb.started, pb_end) - t,
+            ms(pb_end, *h),
+            ms(*h, *e),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            parts[i].push(v);
+        }
+    }
+    let mut out = format!(
+        "| part ({} calls) | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---|---|---|---|\n",
+        parts[0].len()
+    );
+    for (name, v) in names.iter().zip(parts) {
+        out.push_str(&format!("| {name} | {} |\n", pcts(v)));
+    }
+    out
+}
+
 /// N clients through C channels, each call `prompt` long.
 async fn throughput(n: usize, c: u32, prompt: Duration) -> Throughput {
     let opts = database("overdue_bench_tp", n, 2, true).await;
@@ -279,6 +368,7 @@ async fn throughput(n: usize, c: u32, prompt: Duration) -> Throughput {
     }
     let span = (last - first).as_secs_f64().max(1e-9);
     let utilisation = area / span / c as f64;
+    let life = call_life(&sim, &probe, prompt);
     sim.shutdown().await;
     drop_db("overdue_bench_tp").await;
     let limit = (n as f64 / c as f64).ceil() * prompt.as_secs_f64();
@@ -286,7 +376,7 @@ async fn throughput(n: usize, c: u32, prompt: Duration) -> Throughput {
         wall: wall.as_secs_f64(),
         limit,
         utilisation,
-        refill: refill(&probe, c as usize),
+        refill: format!("{}\n{life}", refill(&probe, c as usize)),
     }
 }
 
