@@ -170,7 +170,7 @@ fn refill(probe: &Probe, c: usize) -> String {
         "pacing wait",
         "checks and trunk acquire",
         "trunk → originate sent",
-        "claim transaction (made ahead, off this path when ready in time)",
+        "claim (made ahead, off this path when ready in time)",
     ];
     let mut parts: Vec<Vec<f64>> = vec![vec![]; names.len()];
     let mut ready = 0usize;

@@ -166,8 +166,8 @@ impl Shared {
     }
 
     /// The order matters for throughput (BENCHMARKS.md "Where the last
-    /// percent goes"): the claim, a MySQL transaction of a few to tens of
-    /// ms, is made while every channel is still busy, so that a freed
+    /// percent goes"): the claim, a MySQL round trip of a few to tens of
+    /// ms under load, is made while every channel is still busy, so that a freed
     /// channel waits only for pacing and the originate. A claim that no
     /// channel takes in time is withdrawn (`Billing::withdraw`).
     async fn call_client(
