@@ -388,13 +388,7 @@ async fn a_burst_of_requests_stays_within_the_connection_limit() {
             });
         }
     });
-    let ari = AriClient::new(
-        &url,
-        "asterisk",
-        Secret::new("pw"),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let ari = AriClient::new(&url, "asterisk", Secret::new("pw"), Duration::from_secs(10)).unwrap();
     let burst = overdue_dialer::ari::client::MAX_REQUESTS * 4;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..burst {
