@@ -771,3 +771,57 @@ async fn the_caller_is_found_by_every_spelling_of_the_number() {
     conn.disconnect().await.unwrap();
     billing.close().await.unwrap();
 }
+
+/// The outcome is written even if the client's row went away while the
+/// call was up (staff deleted it): the attempt is never lost, and nothing
+/// else is touched.
+#[tokio::test]
+async fn an_outcome_is_written_when_the_client_row_is_gone() {
+    let data = demo_data::generate(&Spec {
+        clients: 2,
+        seed: 3,
+        anchor: at(ANCHOR),
+        clean: true,
+        invoices_max: 2,
+    });
+    let db = TestDb::with_data(&data).await;
+    let billing = Billing::new(db.opts.clone());
+    let now = at("2026-03-31 10:00:00");
+    let claim = billing
+        .claim(1, Seen::default(), Some("x"), "host-a", now)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut conn = db.conn().await;
+    conn.query_drop("DELETE FROM afiliados WHERE id = 1")
+        .await
+        .unwrap();
+    let busy = CallRecord {
+        outcome: Outcome::Busy,
+        dialled: true,
+        hangup_cause: Some(17),
+        trunk: Some("t1".into()),
+        channel_id: Some(claim.channel_id()),
+        phone_e164: Some("+573001234567".into()),
+        answered_at: None,
+        ended_at: now + Duration::seconds(5),
+        ring_seconds: Some(5),
+        billable_seconds: Some(0),
+        detail: None,
+        delivered: false,
+        heard_seconds: None,
+    };
+    assert!(billing.record_outcome(&claim, &busy).await.unwrap());
+    assert!(!billing.record_outcome(&claim, &busy).await.unwrap());
+    let outcome: Option<String> = conn
+        .query_first("SELECT outcome FROM overdue_call_log WHERE client_id = 1 AND attempt_no = 1")
+        .await
+        .unwrap();
+    assert_eq!(outcome.as_deref(), Some("busy"));
+    let other: Option<(i64, i64)> = conn
+        .query_first("SELECT COALESCE(outbound_call_attempts, 0), COALESCE(outbound_call_is_sent, 0) FROM afiliados WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(other, Some((0, 0)), "another client's counters untouched");
+    billing.close().await.unwrap();
+}

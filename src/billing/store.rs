@@ -318,7 +318,12 @@ impl Billing {
                 .await
             {
                 Err(BillingError::Mysql(mysql_async::Error::Server(e))) if e.code == 1062 => {
-                    return Ok(None)
+                    // After a lost answer the row that is in the way may be
+                    // our own first try's.
+                    if tries > 1 {
+                        return self.own_claim(client_id, claimed_by, seconds(now)).await;
+                    }
+                    return Ok(None);
                 }
                 Err(e) if e.is_transient() && tries < 5 => {
                     // The connection may have died after COMMIT but before its
@@ -361,7 +366,7 @@ impl Billing {
     /// One statement, no transaction: the row goes in only if the client
     /// is still as the caller read it — flagged, not yet reached, the same
     /// attempt count, the same latest attempt, none open. Reads are
-    /// consistent (READ COMMITTED, `MysqlConfig::opts`), and two claimers
+    /// consistent (READ COMMITTED, set in `Billing::new`), and two claimers
     /// of one attempt collide on its unique key (1062: claimed elsewhere).
     /// The old five round trips (begin, lock, read, insert, commit) cost a
     /// freed channel ~20 ms and the daemon CPU per call (BENCHMARKS.md).

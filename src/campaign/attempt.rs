@@ -87,7 +87,8 @@ pub(crate) fn interaction(config: &Config, client_id: i64) -> Interaction {
 impl Shared {
     /// `call_client`, with what a panic would leave behind cleaned up: the
     /// channel is hung up, the trunk given back and the attempt recorded
-    /// `failed` with the panic's message; the pass goes on.
+    /// `failed` with the panic's message (not dialled if it panicked
+    /// before its originate); the pass goes on.
     /// One attempt holding `ticket`, its place in the pass's look-ahead;
     /// it takes one of the `slots` (channels) once claimed, and gives both
     /// back once no channel of the attempt can exist any more.
@@ -181,6 +182,11 @@ impl Shared {
         let cfg = &camp.config.campaign;
         if let Some(reason) = self.stop_reason() {
             return self.skip(reason).await;
+        }
+        // Nothing is claimed while the event socket is down: a claim would
+        // wait out the outage unused, and hold the client from other hosts.
+        if !self.connected().await {
+            return self.skip(Skip::PassEndedFirst).await;
         }
         let now = camp.now();
         self.probe(client.id, Stage::Ticket);

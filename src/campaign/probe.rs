@@ -6,7 +6,7 @@
 //! What is recorded: per call, when its claim began and committed, when
 //! its channel slot was granted, when pacing let it go, when a trunk was acquired,
 //! when the originate was sent, when the call ended and when its slot was
-//! given back (after the outcome write); per pass, the page reads and the
+//! given back (before the outcome write); per pass, the page reads and the
 //! pass's start and end. The benchmark pairs each slot grant with the
 //! release that made it possible and splits the gap.
 
