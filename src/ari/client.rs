@@ -139,19 +139,20 @@ pub struct AriClient {
     timeout: Duration,
 }
 
-/// At most this many ARI requests in flight; the rest wait their turn. Asterisk's HTTP server takes at
-/// most `sessionlimit` connections (`http.conf`, 100 unless set, the event
-/// WebSocket included) and drops the rest, so a burst of originates must
-/// not open one connection each; and every open connection costs both
-/// sides buffers (1,000 calls started at once opened up to 1,000: RSS per
-/// call 13.2 → 10.7 kB with the limit, BENCHMARKS.md "How cost grows").
+/// At most this many ARI requests in flight; the rest wait their turn.
+/// Asterisk's HTTP server takes at most `sessionlimit` connections
+/// (`http.conf`, 100 unless set, the event WebSocket included) and drops
+/// the rest, so a burst of originates must not open one connection each;
+/// and every open connection costs both sides buffers (1,000 calls started
+/// at once opened up to 1,000: RSS per call 13.2 → 10.7 kB with the limit,
+/// BENCHMARKS.md "How cost grows").
 pub const MAX_REQUESTS: usize = 48;
 
-/// Idle connections kept for the next requests. hyper gives a connection
-/// back to its pool a moment after its answer is read, so a request
-/// that gets its turn just then may open a new one: connections open at
-/// once stay under `MAX_REQUESTS + MAX_IDLE` (64, with the WebSocket well
-/// under Asterisk's 100), not under `MAX_REQUESTS`.
+/// Idle connections kept for the next requests. Connections open at once
+/// are the requests in flight, the idle ones, and those hyper is still
+/// handing back to its pool when the next request gets its turn: a burst
+/// of 192 requests in a test peaked at 79, inside Asterisk's 100 — a
+/// pass paced by `calls_per_second` keeps far fewer.
 pub const MAX_IDLE: usize = 16;
 
 /// The `Authorization` value for HTTP Basic.
