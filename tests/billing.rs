@@ -30,6 +30,25 @@ fn policy() -> Policy {
 
 const ANCHOR: &str = "2026-03-14 10:00";
 
+/// A placed call that found the line busy, ended 5 s after `now`.
+fn busy(claim: &overdue_dialer::billing::Claim, now: NaiveDateTime) -> CallRecord {
+    CallRecord {
+        outcome: Outcome::Busy,
+        dialled: true,
+        hangup_cause: Some(17),
+        trunk: Some("t1".into()),
+        channel_id: Some(claim.channel_id()),
+        phone_e164: Some("+573001234567".into()),
+        answered_at: None,
+        ended_at: now + Duration::seconds(5),
+        ring_seconds: Some(5),
+        billable_seconds: Some(0),
+        detail: None,
+        delivered: false,
+        heard_seconds: None,
+    }
+}
+
 async fn snapshot(conn: &mut mysql_async::Conn) -> Vec<(String, String, String, String)> {
     conn.query(
         "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, COALESCE(COLUMN_DEFAULT, 'NULL') FROM information_schema.COLUMNS
@@ -428,21 +447,7 @@ async fn outcomes_update_the_client_once() {
         [2, 3],
         "a client in flight is not selected"
     );
-    let busy = CallRecord {
-        outcome: Outcome::Busy,
-        dialled: true,
-        hangup_cause: Some(17),
-        trunk: Some("t1".into()),
-        channel_id: Some(claim.channel_id()),
-        phone_e164: Some("+573001234567".into()),
-        answered_at: None,
-        ended_at: now + Duration::seconds(5),
-        ring_seconds: Some(5),
-        billable_seconds: Some(0),
-        detail: None,
-        delivered: false,
-        heard_seconds: None,
-    };
+    let busy = busy(&claim, now);
     assert!(billing.record_outcome(&claim, &busy).await.unwrap());
     assert!(
         !billing.record_outcome(&claim, &busy).await.unwrap(),
@@ -796,21 +801,7 @@ async fn an_outcome_is_written_when_the_client_row_is_gone() {
     conn.query_drop("DELETE FROM afiliados WHERE id = 1")
         .await
         .unwrap();
-    let busy = CallRecord {
-        outcome: Outcome::Busy,
-        dialled: true,
-        hangup_cause: Some(17),
-        trunk: Some("t1".into()),
-        channel_id: Some(claim.channel_id()),
-        phone_e164: Some("+573001234567".into()),
-        answered_at: None,
-        ended_at: now + Duration::seconds(5),
-        ring_seconds: Some(5),
-        billable_seconds: Some(0),
-        detail: None,
-        delivered: false,
-        heard_seconds: None,
-    };
+    let busy = busy(&claim, now);
     assert!(billing.record_outcome(&claim, &busy).await.unwrap());
     assert!(!billing.record_outcome(&claim, &busy).await.unwrap());
     let outcome: Option<String> = conn

@@ -58,6 +58,20 @@ async fn rig(data: &Data, trunks: Vec<TrunkConfig>) -> Rig {
 }
 
 impl Rig {
+    /// A prompt that never ends: calls stay up until something cuts them.
+    fn endless_prompt(&mut self) {
+        self.sim.configure(|c| {
+            c.sounds.insert(
+                "very_long".into(),
+                SoundSpec {
+                    languages: vec!["es_MX".into()],
+                    duration: Duration::from_secs(10_000),
+                },
+            );
+        });
+        self.config.campaign.media = vec!["sound:very_long".into()];
+    }
+
     async fn pass(&self) -> PassSummary {
         let (_tx, abort) = tokio::sync::watch::channel(false);
         let opts = PassOptions {
@@ -313,16 +327,7 @@ async fn per_call_timeout_hangs_up_a_callee_who_stays_on() {
         vec![trunk("t1", "Local/{number}@sim-pstn", 1, 10)],
     )
     .await;
-    rig.sim.configure(|c| {
-        c.sounds.insert(
-            "very_long".into(),
-            SoundSpec {
-                languages: vec!["es_MX".into()],
-                duration: Duration::from_secs(10_000),
-            },
-        );
-    });
-    rig.config.campaign.media = vec!["sound:very_long".into()];
+    rig.endless_prompt();
     rig.config.campaign.ring_timeout_secs = 1;
     rig.config.campaign.call_timeout_secs = 2;
     let began = std::time::Instant::now();
@@ -340,16 +345,7 @@ async fn global_timeout_aborts_calls_in_flight() {
         vec![trunk("t1", "PJSIP/{number}@t", 1, 10)],
     )
     .await;
-    rig.sim.configure(|c| {
-        c.sounds.insert(
-            "very_long".into(),
-            SoundSpec {
-                languages: vec!["es_MX".into()],
-                duration: Duration::from_secs(10_000),
-            },
-        );
-    });
-    rig.config.campaign.media = vec!["sound:very_long".into()];
+    rig.endless_prompt();
     rig.config.campaign.run_timeout_base_secs = 1;
     rig.config.campaign.run_timeout_per_client_secs = 0;
     let summary = rig.pass().await;
@@ -687,16 +683,7 @@ async fn claims_made_ahead_are_given_back_when_the_pass_drains() {
         vec![trunk("t1", "PJSIP/{number}@t", 1, 10)],
     )
     .await;
-    rig.sim.configure(|c| {
-        c.sounds.insert(
-            "very_long".into(),
-            SoundSpec {
-                languages: vec!["es_MX".into()],
-                duration: Duration::from_secs(10_000),
-            },
-        );
-    });
-    rig.config.campaign.media = vec!["sound:very_long".into()];
+    rig.endless_prompt();
     rig.config.campaign.max_concurrent_calls = 2;
     rig.config.campaign.call_timeout_secs = 3;
     let (drain_tx, drain) = tokio::sync::watch::channel(false);
