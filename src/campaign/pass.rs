@@ -385,6 +385,8 @@ impl Campaign {
                 .load(std::sync::atomic::Ordering::Relaxed)
             {
                 Skip::WindowClosedMidPass
+            } else if shared.opts.draining() {
+                Skip::ShuttingDown
             } else {
                 Skip::PassEndedFirst
             };
