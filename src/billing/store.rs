@@ -317,16 +317,20 @@ impl Billing {
                 .try_claim(client_id, seen, phone_raw, claimed_by, seconds(now))
                 .await
             {
+                // Refused after a lost answer: the row in the way (a
+                // duplicate key, or an attempt now open) may be our own
+                // earlier try's. On a first try it cannot be.
+                Ok(None) if tries > 1 => {
+                    return self.own_claim(client_id, claimed_by, seconds(now)).await;
+                }
                 Err(BillingError::Mysql(mysql_async::Error::Server(e))) if e.code == 1062 => {
-                    // After a lost answer the row that is in the way may be
-                    // our own first try's.
                     if tries > 1 {
                         return self.own_claim(client_id, claimed_by, seconds(now)).await;
                     }
                     return Ok(None);
                 }
                 Err(e) if e.is_transient() && tries < 5 => {
-                    // The connection may have died after COMMIT but before its
+                    // The connection may have died after the insert but before its
                     // answer: then the claim is ours, and retrying would see it
                     // as someone else's call in flight.
                     if let Ok(Some(claim)) =
@@ -404,13 +408,9 @@ impl Billing {
             ),
         )
         .await?;
-        if conn.affected_rows() == 1 {
-            return Ok(Some(claim));
-        }
-        drop(conn);
-        // Refused. It may be our own claim of this very call, whose answer
-        // was lost (and the check for it failed too): then it is ours to dial.
-        self.own_claim(client_id, claimed_by, now).await
+        // Refused: the client changed, or someone claimed it (`claim`
+        // looks for our own earlier try when this was a retry).
+        Ok((conn.affected_rows() == 1).then_some(claim))
     }
 
     /// Writes an outcome, retrying with backoff for as long as MySQL is
