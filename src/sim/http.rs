@@ -56,6 +56,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // As Asterisk's own HTTP server does (`main/http.c`, every session):
+        // Nagle off, so a small event or answer is not held back until the
+        // peer acknowledges the previous one (up to its 40 ms delayed ACK).
+        let _ = stream.set_nodelay(true);
         let svc = hyper_util::service::TowerToHyperService::new(router.clone());
         conns.spawn(async move {
             let _ =
