@@ -6,6 +6,7 @@
 //!     cargo bench --bench campaign -- --refill  # only the N=5000 pass and its refill breakdown
 //!     cargo bench --bench campaign -- --scaling [--runs 3]
 //!         # only "How cost grows": 100 / 500 / 1,000 / 5,000 calls in flight
+//!     cargo bench --bench campaign -- --cost [--runs 3]  # only the cost at 1,000 in flight
 //!     cargo bench --bench campaign -- --realistic [--time-scale 0.02]
 //!         # only the realistic campaign: N=2,000, C=30, a seeded call mix
 //!
@@ -428,10 +429,15 @@ async fn cost_child(n: usize, db: &str, prompt_ms: u64) {
     // and a one-element Vec: nothing next to the calls' own work).
     let trunks = dialer.campaign.trunks.clone();
     let (done_tx, mut done) = tokio::sync::watch::channel(false);
+    // At the most calls seen in flight, also how the resident memory
+    // splits (heap and stacks / pages of the program's files).
     let peak = tokio::spawn(async move {
-        let mut peak = 0u32;
+        let mut peak = (0u32, (-1, -1));
         loop {
-            peak = peak.max(trunks.view().iter().map(|t| t.in_use).sum());
+            let now: u32 = trunks.view().iter().map(|t| t.in_use).sum();
+            if now > peak.0 {
+                peak = (now, rss_split());
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}
                 _ = done.changed() => return peak,
@@ -458,7 +464,22 @@ async fn cost_child(n: usize, db: &str, prompt_ms: u64) {
     let _ = sim.wait();
     assert_eq!(summary.calls.len(), n);
     let cpu = (after.0 - before.0) * 1000.0 / n as f64;
-    println!("{cpu:.3} {} {peak}", after.1);
+    let (calls, (anon, file)) = peak;
+    println!("{cpu:.3} {} {calls} {anon} {file}", after.1);
+}
+
+/// (RssAnon, RssFile) of this process now, in kB: memory it allocated
+/// (heap, stacks) and pages of its program and libraries it has touched.
+fn rss_split() -> (i64, i64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(-1)
+    };
+    (field("RssAnon:"), field("RssFile:"))
 }
 
 /// Raises this process's soft limit on open files to its hard limit (and
@@ -498,9 +519,22 @@ fn rusage() -> (f64, i64) {
     (secs(u.ru_utime) + secs(u.ru_stime), hwm)
 }
 
-/// Daemon cost with `n` calls in flight, each call `prompt_ms` long: (CPU
-/// ms per call, peak RSS in MB, peak calls in flight), from a child process.
-fn cost(rt: &tokio::runtime::Runtime, n: usize, prompt_ms: u64) -> (f64, f64, f64) {
+/// What the cost child measured (see `cost`).
+struct Cost {
+    /// Daemon CPU (user + sys) per call, ms.
+    cpu: f64,
+    /// Peak RSS (VmHWM), MB.
+    rss: f64,
+    /// The most calls seen in flight.
+    peak: f64,
+    /// At that moment: RssAnon and RssFile, MB.
+    anon: f64,
+    file: f64,
+}
+
+/// Daemon cost with `n` calls in flight, each call `prompt_ms` long, from
+/// a child process.
+fn cost(rt: &tokio::runtime::Runtime, n: usize, prompt_ms: u64) -> Cost {
     const DB: &str = "overdue_bench_cost";
     rt.block_on(database(DB, n, 2, true));
     let out = Command::new(std::env::current_exe().unwrap())
@@ -520,11 +554,14 @@ fn cost(rt: &tokio::runtime::Runtime, n: usize, prompt_ms: u64) -> (f64, f64, f6
     let mut it = line
         .split_whitespace()
         .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
-    (
-        it.next().unwrap_or(f64::NAN),
-        it.next().unwrap_or(f64::NAN) / 1024.0,
-        it.next().unwrap_or(f64::NAN),
-    )
+    let mut next = || it.next().unwrap_or(f64::NAN);
+    Cost {
+        cpu: next(),
+        rss: next() / 1024.0,
+        peak: next(),
+        anon: next() / 1024.0,
+        file: next() / 1024.0,
+    }
 }
 
 /// Events digested per second, and StasisStart → play delays (p50, p99) in ms.
@@ -590,15 +627,15 @@ fn scaling(
             "scaling: {n} calls in flight, {:.1} s calls, {runs} run(s)…",
             prompt_ms as f64 / 1e3
         );
-        let costs: Vec<(f64, f64, f64)> = (0..runs).map(|_| cost(rt, n, prompt_ms)).collect();
+        let costs: Vec<Cost> = (0..runs).map(|_| cost(rt, n, prompt_ms)).collect();
         let evs: Vec<(f64, f64, f64, usize)> = (0..runs)
             .map(|_| rt.block_on(events_with(n, Duration::from_millis(prompt_ms))))
             .collect();
         let row = Row {
             n,
-            cpu: median(costs.iter().map(|c| c.0).collect()),
-            rss: median(costs.iter().map(|c| c.1).collect()),
-            peak: median(costs.iter().map(|c| c.2).collect()),
+            cpu: median(costs.iter().map(|c| c.cpu).collect()),
+            rss: median(costs.iter().map(|c| c.rss).collect()),
+            peak: median(costs.iter().map(|c| c.peak).collect()),
             lat_peak: median(evs.iter().map(|e| e.3 as f64).collect()),
             p50: median(evs.iter().map(|e| e.1).collect()),
             p99: median(evs.iter().map(|e| e.2).collect()),
@@ -646,7 +683,7 @@ fn scaling_prompt_ms(n: usize, min_ms: u64) -> u64 {
 }
 
 /// What a callee of the realistic campaign does (BENCHMARKS.md "A
-/// realistic campaign"; /work/bench-notes.md states the mix).
+/// realistic campaign" states the mix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     /// Rings 5–25 s, answers, hears the 20 s prompt to the end.
@@ -1007,6 +1044,17 @@ fn main() {
         .unwrap_or(REAL_SCALE);
     // Only "How cost grows" or only the realistic campaign (or both):
     // printed, nothing written.
+    // Only the daemon's cost at 1,000 calls in flight: printed.
+    if args.iter().any(|a| a == "--cost") {
+        for _ in 0..runs_flag.unwrap_or(1) {
+            let c = cost(&rt, 1000, 4000);
+            println!(
+                "1000 in flight: {:.3} ms CPU per call, peak RSS {:.1} MB ({:.0} calls in flight at most; then {:.1} MB heap and stacks, {:.1} MB program pages)",
+                c.cpu, c.rss, c.peak, c.anon, c.file
+            );
+        }
+        return;
+    }
     let scaling_only = args.iter().any(|a| a == "--scaling");
     let realistic_only = args.iter().any(|a| a == "--realistic");
     if scaling_only || realistic_only {
@@ -1086,10 +1134,14 @@ fn main() {
     let mut cost_rows = String::new();
     for cost_n in cost_ns {
         println!("daemon cost: {cost_n} calls in flight (simulator in its own process)…");
-        let costs: Vec<(f64, f64, f64)> = (0..runs).map(|_| cost(&rt, cost_n, 4000)).collect();
-        let cpu = median(costs.iter().map(|c| c.0).collect());
-        let rss = median(costs.iter().map(|c| c.1).collect());
-        println!("  {cpu:.3} ms CPU per call, peak RSS {rss:.1} MB");
+        let costs: Vec<Cost> = (0..runs).map(|_| cost(&rt, cost_n, 4000)).collect();
+        let cpu = median(costs.iter().map(|c| c.cpu).collect());
+        let rss = median(costs.iter().map(|c| c.rss).collect());
+        let anon = median(costs.iter().map(|c| c.anon).collect());
+        let file = median(costs.iter().map(|c| c.file).collect());
+        println!(
+            "  {cpu:.3} ms CPU per call, peak RSS {rss:.1} MB (at the most calls in flight: {anon:.1} MB heap and stacks, {file:.1} MB program pages)"
+        );
         cost_rows.push_str(&format!(
             "| daemon CPU per call (user+sys, getrusage, simulator in its own process), {cost_n} calls in flight | **{cpu:.3} ms** | ≤ 0.5 ms |\n\
 | daemon peak RSS (VmHWM) with {cost_n} calls in flight | **{rss:.1} MB** | {rss_target} |\n",
