@@ -324,12 +324,18 @@ impl AriClient {
         query: &[(&str, String)],
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, AriError> {
-        let (resp, _turn) = self.call(method.clone(), segments, query, body).await?;
-        resp.json::<T>().await.map_err(|e| AriError::Other {
-            method,
-            path: format!("/{}", segments.join("/")),
-            reason: format!("unexpected answer: {}", e.without_url()),
+        // Boxed: a request's future is ~1 kB, and inline it would sit in
+        // every call task's state for the call's whole life, though a
+        // request lasts milliseconds (BENCHMARKS.md "How cost grows").
+        Box::pin(async move {
+            let (resp, _turn) = self.call(method.clone(), segments, query, body).await?;
+            resp.json::<T>().await.map_err(|e| AriError::Other {
+                method,
+                path: format!("/{}", segments.join("/")),
+                reason: format!("unexpected answer: {}", e.without_url()),
+            })
         })
+        .await
     }
 
     async fn empty(
@@ -338,10 +344,14 @@ impl AriClient {
         segments: &[&str],
         query: &[(&str, String)],
     ) -> Result<(), AriError> {
-        let (resp, _turn) = self.call(method, segments, query, None::<&()>).await?;
-        // Read to the end, so that the connection can serve the next request.
-        let _ = resp.bytes().await;
-        Ok(())
+        // Boxed, as in `json`.
+        Box::pin(async move {
+            let (resp, _turn) = self.call(method, segments, query, None::<&()>).await?;
+            // Read to the end, so that the connection can serve the next request.
+            let _ = resp.bytes().await;
+            Ok(())
+        })
+        .await
     }
 
     /// `POST /ari/channels`. The answer is the channel in state `Down`;

@@ -310,40 +310,45 @@ impl Billing {
         claimed_by: &str,
         now: NaiveDateTime,
     ) -> Result<Option<Claim>, BillingError> {
-        let mut tries: u64 = 0;
-        loop {
-            tries += 1;
-            match self
-                .try_claim(client_id, seen, phone_raw, claimed_by, seconds(now))
-                .await
-            {
-                // Refused after a lost answer: the row in the way (a
-                // duplicate key, or an attempt now open) may be our own
-                // earlier try's. On a first try it cannot be.
-                Ok(None) if tries > 1 => {
-                    return self.own_claim(client_id, claimed_by, seconds(now)).await;
-                }
-                Err(BillingError::Mysql(mysql_async::Error::Server(e))) if e.code == 1062 => {
-                    if tries > 1 {
+        // Boxed: inline, this future would sit in every call task's state
+        // for the call's whole life (BENCHMARKS.md "How cost grows").
+        Box::pin(async move {
+            let mut tries: u64 = 0;
+            loop {
+                tries += 1;
+                match self
+                    .try_claim(client_id, seen, phone_raw, claimed_by, seconds(now))
+                    .await
+                {
+                    // Refused after a lost answer: the row in the way (a
+                    // duplicate key, or an attempt now open) may be our own
+                    // earlier try's. On a first try it cannot be.
+                    Ok(None) if tries > 1 => {
                         return self.own_claim(client_id, claimed_by, seconds(now)).await;
                     }
-                    return Ok(None);
-                }
-                Err(e) if e.is_transient() && tries < 5 => {
-                    // The connection may have died after the insert but before its
-                    // answer: then the claim is ours, and retrying would see it
-                    // as someone else's call in flight.
-                    if let Ok(Some(claim)) =
-                        self.own_claim(client_id, claimed_by, seconds(now)).await
-                    {
-                        return Ok(Some(claim));
+                    Err(BillingError::Mysql(mysql_async::Error::Server(e))) if e.code == 1062 => {
+                        if tries > 1 {
+                            return self.own_claim(client_id, claimed_by, seconds(now)).await;
+                        }
+                        return Ok(None);
                     }
-                    tracing::debug!(client_id, error = %e, "claim failed, retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                    Err(e) if e.is_transient() && tries < 5 => {
+                        // The connection may have died after the insert but before its
+                        // answer: then the claim is ours, and retrying would see it
+                        // as someone else's call in flight.
+                        if let Ok(Some(claim)) =
+                            self.own_claim(client_id, claimed_by, seconds(now)).await
+                        {
+                            return Ok(Some(claim));
+                        }
+                        tracing::debug!(client_id, error = %e, "claim failed, retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                    }
+                    other => return other,
                 }
-                other => return other,
             }
-        }
+        })
+        .await
     }
 
     /// Our own unfinished claim of this client made at `at`, if it exists.
@@ -419,6 +424,9 @@ impl Billing {
     /// the process is killed before MySQL comes back. `false` only for an
     /// error retrying cannot fix.
     pub(crate) async fn write_outcome(&self, claim: &Claim, record: &CallRecord) -> bool {
+        // Boxed: inline, this future would sit in every call task's state
+        // for the call's whole life (BENCHMARKS.md "How cost grows").
+        Box::pin(async move {
         let _waiting = self.tally.waiting();
         let (result, attempts) = super::retry::until_written(
             None,
@@ -452,6 +460,7 @@ impl Billing {
                 false
             }
         }
+    }).await
     }
 
     /// Gives back a claim that was made ahead of a free channel and is no
@@ -461,6 +470,9 @@ impl Billing {
     /// made. Should MySQL refuse, the attempt is closed `aborted`, not
     /// dialled, instead (retried until written, like any outcome).
     pub(crate) async fn withdraw(&self, claim: &Claim, now: NaiveDateTime, why: &str) {
+        // Boxed: inline, this future would sit in every call task's state
+        // for the call's whole life (BENCHMARKS.md "How cost grows").
+        Box::pin(async move {
         let deleted = async {
             self.conn()
                 .await?
@@ -478,6 +490,7 @@ impl Billing {
                 CallRecord::not_dialled(Outcome::Aborted, now, format!("not dialled: {why}"));
             self.write_outcome(claim, &record).await;
         }
+    }).await
     }
 
     /// Records the channel id of a retry on another trunk before its
@@ -487,6 +500,9 @@ impl Billing {
         claim: &Claim,
         channel_id: &str,
     ) -> Result<(), BillingError> {
+        // Boxed: inline, this future would sit in every call task's state
+        // for the call's whole life (BENCHMARKS.md "How cost grows").
+        Box::pin(async move {
         self.conn()
             .await?
             .exec_drop(
@@ -495,6 +511,7 @@ impl Billing {
             )
             .await?;
         Ok(())
+    }).await
     }
 
     /// Writes the outcome of a claimed attempt and updates the client's

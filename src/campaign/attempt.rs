@@ -94,7 +94,7 @@ impl Shared {
     /// back once no channel of the attempt can exist any more.
     pub(super) async fn call_client_guarded(
         &self,
-        client: ClientFacts,
+        client: Box<ClientFacts>,
         mobile: Mobile,
         ticket: tokio::sync::OwnedSemaphorePermit,
         slots: std::sync::Arc<tokio::sync::Semaphore>,
@@ -106,7 +106,7 @@ impl Shared {
         });
         let client_id = client.id;
         let phone = mobile.masked();
-        let run = std::panic::AssertUnwindSafe(self.call_client(client, mobile, slots, &progress));
+        let run = std::panic::AssertUnwindSafe(self.call_client(&client, mobile, slots, &progress));
         let Err(panic) = run.catch_unwind().await else {
             self.release_slot(client_id, &progress);
             return;
@@ -173,7 +173,7 @@ impl Shared {
     /// channel takes in time is withdrawn (`Billing::withdraw`).
     async fn call_client(
         &self,
-        client: ClientFacts,
+        client: &ClientFacts,
         mobile: Mobile,
         slots: std::sync::Arc<tokio::sync::Semaphore>,
         progress: &std::sync::Mutex<Progress>,
@@ -299,7 +299,8 @@ impl Shared {
                 }
             }
             Self::note(progress, |p| p.channel = Some(channel_id.clone()));
-            let plan = CallPlan {
+            // Boxed, as the client is (`pass.rs`): held for the call's life.
+            let plan = Box::new(CallPlan {
                 channel_id: channel_id.clone(),
                 endpoint: dial_string(&trunk.endpoint, mobile.national()),
                 app: camp.config.ari.outbound_app.clone(),
@@ -311,7 +312,7 @@ impl Shared {
                 asterisk_started: camp.asterisk_started.borrow().clone(),
                 panic_on_answer: camp.hooks.panics_on_answer(client.id),
                 interaction: interaction(&camp.config, client.id),
-            };
+            });
             let originated = camp.now();
             camp.trunks.originating(index);
             self.probe(client.id, Stage::Originate);

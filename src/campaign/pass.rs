@@ -366,6 +366,9 @@ impl Campaign {
             }
             let shared = shared.clone();
             let slots = slots.clone();
+            // Boxed: each layer of the call task's future would otherwise
+            // hold its own copy of the client's facts for the call's life.
+            let client = Box::new(client);
             tasks.spawn(async move {
                 shared
                     .call_client_guarded(client, mobile, ticket, slots)
