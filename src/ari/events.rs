@@ -4,7 +4,9 @@
 //! other type decodes to `Event::Other` with its name, and unknown fields
 //! are ignored, so a newer Asterisk cannot break the decoder.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::model::{Bridge, Channel, Endpoint, Playback};
 
@@ -129,8 +131,176 @@ impl Event {
 pub struct DecodeError(#[from] serde_json::Error);
 
 /// Decodes one WebSocket text frame.
+///
+/// Every event passes here, so it is the daemon's hottest parse. The
+/// derived decoder of `Envelope` buffers each event twice (once for
+/// `flatten`, once more for the `type` tag) into serde's generic tree;
+/// `fast` reads the frame once, keeping each field as its raw text, and
+/// then parses only the fields its type has, straight into their types.
+/// Anything it does not expect goes to the derived decoder, whose answer
+/// (and error message) is the reference; `tests/ari_recordings.rs`
+/// checks that both agree on every recorded event.
 pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
+    match fast(text) {
+        Some(env) => Ok(env),
+        None => decode_derived(text),
+    }
+}
+
+/// The derived decoder alone (the reference for `decode`).
+pub fn decode_derived(text: &str) -> Result<Envelope, DecodeError> {
     Ok(serde_json::from_str(text)?)
+}
+
+/// The fields any event type the daemon acts on can carry, unparsed.
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default)]
+    application: String,
+    #[serde(default)]
+    timestamp: String,
+    #[serde(default)]
+    asterisk_id: String,
+    #[serde(borrow, default, deserialize_with = "present")]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    args: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    replace_channel: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    peer: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    caller: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    dialstatus: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    dialstring: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    forward: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    variable: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    value: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    cause: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    soft: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    cause_txt: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    playback: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    digit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    duration_ms: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    bridge: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    endpoint: Option<&'a RawValue>,
+}
+
+/// A field that is there, as its raw text — `null` too, which is not the
+/// same as absent to the derived decoder (`Option<&RawValue>` alone would
+/// read `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A field the type requires; `None` (to the derived decoder) if it is
+/// missing or does not parse.
+fn need<T: DeserializeOwned>(v: Option<&RawValue>) -> Option<T> {
+    serde_json::from_str(v?.get()).ok()
+}
+
+/// A field with a default: absent is the default, present must parse.
+fn or_default<T: DeserializeOwned + Default>(v: Option<&RawValue>) -> Option<T> {
+    match v {
+        None => Some(T::default()),
+        Some(v) => serde_json::from_str(v.get()).ok(),
+    }
+}
+
+/// An optional field: absent or `null` is `None`, present must parse.
+fn optional<T: DeserializeOwned>(v: Option<&RawValue>) -> Option<Option<T>> {
+    match v {
+        None => Some(None),
+        Some(v) => serde_json::from_str(v.get()).ok(),
+    }
+}
+
+/// `decode` in one read of the frame; `None` for anything unexpected.
+fn fast(text: &str) -> Option<Envelope> {
+    let r: Raw = serde_json::from_str(text).ok()?;
+    let event = match r.kind {
+        "StasisStart" => Event::StasisStart {
+            channel: need(r.channel)?,
+            args: or_default(r.args)?,
+            replace_channel: optional(r.replace_channel)?,
+        },
+        "StasisEnd" => Event::StasisEnd {
+            channel: need(r.channel)?,
+        },
+        "Dial" => Event::Dial {
+            peer: need(r.peer)?,
+            caller: optional(r.caller)?,
+            dialstatus: or_default(r.dialstatus)?,
+            dialstring: or_default(r.dialstring)?,
+            forward: or_default(r.forward)?,
+        },
+        "ChannelStateChange" => Event::ChannelStateChange {
+            channel: need(r.channel)?,
+        },
+        "ChannelVarset" => Event::ChannelVarset {
+            channel: optional(r.channel)?,
+            variable: need(r.variable)?,
+            value: or_default(r.value)?,
+        },
+        "ChannelHangupRequest" => Event::ChannelHangupRequest {
+            channel: need(r.channel)?,
+            cause: or_default(r.cause)?,
+            soft: optional(r.soft)?,
+        },
+        "ChannelDestroyed" => Event::ChannelDestroyed {
+            channel: need(r.channel)?,
+            cause: or_default(r.cause)?,
+            cause_txt: or_default(r.cause_txt)?,
+        },
+        "PlaybackStarted" => Event::PlaybackStarted {
+            playback: need(r.playback)?,
+        },
+        "PlaybackContinuing" => Event::PlaybackContinuing {
+            playback: need(r.playback)?,
+        },
+        "PlaybackFinished" => Event::PlaybackFinished {
+            playback: need(r.playback)?,
+        },
+        "ChannelDtmfReceived" => Event::ChannelDtmfReceived {
+            channel: need(r.channel)?,
+            digit: or_default(r.digit)?,
+            duration_ms: or_default(r.duration_ms)?,
+        },
+        "ChannelEnteredBridge" => Event::ChannelEnteredBridge {
+            bridge: need(r.bridge)?,
+            channel: need(r.channel)?,
+        },
+        "ChannelLeftBridge" => Event::ChannelLeftBridge {
+            bridge: need(r.bridge)?,
+            channel: need(r.channel)?,
+        },
+        "EndpointStateChange" => Event::EndpointStateChange {
+            endpoint: need(r.endpoint)?,
+        },
+        "ApplicationReplaced" => Event::ApplicationReplaced {},
+        _ => Event::Other,
+    };
+    Some(Envelope {
+        application: r.application,
+        timestamp: r.timestamp,
+        asterisk_id: r.asterisk_id,
+        event,
+    })
 }
 
 /// The `type` of a frame, for logging events that decode to `Other` or fail.
@@ -146,6 +316,65 @@ pub fn type_name(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both decoders' answers, compared as text (errors by message).
+    fn both(text: &str) -> (String, String) {
+        let show = |r: Result<Envelope, DecodeError>| match r {
+            Ok(e) => format!("{e:?}"),
+            Err(e) => format!("error: {e}"),
+        };
+        (show(decode(text)), show(decode_derived(text)))
+    }
+
+    #[test]
+    fn the_one_read_decoder_agrees_with_the_derived_one_on_every_recording() {
+        let recorded = include_str!("../../tests/fixtures/ari/events.jsonl");
+        let mut fast_hits = 0;
+        for (n, line) in recorded.lines().enumerate() {
+            let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = rec["event"].to_string();
+            let (ours, reference) = both(&text);
+            assert_eq!(ours, reference, "line {}", n + 1);
+            fast_hits += usize::from(fast(&text).is_some());
+        }
+        // Not a silent fallback: the one-read path decodes them all.
+        assert_eq!(fast_hits, recorded.lines().count());
+    }
+
+    #[test]
+    fn the_one_read_decoder_agrees_on_odd_and_broken_frames() {
+        let channel = r#"{"id":"c1","name":"PJSIP/x-1","state":"Up"}"#;
+        let frames = [
+            format!(r#"{{"type":"StasisStart","channel":{channel}}}"#),
+            format!(r#"{{"type":"StasisStart","channel":{channel},"args":null}}"#),
+            format!(r#"{{"type":"StasisStart","channel":{channel},"replace_channel":null}}"#),
+            format!(r#"{{"type":"StasisStart","channel":{channel},"args":["a",1]}}"#),
+            format!(r#"{{"channel":{channel},"type":"StasisEnd","application":"overdue-app"}}"#),
+            r#"{"type":"StasisEnd","channel":null}"#.into(),
+            r#"{"type":"StasisEnd","channel":{"name":"no id"}}"#.into(),
+            format!(r#"{{"type":"ChannelHangupRequest","channel":{channel},"cause":"16"}}"#),
+            format!(r#"{{"type":"ChannelHangupRequest","channel":{channel},"soft":true}}"#),
+            format!(r#"{{"type":"ChannelDestroyed","channel":{channel},"cause":16,"cause_txt":"Normal Clearing"}}"#),
+            r#"{"type":"ChannelVarset","variable":"AMDSTATUS","value":"MACHINE"}"#.into(),
+            r#"{"type":"ChannelVarset","value":"x"}"#.into(),
+            format!(r#"{{"type":"Dial","peer":{channel},"caller":null,"dialstatus":"ANSWER"}}"#),
+            r#"{"type":"PlaybackFinished","playback":{"id":"p1","state":"done"}}"#.into(),
+            format!(r#"{{"type":"ChannelDtmfReceived","channel":{channel},"digit":"1","duration_ms":120}}"#),
+            format!(r#"{{"type":"ChannelEnteredBridge","bridge":{{"id":"b1"}},"channel":{channel}}}"#),
+            r#"{"type":"PeerStatusChange","peer":{"peer_status":"Reachable"},"endpoint":{"technology":"PJSIP","resource":"t"}}"#.into(),
+            r#"{"type":"ApplicationReplaced","application":"overdue-app"}"#.into(),
+            r#"{"type":"StasisStart","channel":{"id":"c1"}}"#.into(),
+            r#"{"type":"StasisEnd","type":"StasisStart","channel":{"id":"c1"}}"#.into(),
+            r#"{"application":"x"}"#.into(),
+            r#"{"type":7}"#.into(),
+            "[1,2]".into(),
+            "not json".into(),
+        ];
+        for f in &frames {
+            let (ours, reference) = both(f);
+            assert_eq!(ours, reference, "{f}");
+        }
+    }
 
     #[test]
     fn unknown_types_and_fields_are_tolerated() {
