@@ -262,6 +262,19 @@ pub async fn follow(
     }
 
     loop {
+        let call_timeout = (!timed_out && hung_up_at.is_none()).then_some(timeout_at);
+        let hangup_checked = hung_up_at.map(|t| t + HANGUP_GRACE);
+        let deadline = [
+            finish_at,
+            missing_sound,
+            talk.menu_failed.as_ref().map(|f| f.0),
+            talk.wait_until,
+            call_timeout,
+            hangup_checked,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             biased;
             env = inbox.recv() => {
@@ -327,40 +340,55 @@ pub async fn follow(
                     finish_at = Some(Instant::now() + OTHER_HALF_GRACE);
                 }
             }
-            _ = sleep_until(finish_at.unwrap_or(never)), if finish_at.is_some() => break,
-            _ = sleep_until(missing_sound.unwrap_or(never)), if missing_sound.is_some() => {
-                missing_sound = None;
-                if !ev.own_destroyed {
-                    missing = true;
-                    tracing::error!(channel = %plan.channel_id, media = ?plan.media, lang = %plan.lang,
-                        "PROMPT NOT PLAYED: Asterisk could not play the configured sound; check campaign.media and the sound files");
+            // Every deadline of the call, one timer: the earliest armed one
+            // (a timer each would put six in every call task's state and
+            // re-arm them all on every event). Due ones act in this order.
+            _ = sleep_until(deadline.unwrap_or(never)), if deadline.is_some() => {
+                let now = Instant::now();
+                let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+                if due(finish_at) {
+                    break;
+                } else if due(missing_sound) {
+                    missing_sound = None;
+                    if !ev.own_destroyed {
+                        missing = true;
+                        tracing::error!(channel = %plan.channel_id, media = ?plan.media, lang = %plan.lang,
+                            "PROMPT NOT PLAYED: Asterisk could not play the configured sound; check campaign.media and the sound files");
+                        hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                    }
+                } else if due(talk.menu_failed.as_ref().map(|f| f.0)) {
+                    if let Some((_, media)) = talk.menu_failed.take() {
+                        if !ev.own_destroyed && ev.in_stasis {
+                            // Say so loudly, and go on as if it had played (the keys still work).
+                            tracing::error!(channel = %plan.channel_id, %media, lang = %plan.lang,
+                                "MENU PROMPT NOT PLAYED: Asterisk could not play it; check menu.media / menu.opt_out_media and the sound files");
+                            let step = talk.script.finished();
+                            talk.carry_out(step, ari, router, &mut ev, &mut inbox).await;
+                            if talk.hang_up_now {
+                                talk.hang_up_now = false;
+                                hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                            }
+                        }
+                    }
+                } else if due(talk.wait_until) {
+                    talk.wait_until = None;
+                    if talk.script.wait_over() == Step::HangUp {
+                        hangup(ari, &plan.channel_id, &mut hung_up_at).await;
+                    }
+                } else if due(call_timeout) {
+                    timed_out = true;
                     hangup(ari, &plan.channel_id, &mut hung_up_at).await;
-                }
-            }
-            _ = sleep_until(talk.menu_failed.as_ref().map_or(never, |f| f.0)), if talk.menu_failed.is_some() => {
-                if let Some((_, media)) = talk.menu_failed.take() {
-                    if !ev.own_destroyed && ev.in_stasis {
-                        // Say so loudly, and go on as if it had played (the keys still work).
-                        tracing::error!(channel = %plan.channel_id, %media, lang = %plan.lang,
-                            "MENU PROMPT NOT PLAYED: Asterisk could not play it; check menu.media / menu.opt_out_media and the sound files");
-                        let step = talk.script.finished();
-                        talk.carry_out(step, ari, router, &mut ev, &mut inbox).await;
-                        if talk.hang_up_now {
-                            talk.hang_up_now = false;
+                } else if due(hangup_checked) {
+                    // Asterisk said nothing after our DELETE (events lost while the
+                    // socket was down?): ask directly.
+                    match ari.channel(&plan.channel_id).await {
+                        Err(e) if e.is_not_found() => break,
+                        _ => {
+                            hung_up_at = None;
                             hangup(ari, &plan.channel_id, &mut hung_up_at).await;
                         }
                     }
                 }
-            }
-            _ = sleep_until(talk.wait_until.unwrap_or(never)), if talk.wait_until.is_some() => {
-                talk.wait_until = None;
-                if talk.script.wait_over() == Step::HangUp {
-                    hangup(ari, &plan.channel_id, &mut hung_up_at).await;
-                }
-            }
-            _ = sleep_until(timeout_at), if !timed_out && hung_up_at.is_none() => {
-                timed_out = true;
-                hangup(ari, &plan.channel_id, &mut hung_up_at).await;
             }
             // Events sent while the socket was down are lost for good: after a
             // reconnect, ask Asterisk whether the channel is still there.
@@ -383,17 +411,6 @@ pub async fn follow(
                 if changed.is_err() || *abort.borrow() {
                     aborted = true;
                     hangup(ari, &plan.channel_id, &mut hung_up_at).await;
-                }
-            }
-            _ = sleep_until(hung_up_at.map_or(never, |t| t + HANGUP_GRACE)), if hung_up_at.is_some() => {
-                // Asterisk said nothing after our DELETE (events lost while the
-                // socket was down?): ask directly.
-                match ari.channel(&plan.channel_id).await {
-                    Err(e) if e.is_not_found() => break,
-                    _ => {
-                        hung_up_at = None;
-                        hangup(ari, &plan.channel_id, &mut hung_up_at).await;
-                    }
                 }
             }
         }
