@@ -1003,6 +1003,10 @@ const END: &str = "<!-- end of figures -->";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--cost-child") {
+        // The daemon's own process setup (src/main.rs), before any thread.
+        overdue_dialer::daemon::one_malloc_arena();
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let value = |flag: &str| {
         args.iter()

@@ -106,6 +106,7 @@ fn parse_local(s: &str) -> Result<NaiveDateTime, String> {
 }
 
 fn main() -> ExitCode {
+    overdue_dialer::daemon::one_malloc_arena();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
