@@ -11,13 +11,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use tokio::sync::mpsc;
+use futures_channel::mpsc;
+use futures_util::StreamExt;
 
 use crate::ari::{Envelope, Event};
 
-/// A call's events. Boxed: an `Envelope` is close to 1 KB and a channel
-/// allocates its slots 32 at a time, so unboxed every call in flight would
-/// hold ~28 KB of empty slots.
+/// A call's events. Boxed: an `Envelope` is close to 1 KB. A
+/// `futures_channel` queue, not tokio's: tokio's allocates 32 slots at a
+/// time and pads its halves to cache lines, ~850 bytes for each call in
+/// flight before any event; this one is a small header and a node per
+/// event waiting (BENCHMARKS.md "How cost grows").
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Box<Envelope>>,
     /// Events taken out before the call's owner read them (the
@@ -39,7 +42,7 @@ impl Inbox {
     pub async fn recv(&mut self) -> Option<Box<Envelope>> {
         match self.first.pop_front() {
             Some(env) => Some(env),
-            None => self.rx.recv().await,
+            None => self.rx.next().await,
         }
     }
 }
@@ -72,7 +75,7 @@ impl Router {
 
     /// Starts delivering events of `channel_id` (and its `;2`) to the inbox.
     pub(crate) fn register(&self, channel_id: &str) -> Inbox {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded();
         self.calls().insert(channel_id.to_owned(), tx);
         Inbox {
             rx,
@@ -91,7 +94,7 @@ impl Router {
         if calls.contains_key(channel_id) {
             return None;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded();
         calls.insert(channel_id.to_owned(), tx);
         Some(Inbox {
             rx,
@@ -129,7 +132,10 @@ impl Router {
                 .and_then(|originated| calls.get(originated))
         });
         match tx {
-            Some(tx) => tx.send(Box::new(env)).err().map(|e| *e.0),
+            Some(tx) => tx
+                .unbounded_send(Box::new(env))
+                .err()
+                .map(|e| *e.into_inner()),
             None => Some(env),
         }
     }
