@@ -194,7 +194,7 @@ impl Shared {
             .billing
             .claim(
                 client.id,
-                crate::billing::Seen::of(&client),
+                crate::billing::Seen::of(client),
                 client.telefono.as_deref(),
                 &camp.host,
                 now,
@@ -228,7 +228,7 @@ impl Shared {
         };
         let Some(slot) = slot else {
             let reason = self.stop_reason().unwrap_or(Skip::PassEndedFirst);
-            return self.withdraw(&client, &claim, reason, progress).await;
+            return self.withdraw(client, &claim, reason, progress).await;
         };
         Self::note(progress, |p| p.slot = Some(slot));
         self.probe(client.id, Stage::Granted);
@@ -248,13 +248,13 @@ impl Shared {
         // Never originate while the event socket is down: Asterisk would hang up the answered call.
         if !self.connected().await {
             return self
-                .withdraw(&client, &claim, Skip::PassEndedFirst, progress)
+                .withdraw(client, &claim, Skip::PassEndedFirst, progress)
                 .await;
         }
         if let Some(reason) = self.stop_reason() {
-            return self.withdraw(&client, &claim, reason, progress).await;
+            return self.withdraw(client, &claim, reason, progress).await;
         }
-        let media = media_for(&camp.config, &client, camp.now().date());
+        let media = media_for(&camp.config, client, camp.now().date());
         let mut failover = Failover::new(camp.trunks.len());
         // A refused originate created no channel, so its id is used again;
         // a call that existed (congestion, next trunk) needs a new one.
@@ -360,7 +360,7 @@ impl Shared {
                         format!("not dialled: {reason}"),
                     );
                     return self
-                        .finish(&client, &mobile, &claim, None, record, progress)
+                        .finish(client, &mobile, &claim, None, record, progress)
                         .await;
                 }
                 CallEnd::Ended(end) => {
@@ -411,7 +411,7 @@ impl Shared {
                         &camp.config,
                     );
                     return self
-                        .finish(&client, &mobile, &claim, Some(&end), record, progress)
+                        .finish(client, &mobile, &claim, Some(&end), record, progress)
                         .await;
                 }
             }
@@ -420,7 +420,7 @@ impl Shared {
         // for one: nothing was dialled, so no attempt is spent.
         let (outcome, detail) = not_placed(last_refusal.as_deref(), *self.abort.borrow());
         let record = CallRecord::not_dialled(outcome, camp.now(), detail);
-        self.finish(&client, &mobile, &claim, None, record, progress)
+        self.finish(client, &mobile, &claim, None, record, progress)
             .await;
     }
 
