@@ -424,43 +424,43 @@ impl Billing {
     /// the process is killed before MySQL comes back. `false` only for an
     /// error retrying cannot fix.
     pub(crate) async fn write_outcome(&self, claim: &Claim, record: &CallRecord) -> bool {
-        // Boxed: inline, this future would sit in every call task's state
-        // for the call's whole life (BENCHMARKS.md "How cost grows").
+        // Boxed, as in `claim`.
         Box::pin(async move {
-        let _waiting = self.tally.waiting();
-        let (result, attempts) = super::retry::until_written(
-            None,
-            || self.record_outcome(claim, record),
-            |attempt, e| {
-                if attempt == 1 {
-                    tracing::warn!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "MySQL unreachable: outcome kept, retrying until written");
-                } else {
-                    tracing::warn!(client_id = claim.client_id, attempt, error = %e, "outcome still not written; retrying");
+            let _waiting = self.tally.waiting();
+            let (result, attempts) = super::retry::until_written(
+                None,
+                || self.record_outcome(claim, record),
+                |attempt, e| {
+                    if attempt == 1 {
+                        tracing::warn!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "MySQL unreachable: outcome kept, retrying until written");
+                    } else {
+                        tracing::warn!(client_id = claim.client_id, attempt, error = %e, "outcome still not written; retrying");
+                    }
+                },
+            )
+            .await;
+            match result {
+                Ok(wrote) => {
+                    if wrote {
+                        self.tally
+                            .written(record.outcome, record.trunk.as_deref(), record.delivered);
+                    }
+                    if attempts > 1 {
+                        tracing::info!(
+                            client_id = claim.client_id,
+                            attempt = attempts,
+                            "outcome written after MySQL came back"
+                        );
+                    }
+                    true
                 }
-            },
-        )
-        .await;
-        match result {
-            Ok(wrote) => {
-                if wrote {
-                    self.tally
-                        .written(record.outcome, record.trunk.as_deref(), record.delivered);
+                Err(e) => {
+                    tracing::error!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "OUTCOME NOT WRITTEN");
+                    false
                 }
-                if attempts > 1 {
-                    tracing::info!(
-                        client_id = claim.client_id,
-                        attempt = attempts,
-                        "outcome written after MySQL came back"
-                    );
-                }
-                true
             }
-            Err(e) => {
-                tracing::error!(client_id = claim.client_id, attempt_no = claim.attempt_no, ?record, error = %e, "OUTCOME NOT WRITTEN");
-                false
-            }
-        }
-    }).await
+        })
+        .await
     }
 
     /// Gives back a claim that was made ahead of a free channel and is no
@@ -470,27 +470,27 @@ impl Billing {
     /// made. Should MySQL refuse, the attempt is closed `aborted`, not
     /// dialled, instead (retried until written, like any outcome).
     pub(crate) async fn withdraw(&self, claim: &Claim, now: NaiveDateTime, why: &str) {
-        // Boxed: inline, this future would sit in every call task's state
-        // for the call's whole life (BENCHMARKS.md "How cost grows").
+        // Boxed, as in `claim`.
         Box::pin(async move {
-        let deleted = async {
-            self.conn()
-                .await?
-                .exec_drop(
-                    "DELETE FROM overdue_call_log WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
-                    (claim.client_id, claim.attempt_no),
-                )
-                .await?;
-            Ok::<_, BillingError>(())
-        }
-        .await;
-        if let Err(e) = deleted {
-            tracing::warn!(client_id = claim.client_id, error = %e, "cannot withdraw an unused claim; closing it as not dialled");
-            let record =
-                CallRecord::not_dialled(Outcome::Aborted, now, format!("not dialled: {why}"));
-            self.write_outcome(claim, &record).await;
-        }
-    }).await
+            let deleted = async {
+                self.conn()
+                    .await?
+                    .exec_drop(
+                        "DELETE FROM overdue_call_log WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
+                        (claim.client_id, claim.attempt_no),
+                    )
+                    .await?;
+                Ok::<_, BillingError>(())
+            }
+            .await;
+            if let Err(e) = deleted {
+                tracing::warn!(client_id = claim.client_id, error = %e, "cannot withdraw an unused claim; closing it as not dialled");
+                let record =
+                    CallRecord::not_dialled(Outcome::Aborted, now, format!("not dialled: {why}"));
+                self.write_outcome(claim, &record).await;
+            }
+        })
+        .await
     }
 
     /// Records the channel id of a retry on another trunk before its
@@ -500,18 +500,18 @@ impl Billing {
         claim: &Claim,
         channel_id: &str,
     ) -> Result<(), BillingError> {
-        // Boxed: inline, this future would sit in every call task's state
-        // for the call's whole life (BENCHMARKS.md "How cost grows").
+        // Boxed, as in `claim`.
         Box::pin(async move {
-        self.conn()
-            .await?
-            .exec_drop(
-                "UPDATE overdue_call_log SET channel_id = ? WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
-                (channel_id, claim.client_id, claim.attempt_no),
-            )
-            .await?;
-        Ok(())
-    }).await
+            self.conn()
+                .await?
+                .exec_drop(
+                    "UPDATE overdue_call_log SET channel_id = ? WHERE client_id = ? AND attempt_no = ? AND outcome IS NULL",
+                    (channel_id, claim.client_id, claim.attempt_no),
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Writes the outcome of a claimed attempt and updates the client's
