@@ -1046,8 +1046,6 @@ fn main() {
     let scale = value("--time-scale")
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(REAL_SCALE);
-    // Only "How cost grows" or only the realistic campaign (or both):
-    // printed, nothing written.
     // Only the daemon's cost at 1,000 calls in flight: printed.
     if args.iter().any(|a| a == "--cost") {
         for _ in 0..runs_flag.unwrap_or(1) {
@@ -1059,6 +1057,8 @@ fn main() {
         }
         return;
     }
+    // Only "How cost grows" or only the realistic campaign (or both):
+    // printed, nothing written.
     let scaling_only = args.iter().any(|a| a == "--scaling");
     let realistic_only = args.iter().any(|a| a == "--realistic");
     if scaling_only || realistic_only {
