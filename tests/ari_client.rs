@@ -353,8 +353,10 @@ async fn malformed_frames_are_counted_and_skipped() {
 
 /// A burst of requests is sent at most `MAX_REQUESTS` at a time (a real
 /// Asterisk drops HTTP connections past `sessionlimit`, 100): the rest wait
-/// their turn and all are answered. The server here answers each request
-/// after 20 ms and counts how many it is answering at once.
+/// their turn and all are answered, over connections that are reused
+/// rather than opened afresh. The server here answers each request after
+/// 20 ms and counts how many it is answering at once, and how many
+/// connections are open at once and in all.
 #[tokio::test]
 async fn a_burst_of_requests_stays_within_the_request_limit() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -364,9 +366,15 @@ async fn a_burst_of_requests_stays_within_the_request_limit() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (busy, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (b, p) = (busy.clone(), peak.clone());
+    // Connections: open now, most open at once, opened in all.
+    let conns: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let c = conns.clone();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
-            let (b, p) = (b.clone(), p.clone());
+            let (b, p, c) = (b.clone(), p.clone(), c.clone());
+            let open = c[0].fetch_add(1, Ordering::SeqCst) + 1;
+            c[1].fetch_max(open, Ordering::SeqCst);
+            c[2].fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 // One request per read: each is small, and HTTP/1 sends the
@@ -384,6 +392,7 @@ async fn a_burst_of_requests_stays_within_the_request_limit() {
                         break;
                     }
                 }
+                c[0].fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -404,4 +413,8 @@ async fn a_burst_of_requests_stays_within_the_request_limit() {
     let peak = peak.load(Ordering::SeqCst);
     assert!(peak <= MAX_REQUESTS, "{peak} requests in flight at once");
     assert!(peak > 1, "the requests were not sent side by side");
+    let (most_open, opened) = (conns[1].load(Ordering::SeqCst), conns[2].load(Ordering::SeqCst));
+    eprintln!("{burst} requests: {most_open} connections open at most, {opened} opened");
+    assert!(most_open < 100, "{most_open} connections open at once");
+    assert!(opened <= 2 * MAX_REQUESTS, "{opened} connections opened for {burst} requests");
 }
