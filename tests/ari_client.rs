@@ -413,8 +413,14 @@ async fn a_burst_of_requests_stays_within_the_request_limit() {
     let peak = peak.load(Ordering::SeqCst);
     assert!(peak <= MAX_REQUESTS, "{peak} requests in flight at once");
     assert!(peak > 1, "the requests were not sent side by side");
-    let (most_open, opened) = (conns[1].load(Ordering::SeqCst), conns[2].load(Ordering::SeqCst));
+    let (most_open, opened) = (
+        conns[1].load(Ordering::SeqCst),
+        conns[2].load(Ordering::SeqCst),
+    );
     eprintln!("{burst} requests: {most_open} connections open at most, {opened} opened");
     assert!(most_open < 100, "{most_open} connections open at once");
-    assert!(opened <= 2 * MAX_REQUESTS, "{opened} connections opened for {burst} requests");
+    assert!(
+        opened <= 2 * MAX_REQUESTS,
+        "{opened} connections opened for {burst} requests"
+    );
 }

@@ -149,16 +149,22 @@ pub(crate) async fn place(
     // Register first: Asterisk may send events before it answers the originate.
     let mut inbox = router.register(&plan.channel_id);
     let started = Instant::now();
-    let request = Originate {
-        endpoint: plan.endpoint.clone(),
-        app: plan.app.clone(),
-        channel_id: Some(plan.channel_id.clone()),
-        caller_id: plan.caller_id.clone(),
-        timeout_secs: Some(plan.ring_timeout_secs),
-        ..Originate::default()
+    // The request and Asterisk's answer (a 400-byte channel) are dropped
+    // here, not held beside `follow` for the call's life: every byte of
+    // this future is kept per call in flight (BENCHMARKS.md "Cost per call").
+    let originated = {
+        let request = Originate {
+            endpoint: plan.endpoint.clone(),
+            app: plan.app.clone(),
+            channel_id: Some(plan.channel_id.clone()),
+            caller_id: plan.caller_id.clone(),
+            timeout_secs: Some(plan.ring_timeout_secs),
+            ..Originate::default()
+        };
+        ari.originate(&request).await.map(drop)
     };
-    match ari.originate(&request).await {
-        Ok(_) => {}
+    match originated {
+        Ok(()) => {}
         // Our id is alive: a retried request that did get through. Follow it.
         Err(e) if e.status().map(|s| s.as_u16()) == Some(409) => {}
         Err(AriError::Status {
@@ -381,13 +387,15 @@ pub async fn follow(
                 } else if due(hangup_checked) {
                     // Asterisk said nothing after our DELETE (events lost while the
                     // socket was down?): ask directly.
-                    match ari.channel(&plan.channel_id).await {
-                        Err(e) if e.is_not_found() => break,
-                        _ => {
-                            hung_up_at = None;
-                            hangup(ari, &plan.channel_id, &mut hung_up_at).await;
-                        }
+                    // Only the verdict is kept: the answer (a 400-byte
+                    // channel) held across the hangup below would be laid
+                    // out in every call's future.
+                    let gone = matches!(ari.channel(&plan.channel_id).await, Err(e) if e.is_not_found());
+                    if gone {
+                        break;
                     }
+                    hung_up_at = None;
+                    hangup(ari, &plan.channel_id, &mut hung_up_at).await;
                 }
             }
             // Events sent while the socket was down are lost for good: after a
