@@ -417,10 +417,12 @@ async fn a_burst_of_requests_stays_within_the_request_limit() {
         conns[1].load(Ordering::SeqCst),
         conns[2].load(Ordering::SeqCst),
     );
-    eprintln!("{burst} requests: {most_open} connections open at most, {opened} opened");
+    // Asterisk's sessionlimit, 100, counts the event WebSocket too.
     assert!(most_open < 100, "{most_open} connections open at once");
+    // Reused: a few more than the requests in flight at most (with 16
+    // idle connections kept of 48 in flight, 105 were opened).
     assert!(
-        opened <= 2 * MAX_REQUESTS,
+        opened <= MAX_REQUESTS + MAX_REQUESTS / 4,
         "{opened} connections opened for {burst} requests"
     );
 }

@@ -144,20 +144,22 @@ pub struct AriClient {
 /// (`http.conf`, 100 unless set, the event WebSocket included) and drops
 /// the rest, so a burst of originates must not open one connection each;
 /// and every open connection costs both sides buffers (1,000 calls started
-/// at once opened up to 1,000: RSS per call 13.2 → 10.7 kB with the limit,
-/// BENCHMARKS.md "How cost grows"). Fewer cost throughput: with 16, the
-/// plays of a wave of answered calls queued behind its originates
-/// (StasisStart → play p50 27 → 57 ms, wall ratio 1.018 → 1.022) for
-/// 0.7 MB less at 1,000 calls in flight.
+/// at once opened up to 1,000 before there was a limit). Fewer cost
+/// throughput: in the benchmark's full run with 16, the plays of a wave of
+/// answered calls queued behind its originates (StasisStart → play p50 57
+/// ms against 27 with 48, wall ratio 1.022 against 1.011), for 0.7 MB less
+/// at 1,000 calls in flight (BENCHMARKS.md "Cost per call: what changed on
+/// 2026-12-03 (evening)").
 pub const MAX_REQUESTS: usize = 48;
 
 /// Idle connections kept for the next requests: as many as may be in
 /// flight, so a busy pass reuses its connections instead of closing the
 /// surplus and opening new ones (with 16 kept of 48, a pass of 1,000 calls
-/// opened 349). Connections open at once are the requests in flight plus
-/// those hyper is still handing back to its pool when the next request
-/// gets its turn, inside Asterisk's 100 (the test
-/// `a_burst_of_requests_stays_within_the_request_limit` counts them).
+/// opened 349). A request in flight holds one of these connections, so
+/// about `MAX_REQUESTS` are open at once, plus any hyper is still handing
+/// back to its pool when the next request gets its turn: well inside
+/// Asterisk's 100 (the test `a_burst_of_requests_stays_within_the_request_limit`
+/// counts them).
 pub const MAX_IDLE: usize = MAX_REQUESTS;
 
 /// The `Authorization` value for HTTP Basic.

@@ -118,8 +118,9 @@ impl Shared {
             .unwrap_or_else(|| "unknown panic".to_owned());
         let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
         // Boxed: its locals would otherwise be laid out beside the call's
-        // own future in every call task, about 0.5 kB each (BENCHMARKS.md
-        // "Cost per call"), for a path no call normally takes.
+        // own future in every call task, about 0.5 kB each, for a path no
+        // call normally takes (BENCHMARKS.md "Cost per call: what changed
+        // on 2026-12-03 (evening)").
         Box::pin(self.after_panic(client_id, phone, progress, message)).await;
     }
 

@@ -149,55 +149,66 @@ pub(crate) async fn place(
     // Register first: Asterisk may send events before it answers the originate.
     let mut inbox = router.register(&plan.channel_id);
     let started = Instant::now();
-    // The request and Asterisk's answer (a 400-byte channel) are dropped
-    // here, not held beside `follow` for the call's life: every byte of
-    // this future is kept per call in flight (BENCHMARKS.md "Cost per call").
-    let originated = {
-        let request = Originate {
-            endpoint: plan.endpoint.clone(),
-            app: plan.app.clone(),
-            channel_id: Some(plan.channel_id.clone()),
-            caller_id: plan.caller_id.clone(),
-            timeout_secs: Some(plan.ring_timeout_secs),
-            ..Originate::default()
-        };
-        ari.originate(&request).await.map(drop)
+    // Its own function: what the originate needs (the request, Asterisk's
+    // 400-byte answer, an error) is gone before `follow`, not kept in this
+    // future for the call's life (BENCHMARKS.md "Cost per call: what
+    // changed on 2026-12-03 (evening)").
+    if let Err(end) = originate(ari, router, plan, &mut inbox).await {
+        return end;
+    }
+    CallEnd::Ended(follow(ari, router, plan, inbox, started, abort, ari_state).await)
+}
+
+/// Sends the originate. `Err` is how the call ended when it was not
+/// placed (its channel unregistered); `Ok` means follow it.
+async fn originate(
+    ari: &AriClient,
+    router: &Arc<Router>,
+    plan: &CallPlan,
+    inbox: &mut Inbox,
+) -> Result<(), CallEnd> {
+    let request = Originate {
+        endpoint: plan.endpoint.clone(),
+        app: plan.app.clone(),
+        channel_id: Some(plan.channel_id.clone()),
+        caller_id: plan.caller_id.clone(),
+        timeout_secs: Some(plan.ring_timeout_secs),
+        ..Originate::default()
     };
-    match originated {
-        Ok(()) => {}
+    match ari.originate(&request).await {
+        Ok(_) => Ok(()),
         // Our id is alive: a retried request that did get through. Follow it.
-        Err(e) if e.status().map(|s| s.as_u16()) == Some(409) => {}
+        Err(e) if e.status().map(|s| s.as_u16()) == Some(409) => Ok(()),
         Err(AriError::Status {
             status, message, ..
         }) => {
             router.unregister(&plan.channel_id);
-            return CallEnd::Refused {
+            Err(CallEnd::Refused {
                 status: status.as_u16(),
                 message,
-            };
+            })
         }
         Err(e) if e.never_reached_asterisk() => {
             router.unregister(&plan.channel_id);
-            return CallEnd::NotPlaced {
+            Err(CallEnd::NotPlaced {
                 reason: e.to_string(),
-            };
+            })
         }
         // No answer (timeout, connection lost mid-request): Asterisk may
         // have placed the call all the same. It was, if its events come or
         // the channel exists; it was not, if neither within a few seconds.
         Err(e) => {
             tracing::warn!(channel = %plan.channel_id, error = %e, "originate unanswered; checking whether Asterisk placed the call");
-            if !placed(ari, &plan.channel_id, &mut inbox).await {
+            if !placed(ari, &plan.channel_id, inbox).await {
                 router.unregister(&plan.channel_id);
-                return CallEnd::NotPlaced {
+                return Err(CallEnd::NotPlaced {
                     reason: format!("{e}; no such channel and no event after {PLACEMENT_GRACE:?}"),
-                };
+                });
             }
             tracing::info!(channel = %plan.channel_id, "the unanswered originate was placed: following the call");
+            Ok(())
         }
     }
-
-    CallEnd::Ended(follow(ari, router, plan, inbox, started, abort, ari_state).await)
 }
 
 /// Whether an originate whose answer never came was placed: an event of
