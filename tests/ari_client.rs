@@ -426,3 +426,28 @@ async fn a_burst_of_requests_stays_within_the_request_limit() {
         "{opened} connections opened for {burst} requests"
     );
 }
+
+/// `channel_gone` says gone only on Asterisk's 404: a live channel is not
+/// gone, and an answer that tells nothing (here a refused login; a
+/// timeout alike) is an error, never taken for gone.
+#[tokio::test]
+async fn channel_gone_only_on_asterisks_404() {
+    let sim = sim().await;
+    let ari = client(&sim, "asterisk");
+    let mut events = EventConnection::spawn(&ari, &["overdue-app"], 64, fast());
+    assert!(events.wait_connected(Duration::from_secs(5)).await);
+    let ringing = Originate {
+        channel_id: Some("overdue-8-1".into()),
+        ..local("3001234565")
+    };
+    ari.originate(&ringing).await.unwrap();
+    assert!(!ari.channel_gone("overdue-8-1").await.unwrap());
+    assert!(ari.channel_gone("overdue-9-1").await.unwrap());
+    let e = client(&sim, "wrong-password")
+        .channel_gone("overdue-8-1")
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), 401);
+    ari.hangup("overdue-8-1", "normal").await.unwrap();
+    events.shutdown().await;
+}

@@ -449,6 +449,19 @@ impl AriClient {
             .await
     }
 
+    /// Whether Asterisk says the channel is gone: `Ok(true)` only for its
+    /// 404, `Ok(false)` when it answers with the channel, `Err` when no
+    /// answer tells. For callers that need only that much: the answer (a
+    /// 400-byte `Channel`) is dropped here, not held in a call's future
+    /// across its next await.
+    pub async fn channel_gone(&self, channel_id: &str) -> Result<bool, AriError> {
+        match self.channel(channel_id).await {
+            Ok(_) => Ok(false),
+            Err(e) if e.is_not_found() => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn channels(&self) -> Result<Vec<Channel>, AriError> {
         self.json(Method::GET, &["channels"], &[], None::<&()>)
             .await

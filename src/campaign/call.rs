@@ -229,9 +229,10 @@ async fn placed(ari: &AriClient, channel_id: &str, inbox: &mut Inbox) -> bool {
                 return false;
             }
             _ = tokio::time::sleep(PLACEMENT_POLL) => {
-                let absent = match ari.channel(channel_id).await {
-                    Ok(_) => return true,
-                    Err(e) => e.is_not_found(),
+                let absent = match ari.channel_gone(channel_id).await {
+                    Ok(false) => return true,
+                    Ok(true) => true,
+                    Err(_) => false,
                 };
                 if Instant::now() >= give_up {
                     // An event may have come while the GET waited.
@@ -398,11 +399,7 @@ pub async fn follow(
                 } else if due(hangup_checked) {
                     // Asterisk said nothing after our DELETE (events lost while the
                     // socket was down?): ask directly.
-                    // Only the verdict is kept: the answer (a 400-byte
-                    // channel) held across the hangup below would be laid
-                    // out in every call's future.
-                    let gone = matches!(ari.channel(&plan.channel_id).await, Err(e) if e.is_not_found());
-                    if gone {
+                    if let Ok(true) = ari.channel_gone(&plan.channel_id).await {
                         break;
                     }
                     hung_up_at = None;
@@ -414,11 +411,9 @@ pub async fn follow(
             changed = ari_state.changed() => {
                 let reconnected = changed.is_ok() && ari_state.borrow_and_update().is_connected();
                 if reconnected {
-                    if let Err(e) = ari.channel(&plan.channel_id).await {
-                        if e.is_not_found() {
-                            lost = true;
-                            break;
-                        }
+                    if let Ok(true) = ari.channel_gone(&plan.channel_id).await {
+                        lost = true;
+                        break;
                     }
                 }
                 if changed.is_err() {
